@@ -1,0 +1,225 @@
+"""Slice datasets (PNG / NIfTI / npy) decoded once into memory, grouped into patients by regex.
+
+Layout (seed 004): ``<dataset>/<split>/<folder>/CaseNN_M.<ext>``, one file per 2D slice; the
+``--target_folders`` option lists (folder, transform, is_hot): the first folder holds the images,
+the second the ground truth the losses see (GT gray level = class index).
+"""
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+EXTENSIONS = (".png", ".nii.gz", ".nii", ".npy")
+
+
+class DataError(ValueError):
+    """A data file or folder that cannot be used; the message names it."""
+
+
+# ---------------------------------------------------------------- decoding one file
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("RGB", "RGBA", "P", "LA"):
+            img = img.convert("L")
+        arr = np.asarray(img)
+    return arr
+
+
+def _read_nii(path: Path) -> np.ndarray:
+    arr = np.asarray(nib.load(str(path)).dataobj)
+    return arr.squeeze()
+
+
+def _read_any(path: Path) -> np.ndarray:
+    try:
+        if path.name.endswith(".png"):
+            arr = _read_png(path)
+        elif path.name.endswith((".nii", ".nii.gz")):
+            arr = _read_nii(path)
+        else:
+            arr = np.load(path, allow_pickle=False).squeeze()
+    except Exception as e:  # PIL, nibabel and numpy raise many types for corrupt files
+        raise DataError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2D slice, got shape {arr.shape}")
+    return arr
+
+
+def png_transform(path: Path) -> np.ndarray:
+    """Image: integer gray levels scaled to [0, 1] by the type's maximum."""
+    arr = _read_any(path)
+    scale = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
+    return arr.astype(np.float32) / scale
+
+
+def nii_transform(path: Path) -> np.ndarray:
+    """Image: intensities as stored."""
+    return _read_any(path).astype(np.float32)
+
+
+def nii_transform2(path: Path) -> np.ndarray:
+    """Image: intensities divided by the slice's maximum (an empty slice stays 0)."""
+    arr = _read_any(path).astype(np.float32)
+    peak = float(np.abs(arr).max()) if np.isfinite(arr).all() else 1.0
+    return arr / peak if peak > 0 else arr
+
+
+def gt_transform(path: Path) -> np.ndarray:
+    """Ground truth: gray level = class index."""
+    return _read_any(path)
+
+
+TRANSFORMS: Dict[str, Callable[[Path], np.ndarray]] = {
+    "png_transform": png_transform, "nii_transform": nii_transform, "nii_transform2": nii_transform2,
+    "npy_transform": nii_transform,
+    "gt_transform": gt_transform, "nii_gt_transform": gt_transform, "nii_gt_transform2": gt_transform,
+    "dummy_gt_transform": gt_transform,
+}
+IMAGE_TRANSFORMS = {png_transform, nii_transform, nii_transform2}
+
+
+def pixel_spacing(path: Path) -> Tuple[float, float, float]:
+    """In-plane spacing and slice thickness (mm) from a NIfTI header; (1, 1, 1) voxels otherwise."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        zooms = tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
+        return (zooms + (1.0, 1.0, 1.0))[:3]
+    return (1.0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------- patients
+
+def parse_slice_name(name: str, grp_regex: str) -> Tuple[str, int]:
+    """(patient id, slice number) of a slice file name.
+
+    The regex must match the start of the name. With a capture group, group 1 is the patient;
+    without one (the seed's ``Case\\d+_\\d+``) the patient is the match minus its trailing ``_M``.
+    The slice number is the last integer of the stem.
+    """
+    stem = strip_extension(name)
+    match = re.match(grp_regex, stem)
+    if match is None:
+        raise DataError(f"slice {name!r} does not match --grp_regex {grp_regex!r}")
+    patient = match.group(1) if match.groups() else re.sub(r"_\d+$", "", match.group(0))
+    numbers = re.findall(r"\d+", stem)
+    return patient, int(numbers[-1]) if numbers else 0
+
+
+def strip_extension(name: str) -> str:
+    for ext in EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+# ---------------------------------------------------------------- the in-memory slice set
+
+@dataclass
+class SliceSet:
+    """All slices of one split, decoded once: images (N, 1, H, W) float32, labels (N, H, W) uint8."""
+
+    root: Path
+    filenames: List[str]
+    images: Tensor
+    labels: Tensor
+    patients: List[str]
+    slice_numbers: List[int]
+    spacing: Tuple[float, float, float]
+    bounds: List[Tensor] = field(default_factory=list)  # one (N, C, 2) per loss
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator) -> Iterator[Tensor]:
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        return iter(order.split(batch_size))
+
+
+def list_slices(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(EXTENSIONS) and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder}: no slice files ({', '.join(EXTENSIONS)})")
+    return files
+
+
+def _resolve(folder: Path, stem: str, reference: Path) -> Path:
+    for ext in EXTENSIONS:
+        candidate = folder / (stem + ext)
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{reference}: no matching file {stem}.* in {folder}")
+
+
+def load_slices(root: Path, folders: Sequence[Tuple[str, Callable, bool]], n_class: int,
+                grp_regex: str, debug: bool = False) -> SliceSet:
+    """Decode every slice of ``root`` once. Images come from folders[0], labels from folders[1]."""
+    if len(folders) < 2:
+        raise DataError(f"{root}: --target_folders needs an image folder and a GT folder, got {len(folders)}")
+    for sub, transform, is_hot in folders:
+        if is_hot:
+            raise DataError(f"{root}/{sub}: one-hot ground-truth files (is_hot=True) are not supported; store class indices")
+    img_dir, gt_dir = root / folders[0][0], root / folders[1][0]
+    img_tf, gt_tf = folders[0][1], folders[1][1]
+    if img_tf not in IMAGE_TRANSFORMS:
+        raise DataError(f"{img_dir}: the first folder must use an image transform, got {img_tf.__name__}")
+
+    img_files = list_slices(img_dir)
+    gt_names = {strip_extension(p.name) for p in list_slices(gt_dir)}
+    orphans = sorted(gt_names - {strip_extension(p.name) for p in img_files})
+    if orphans:
+        raise DataError(f"{gt_dir}: ground truth {orphans[0]} has no image in {img_dir}")
+    if debug:
+        img_files = img_files[:10]
+    gt_files = [_resolve(gt_dir, strip_extension(p.name), p) for p in img_files]
+    for sub, _, _ in folders[2:]:
+        for p in img_files:  # extra folders (the seed lists GT twice) must be complete too
+            _resolve(root / sub, strip_extension(p.name), p)
+
+    images, labels = [], []
+    for ip, gp in zip(img_files, gt_files):
+        img, gt = img_tf(ip), gt_tf(gp)
+        if img.shape != gt.shape:
+            raise DataError(f"{ip}: image shape {img.shape} differs from its ground truth {gp} {gt.shape}")
+        if not np.isfinite(img).all():
+            raise DataError(f"{ip}: NaN or Inf intensities")
+        images.append(img)
+        labels.append(_check_labels(gt, gp, n_class))
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise DataError(f"{img_dir}: slices of different shapes {sorted(shapes)}; resample them to one shape")
+
+    names = [p.name for p in img_files]
+    parsed = [parse_slice_name(n, grp_regex) for n in names]
+    return SliceSet(root=root, filenames=names,
+                    images=torch.from_numpy(np.stack(images)).unsqueeze(1),
+                    labels=torch.from_numpy(np.stack(labels)),
+                    patients=[p for p, _ in parsed], slice_numbers=[s for _, s in parsed],
+                    spacing=pixel_spacing(gt_files[0]))
+
+
+def _check_labels(gt: np.ndarray, path: Path, n_class: int) -> np.ndarray:
+    if not np.issubdtype(gt.dtype, np.integer):
+        if not np.isfinite(gt).all() or not np.array_equal(gt, np.round(gt)):
+            raise DataError(f"{path}: ground truth holds non-integer labels")
+    lo, hi = gt.min(), gt.max()
+    if lo < 0 or hi >= n_class:
+        raise DataError(f"{path}: ground-truth gray levels span [{lo:g}, {hi:g}] but --n_class is {n_class} "
+                        f"(gray level = class index, so values must lie in 0..{n_class - 1})")
+    return gt.astype(np.uint8)
+
+
+def check_disjoint_patients(train: SliceSet, val: SliceSet) -> None:
+    """No patient may appear in both train and val (seed 004, NB 1)."""
+    shared = sorted(set(train.patients) & set(val.patients))
+    if shared:
+        raise DataError(f"patient {shared[0]} appears in both {train.root} and {val.root} "
+                        f"({len(shared)} shared patients); splits must be disjoint")

@@ -1,0 +1,168 @@
+"""Loss classes. Each takes (probs, target, bounds) and returns its two logged terms.
+
+``terms(probs, target, bounds) -> (loss_s, loss_cons)``: the supervised/entropy term and the
+constraint/prior term, logged as ``*_loss_s`` and ``*_loss_cons``; the loss is their sum.
+Shapes: probs and target (B, C, H, W), bounds (B, C, 2) as produced by bounds.py.
+"""
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from utils import SIZE_FUNCTIONS, simplex
+
+Terms = Tuple[Tensor, Tensor]
+
+
+def _require(kwargs: Dict[str, Any], loss: str, *keys: str) -> None:
+    missing = [k for k in keys if k not in kwargs]
+    if missing:
+        raise ValueError(f"loss {loss}: missing parameter(s) {', '.join(missing)}")
+
+
+class Loss:
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        raise NotImplementedError
+
+    def __call__(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Tensor:
+        s, cons = self.terms(probs, target, bounds)
+        return s + cons
+
+
+def _weighted_entropy_sum(probs: Tensor, weights: Tensor) -> Tensor:
+    """- sum_{b,c,x} w_c p log(p + 1e-10)."""
+    return -torch.einsum("bcwh,c->", probs * (probs + 1e-10).log(), weights)
+
+
+class CrossEntropy(Loss):
+    """Weighted CE on classes ``idc``, normalised by the number of labelled pixels of those classes."""
+
+    def __init__(self, idc: Sequence[int], weights: Sequence[float] = (), dtype: Any = None):
+        self.idc = list(idc)
+        self.weights = torch.tensor(list(weights) or [1.0] * len(self.idc), dtype=torch.float32)
+        if len(self.weights) != len(self.idc):
+            raise ValueError(f"CrossEntropy: {len(self.weights)} weights for {len(self.idc)} classes")
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        log_p = (probs[:, self.idc].float() + 1e-10).log()
+        mask = target[:, self.idc].float()
+        loss = -torch.einsum("bcwh,bcwh,c->", mask, log_p, self.weights.to(probs.device))
+        loss = loss / (mask.sum() + 1e-10)
+        return loss, torch.zeros_like(loss)
+
+
+class DiceLoss(Loss):
+    """1 - soft Dice per image and class, averaged."""
+
+    def __init__(self, idc: Sequence[int], dtype: Any = None):
+        self.idc = list(idc)
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        pc, tc = probs[:, self.idc].float(), target[:, self.idc].float()
+        inter = torch.einsum("bcwh,bcwh->bc", pc, tc)
+        union = pc.sum(dim=(2, 3)) + tc.sum(dim=(2, 3))
+        loss = (1 - (2 * inter + 1e-10) / (union + 1e-10)).mean()
+        return loss, torch.zeros_like(loss)
+
+
+class SelfEntropy(Loss):
+    """Class-weighted Shannon entropy of the prediction (AdaEnt), per-pixel mean over classes ``idc``."""
+
+    def __init__(self, idc: Sequence[int], weights: Sequence[float], dtype: Any = None):
+        self.idc = list(idc)
+        self.weights = torch.tensor(list(weights), dtype=torch.float32)
+        if len(self.weights) != len(self.idc):
+            raise ValueError(f"SelfEntropy: {len(self.weights)} weights for {len(self.idc)} classes")
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        p = probs[:, self.idc].float()
+        loss = _weighted_entropy_sum(p, self.weights.to(p.device)) / (p.sum() + 1e-10)
+        return loss, torch.zeros_like(loss)
+
+
+class EntKLProp(Loss):
+    """Weighted entropy + KL(predicted class ratio || prior class ratio) (Bateson et al. 2020/2022).
+
+    L = lamb_se * L_ent + lamb_consprior * L_KL, both over all classes (methods/sfda.md):
+      L_ent = - sum w_c p log(p + 1e-10) / sum p
+      tau   = fn(p, power) per image (norm_soft_size), tau* = bounds[:, :, 0] / (W*H)
+      L_KL  = (1/B) sum_b sum_c tau [log(tau + 1e-10) - log(tau* + 1e-10)]
+    ``curi=False`` takes the prior from the batch's ground truth (the "cheat" upper bound).
+    ``idc_c``, ``lamb_conspred`` and ``inv_consloss`` are accepted for compatibility with the seed's
+    recipes; the seed's EntKLProp does not use them either.
+    """
+
+    def __init__(self, weights_se: Sequence[float], lamb_se: float = 1, lamb_consprior: float = 1,
+                 power: float = 1, curi: bool = True, ivd: bool = True, fn: str = "norm_soft_size",
+                 idc_c: Sequence[int] = (1,), lamb_conspred: float = 0, inv_consloss: bool = False):
+        if fn not in SIZE_FUNCTIONS:
+            raise ValueError(f"EntKLProp: unknown size function {fn!r}; known: {', '.join(SIZE_FUNCTIONS)}")
+        self.weights = torch.tensor(list(weights_se), dtype=torch.float32)
+        self.lamb_se, self.lamb_consprior = float(lamb_se), float(lamb_consprior)
+        self.power, self.curi, self.ivd = power, bool(curi), bool(ivd)
+        self.size_fn = SIZE_FUNCTIONS[fn]
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        assert simplex(probs)
+        b, c, w, h = probs.shape
+        if len(self.weights) != c:
+            raise ValueError(f"EntKLProp: weights_se has {len(self.weights)} entries for {c} classes")
+        probs = probs.float()
+        loss_se = _weighted_entropy_sum(probs, self.weights.to(probs.device)) / (probs.sum() + 1e-10)
+
+        est_prop = self.size_fn(probs, self.power)                   # (B, C)
+        if self.curi:
+            prior = bounds[:, :, 0] if self.ivd else bounds[..., 0]
+            gt_prop = prior.float().reshape(b, c) / (w * h)
+        else:
+            gt_prop = self.size_fn(target.float(), self.power)
+        loss_kl = (est_prop * ((est_prop + 1e-10).log() - (gt_prop + 1e-10).log())).sum() / b
+        return self.lamb_se * loss_se, self.lamb_consprior * loss_kl
+
+
+class NaivePenalty(Loss):
+    """Quadratic penalty outside [lower, upper] of the predicted size, on classes ``idc``.
+
+    sum_b,c (max(0, v - upper)^2 + max(0, lower - v)^2) / (W*H)^2 with v = fn(probs); with
+    norm_soft_size the bounds are divided by W*H first (as in the SFDA code).
+    """
+
+    def __init__(self, idc: Sequence[int], power: float = 1, fn: str = "soft_size", curi: bool = True):
+        if fn not in SIZE_FUNCTIONS:
+            raise ValueError(f"NaivePenalty: unknown size function {fn!r}; known: {', '.join(SIZE_FUNCTIONS)}")
+        self.idc, self.power, self.fn = list(idc), power, fn
+        self.size_fn = SIZE_FUNCTIONS[fn]
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
+        b, c, w, h = probs.shape
+        if self.fn == "norm_soft_size":
+            value = self.size_fn(probs.float(), self.power)[:, self.idc]
+            lower, upper = bounds[:, self.idc, 0] / (w * h), bounds[:, self.idc, 1] / (w * h)
+        else:
+            value = self.size_fn(probs[:, self.idc].float())
+            lower, upper = bounds[:, self.idc, 0], bounds[:, self.idc, 1]
+        penalty = torch.relu(value - upper) ** 2 + torch.relu(lower - value) ** 2
+        loss = penalty.sum() / (w * h) ** 2
+        return torch.zeros_like(loss), loss
+
+
+LOSSES = {"CrossEntropy": CrossEntropy, "DiceLoss": DiceLoss, "SelfEntropy": SelfEntropy,
+          "EntKLProp": EntKLProp, "NaivePenalty": NaivePenalty}
+
+
+def build_loss(name: str, kwargs: Dict[str, Any], fn: Any) -> Loss:
+    """Instantiate a loss of the ``--target_losses`` tuple; ``fn`` (5th element) is passed on when given."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"loss {name}: parameters must be a dict, got {kwargs!r}")
+    params = dict(kwargs)
+    if fn is not None:
+        params["fn"] = fn
+    try:
+        return LOSSES[name](**params)
+    except TypeError as e:
+        raise ValueError(f"loss {name}: bad parameters {kwargs!r}: {e}") from None
+
+
+__all__: List[str] = ["Loss", "LOSSES", "build_loss", *LOSSES]

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Train, adapt or evaluate a segmentation network on a slice dataset: one loop, one run directory.
+
+Accepts the options of the SFDA code (seed 004) verbatim, e.g.
+    main.py --target_dataset data/prostate_target --workdir results/prostate/sfda_tmp \\
+        --target_losses="[('EntKLProp', {...}, 'PredictionBounds', {...}, 'norm_soft_size', 1)]" \\
+        --target_folders="[('IMG', nii_transform2, False), ('GT', nii_gt_transform2, False)]" ...
+Outputs (run directory): params.txt, IMG_target_metrics.csv, 3dbestepoch.txt, best_3d.pkl,
+last.pkl, val_dice_3d_per_patient.csv, best_epoch_3d/val/*.png (--saveim), provenance files.
+"""
+import argparse
+import random
+import shutil
+import socket
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from bounds import Bounds, build_bounds
+from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients, load_slices, strip_extension
+from losses import Loss, build_loss
+from metrics import confusion_sizes, dice_3d, dice_from_sizes, per_patient_hd
+from networks import BlockNet, CheckpointError, build_network, network_from_checkpoint, save_checkpoint
+from utils import OptionError, class2one_hot, exp_lr_scheduler, parse_literal, record_provenance, str2bool
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------- options
+
+@dataclass
+class LossSpec:
+    name: str
+    loss: Loss
+    bounds: Optional[Bounds]
+    weight: float
+
+
+def parse_folders(text: str, option: str) -> List[Tuple[str, Any, bool]]:
+    """``[('IMG', nii_transform2, False), ...]`` -> list of (subfolder, transform function, is_hot)."""
+    value = parse_literal(text, TRANSFORMS, option)
+    if not isinstance(value, list) or not value:
+        raise OptionError(f"{option}: expected a non-empty list of (folder, transform, is_hot) tuples")
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str) and callable(item[1])):
+            raise OptionError(f"{option}: each entry must be (folder, transform, is_hot), got {item!r}")
+    return value
+
+
+def parse_losses(text: str) -> List[LossSpec]:
+    """``[(loss, {params}, bounds or None, {params} or None, fn or None, weight), ...]`` -> LossSpecs."""
+    value = parse_literal(text, {}, "--target_losses")
+    if not isinstance(value, list) or not value:
+        raise OptionError("--target_losses: expected a non-empty list of 6-tuples")
+    specs = []
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 6):
+            raise OptionError(f"--target_losses: each entry must be a 6-tuple (loss, params, bounds, params, fn, weight), "
+                              f"got {item!r}")
+        name, kwargs, bounds_name, bounds_kwargs, fn, weight = item
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+            raise OptionError(f"--target_losses: weight of {name} must be a positive number, got {weight!r}")
+        specs.append(LossSpec(name, build_loss(name, kwargs, fn), build_bounds(bounds_name, bounds_kwargs), float(weight)))
+    return specs
+
+
+def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target_dataset", required=True, help="dataset root with train/ and val/")
+    parser.add_argument("--workdir", required=True, help="run directory (make passes $@_tmp)")
+    parser.add_argument("--target_losses", required=True,
+                        help="list of (loss, params, bounds, bounds params, fn, weight)")
+    parser.add_argument("--target_folders", required=True, help="list of (subfolder, transform, is_hot) for train")
+    parser.add_argument("--val_target_folders", required=True, help="same for val")
+    parser.add_argument("--network", required=True, help="UNet, ENet or Dimwit")
+    parser.add_argument("--grp_regex", required=True, help="regex of a slice name; group 1 (if any) is the patient")
+    parser.add_argument("--n_class", type=int, required=True)
+    parser.add_argument("--metric_axis", type=int, nargs="*", required=True, help="classes reported in the metrics")
+    parser.add_argument("--n_epoch", nargs="?", type=int, default=200, help="0: only evaluate --model_weights")
+    parser.add_argument("--l_rate", nargs="?", type=float, default=5e-4)
+    parser.add_argument("--lr_decay", nargs="?", type=float, default=0.7)
+    parser.add_argument("--lr_decay_epoch", nargs="?", type=int, default=20)
+    parser.add_argument("--flr", action="store_true", help="fixed learning rate (no decay)")
+    parser.add_argument("--weight_decay", nargs="?", type=float, default=1e-5)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--model_weights", default="", help="checkpoint to start from")
+    parser.add_argument("--adabn", action="store_true",
+                        help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
+    parser.add_argument("--do_hd", type=str2bool, default=False, help="HD95 and ASSD per val patient")
+    parser.add_argument("--saveim", type=str2bool, default=False, help="save the best epoch's val predictions")
+    parser.add_argument("--entmap", action="store_true", help="save the best epoch's entropy maps")
+    parser.add_argument("--csv", default="metrics.csv")
+    parser.add_argument("--debug", action="store_true", help="10 images per loader")
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="autocast precision")
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--net_width", type=int, default=None, help="channels of the network's first block")
+    # accepted for compatibility with the seed's recipes; the behaviour they asked for is always on
+    parser.add_argument("--dice_3d", action="store_true", help="(always on) 3D Dice per patient")
+    parser.add_argument("--in_memory", action="store_true", help="(always on) decode data once")
+    parser.add_argument("--pprint", action="store_true", help="(no effect)")
+    args = parser.parse_args(argv)
+    if args.n_epoch < 0 or args.batch_size < 1:
+        parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
+    if any(not 0 <= k < args.n_class for k in args.metric_axis):
+        parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
+    return args
+
+
+# ---------------------------------------------------------------- setup
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """A ``*_tmp`` directory is scratch and restarts empty; any other existing non-empty directory is refused."""
+    if workdir.exists():
+        if workdir.name.endswith("_tmp"):
+            shutil.rmtree(workdir)
+        elif any(workdir.iterdir()):
+            raise FileExistsError(f"{workdir}: already exists and is not empty; refusing to overwrite a result")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+
+def build_model(args: argparse.Namespace) -> BlockNet:
+    if args.model_weights:
+        net = network_from_checkpoint(Path(args.model_weights), args.network, args.n_class)
+        print(f">> loaded {args.model_weights}")
+        return net
+    kwargs = {} if args.net_width is None else {"width": args.net_width}
+    return build_network(args.network, 1, args.n_class, **kwargs)
+
+
+def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> None:
+    """Compute every loss's bounds for every slice once: data.bounds[i] is (N, C, 2)."""
+    targets = class2one_hot(data.labels, n_class)
+    data.bounds = [spec.bounds(data.filenames, targets) if spec.bounds is not None
+                   else torch.zeros(len(data), n_class, 2) for spec in specs]
+
+
+def reestimate_batchnorm(net: BlockNet, data: SliceSet, batch_size: int, device: torch.device, precision: str) -> None:
+    """AdaBN: BatchNorm running statistics become the exact mean/variance over ``data``; no gradient step."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    with torch.no_grad(), autocast(device, precision):
+        for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
+            net(data.images[idx].to(device))
+    for m in norms:
+        m.momentum = 0.1
+    net.eval()
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# ---------------------------------------------------------------- one pass over a split
+
+@dataclass
+class PassResult:
+    loss_s: float
+    loss_cons: float
+    pred: Tensor          # (N, H, W) uint8 argmax
+    entropy: Optional[Tensor]  # (N, H, W) float16, only when asked
+
+
+def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
+             device: torch.device, optimizer: Optional[torch.optim.Optimizer], generator: torch.Generator,
+             desc: str, keep_entropy: bool = False) -> PassResult:
+    """One epoch of training (optimizer given) or evaluation (optimizer None) over ``data``."""
+    training = optimizer is not None
+    net.train(training)
+    n = len(data)
+    pred = torch.empty(data.labels.shape, dtype=torch.uint8)
+    entropy = torch.empty(data.labels.shape, dtype=torch.float16) if keep_entropy else None
+    sum_s = sum_cons = 0.0
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    grad = torch.enable_grad() if training else torch.no_grad()
+    with grad:
+        for idx in tqdm(list(data.batches(args.batch_size, training, generator)), desc=desc, leave=False, disable=None):
+            images = data.images[idx].to(device, memory_format=memory)
+            target = class2one_hot(data.labels[idx], args.n_class).to(device)
+            with autocast(device, args.precision):
+                logits = net(images)
+            probs = logits.float().softmax(dim=1)
+            loss_s = loss_cons = torch.zeros((), device=device)
+            for spec, bounds in zip(specs, data.bounds):
+                s, cons = spec.loss.terms(probs, target, bounds[idx].to(device))
+                loss_s, loss_cons = loss_s + spec.weight * s, loss_cons + spec.weight * cons
+            loss = loss_s + loss_cons
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} (entropy/CE term {loss_s.item()}, "
+                                         f"prior term {loss_cons.item()}); stopping. Try a lower --l_rate.")
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            sum_s += loss_s.item() * len(idx)
+            sum_cons += loss_cons.item() * len(idx)
+            pred[idx] = probs.argmax(dim=1).to(torch.uint8).cpu()
+            if entropy is not None:
+                ent = -(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)
+                entropy[idx] = ent.to(torch.float16).cpu()
+    return PassResult(sum_s / n, sum_cons / n, pred, entropy)
+
+
+# ---------------------------------------------------------------- epoch statistics
+
+def size_stats(labels: Tensor) -> Tuple[int, int]:
+    """(mean foreground size over slices, mean over slices with foreground), foreground = any class > 0."""
+    fg = (labels > 0).sum(dim=(1, 2)).double()
+    pos = fg[fg > 0]
+    return int(fg.mean().item()), int(pos.mean().item()) if len(pos) else 0
+
+
+def evaluate(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> Dict[str, Any]:
+    """2D Dice (mean over slices), 3D Dice per patient, and HD95/ASSD per patient when asked."""
+    axis = list(args.metric_axis)
+    inter, psize, gsize = confusion_sizes(pred.long(), data.labels.long(), args.n_class)
+    dice2d = dice_from_sizes(inter, psize, gsize)[:, axis].mean().item()
+    ids, d3 = dice_3d(inter, psize, gsize, data.patients)
+    per_patient = pd.DataFrame({"patient": ids})
+    for k in axis:
+        per_patient[f"dice_3d_c{k}"] = d3[:, k].numpy()
+    d3_mean = d3[:, axis].mean(dim=1)
+    out = {"dice2d": dice2d, "dice3d": round(d3_mean.mean().item(), 4),
+           "dice3d_sd": round(d3_mean.std().item(), 4) if len(ids) > 1 else 0.0, "per_patient": per_patient}
+    if args.do_hd:
+        hd = per_patient_hd(pred, data.labels, data.patients, data.slice_numbers, data.spacing, axis)
+        for j, k in enumerate(axis):
+            per_patient[f"hd95_c{k}"], per_patient[f"assd_c{k}"] = hd["hd95"][:, j], hd["assd"][:, j]
+        out["hd95"] = float(np.nanmean(hd["hd95"])) if np.isfinite(hd["hd95"]).any() else float("nan")
+        out["assd"] = float(np.nanmean(hd["assd"])) if np.isfinite(hd["assd"]).any() else float("nan")
+    return out
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + "_tmp")
+    df.to_csv(tmp, float_format="%.4f", index=False)
+    tmp.replace(path)
+
+
+def save_predictions(folder: Path, filenames: Sequence[str], pred: Tensor) -> None:
+    """Predicted labels as PNG, gray level = class index (the GT convention)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, p in zip(filenames, pred.numpy()):
+        Image.fromarray(p).save(folder / f"{strip_extension(name)}.png")
+
+
+def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -> None:
+    """Normalised entropy (0 = certain, 255 = uniform) as 8-bit PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, e in zip(filenames, entropy.float().numpy()):
+        Image.fromarray(np.clip(e * 255 + 0.5, 0, 255).astype(np.uint8)).save(folder / f"{strip_extension(name)}.png")
+
+
+# ---------------------------------------------------------------- the run
+
+def run(args: argparse.Namespace) -> None:
+    t_start = time.perf_counter()
+    generator = seed_everything(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise OptionError("--precision bf16: this GPU does not support bfloat16")
+
+    specs = parse_losses(args.target_losses)
+    train_folders = parse_folders(args.target_folders, "--target_folders")
+    val_folders = parse_folders(args.val_target_folders, "--val_target_folders")
+    root = Path(args.target_dataset)
+    train = load_slices(root / "train", train_folders, args.n_class, args.grp_regex, args.debug)
+    val = load_slices(root / "val", val_folders, args.n_class, args.grp_regex, args.debug)
+    check_disjoint_patients(train, val)
+    attach_bounds(train, specs, args.n_class)
+    attach_bounds(val, specs, args.n_class)
+    print(f">> {root}: {len(train)} train slices ({len(set(train.patients))} patients), "
+          f"{len(val)} val slices ({len(set(val.patients))} patients)")
+
+    net = build_model(args).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.l_rate, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+
+    savedir = Path(args.workdir)
+    prepare_workdir(savedir)
+    params = {**vars(args), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "server": socket.gethostname()}
+    (savedir / "params.txt").write_text(str(params) + "\n")
+    record_provenance(savedir)
+    t_loaded = time.perf_counter()
+
+    if args.adabn:
+        reestimate_batchnorm(net, train, args.batch_size, device, args.precision)
+        print(f">> BatchNorm statistics re-estimated on {len(train)} training images")
+
+    hd_cols = ["val_hd95", "val_assd"] if args.do_hd else []
+    rows: List[Dict[str, float]] = []
+    best = {"dice": -1.0, "epoch": -1}
+    t_train = t_val = 0.0
+    nan = float("nan")
+    for epoch in range(max(args.n_epoch, 1)):
+        t0 = time.perf_counter()
+        if args.n_epoch > 0:
+            tra = run_pass(net, train, specs, args, device, optimizer, generator, f"train {epoch}")
+            tra_dice = evaluate(tra.pred, train, args)["dice2d"]
+        t1 = time.perf_counter()
+        keep_maps = args.entmap
+        val_pass = run_pass(net, val, specs, args, device, None, generator, f"val {epoch}", keep_entropy=keep_maps)
+        val_eval = evaluate(val_pass.pred, val, args)
+        t2 = time.perf_counter()
+        t_train, t_val = t_train + t1 - t0, t_val + t2 - t1
+
+        trained = args.n_epoch > 0
+        row = {"epoch": epoch,
+               "tra_loss_s": tra.loss_s if trained else nan, "tra_loss_cons": tra.loss_cons if trained else nan,
+               "tra_loss_tot": tra.loss_s + tra.loss_cons if trained else nan,
+               "tra_size_mean": size_stats(tra.pred)[0] if trained else nan,
+               "tra_size_mean_pos": size_stats(tra.pred)[1] if trained else nan,
+               "val_loss_s": val_pass.loss_s, "val_loss_cons": val_pass.loss_cons,
+               "val_loss_tot": val_pass.loss_s + val_pass.loss_cons,
+               "val_size_mean": size_stats(val_pass.pred)[0], "val_size_mean_pos": size_stats(val_pass.pred)[1],
+               "val_gt_size_mean": size_stats(val.labels)[0], "val_gt_size_mean_pos": size_stats(val.labels)[1],
+               "tra_dice": tra_dice if trained else nan, "val_dice": val_eval["dice2d"],
+               "val_dice_3d_sd": val_eval["dice3d_sd"], "val_dice_3d": val_eval["dice3d"],
+               **{c: val_eval[c[4:]] for c in hd_cols}}
+        rows.append(row)
+        write_csv_atomic(pd.DataFrame(rows), savedir / f"{train_folders[0][0]}_target_{args.csv}")
+
+        if val_eval["dice3d"] > best["dice"]:
+            best = {"dice": val_eval["dice3d"], "epoch": epoch, "pred": val_pass.pred,
+                    "entropy": val_pass.entropy, "per_patient": val_eval["per_patient"]}
+            save_checkpoint(savedir / "best_3d.pkl", net, epoch=epoch, val_dice_3d=val_eval["dice3d"])
+            (savedir / "3dbestepoch.txt").write_text(f"{epoch},{val_eval['dice3d']}")
+        print(f"epoch {epoch:3d}  loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
+              f"val 3D dice {val_eval['dice3d']:.4f} ± {val_eval['dice3d_sd']:.4f}  (best {best['dice']:.4f} "
+              f"@ {best['epoch']})  {t2 - t0:.1f}s", flush=True)
+        if trained and not args.flr:
+            exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch)
+
+    save_checkpoint(savedir / "last.pkl", net, epoch=max(args.n_epoch, 1) - 1, val_dice_3d=rows[-1]["val_dice_3d"])
+    (savedir / "last_epoch.txt").write_text(str(max(args.n_epoch, 1) - 1))
+    write_csv_atomic(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
+    if args.saveim:
+        save_predictions(savedir / "best_epoch_3d" / "val", val.filenames, best["pred"])
+    if args.entmap:
+        save_entropy_maps(savedir / "best_epoch_3d" / "entmap", val.filenames, best["entropy"])
+    total = time.perf_counter() - t_start
+    timing = pd.DataFrame({"phase": ["load", "train", "val", "total"],
+                           "seconds": [t_loaded - t_start, t_train, t_val, total]})
+    write_csv_atomic(timing, savedir / "timing.csv")
+    print(f">> results in {savedir}; best 3D dice {best['dice']:.4f} at epoch {best['epoch']} ({total:.0f}s)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args(argv)
+    try:
+        run(args)
+    except (OptionError, DataError, CheckpointError, FileNotFoundError, FileExistsError,
+            FloatingPointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

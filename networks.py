@@ -1,0 +1,256 @@
+"""Segmentation networks as ordered lists of named blocks.
+
+Every network exposes ``blocks()``: its blocks as (name, module) pairs in forward order. Freezing
+the first/last layers, policies, truncation and feature taps all ask for blocks through it, so
+"the first layers" is defined once, here.
+"""
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class BlockNet(nn.Module):
+    """Base class: subclasses fill ``self.block_order`` with their block names in forward order."""
+
+    block_order: List[str]
+    init_kwargs: Dict[str, Any]
+
+    def blocks(self) -> List[Tuple[str, nn.Module]]:
+        return [(name, getattr(self, name)) for name in self.block_order]
+
+
+def conv_bn_relu(n_in: int, n_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(n_in, n_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(n_out),
+                         nn.ReLU(inplace=True))
+
+
+class Dimwit(BlockNet):
+    """Two-layer dummy network for debugging recipes in seconds."""
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 8):
+        super().__init__()
+        self.conv = conv_bn_relu(in_dim, width)
+        self.head = nn.Conv2d(width, out_dim, 1)
+        self.block_order = ["conv", "head"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv(x))
+
+
+class UNet(BlockNet):
+    """U-Net (Ronneberger et al. 2015) with BatchNorm; ``width`` channels at full resolution.
+
+    Blocks: enc1..enc4, bottleneck, dec4..dec1 (each up-sampling then two convolutions), head.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 16, depth: int = 4):
+        super().__init__()
+        widths = [width * 2 ** i for i in range(depth + 1)]
+        self.depth = depth
+        self.block_order = []
+        n_prev = in_dim
+        for i in range(depth):
+            self._add(f"enc{i + 1}", nn.Sequential(conv_bn_relu(n_prev, widths[i]), conv_bn_relu(widths[i], widths[i])))
+            n_prev = widths[i]
+        self._add("bottleneck", nn.Sequential(conv_bn_relu(widths[depth - 1], widths[depth]),
+                                              conv_bn_relu(widths[depth], widths[depth])))
+        for i in reversed(range(depth)):
+            self._add(f"dec{i + 1}", UpBlock(widths[i + 1], widths[i]))
+        self._add("head", nn.Conv2d(width, out_dim, 1))
+
+    def _add(self, name: str, module: nn.Module) -> None:
+        setattr(self, name, module)
+        self.block_order.append(name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips: List[Tensor] = []
+        for i in range(self.depth):
+            x = getattr(self, f"enc{i + 1}")(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = self.bottleneck(F.max_pool2d(x, 2))
+        for i in reversed(range(self.depth)):
+            x = getattr(self, f"dec{i + 1}")(x, skips[i])
+        return self.head(x)
+
+
+class UpBlock(nn.Module):
+    """Transposed-conv up-sampling, concatenation with the skip, two convolutions."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(n_in, n_out, 2, stride=2)
+        self.convs = nn.Sequential(conv_bn_relu(2 * n_out, n_out), conv_bn_relu(n_out, n_out))
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:  # odd sizes: pad the up-sampled map to the skip's size
+            dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+            x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+# ENet (Paszke et al. 2016, "ENet: A Deep Neural Network Architecture for Real-Time Semantic
+# Segmentation"): initial block, 5 stages of bottlenecks; stages 4-5 decode.
+
+class ENetInitial(nn.Module):
+    def __init__(self, in_dim: int, n_out: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, n_out - in_dim, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(n_out)
+        self.act = nn.PReLU(n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(torch.cat([self.conv(x), F.max_pool2d(x, 2, ceil_mode=True)], dim=1)))
+
+
+class ENetBottleneck(nn.Module):
+    """Regular, dilated, asymmetric or down-sampling bottleneck (1x1 reduce, main conv, 1x1 expand)."""
+
+    def __init__(self, n_in: int, n_out: int, kind: str = "regular", dilation: int = 1, dropout: float = 0.1):
+        super().__init__()
+        mid = n_in // 4
+        self.down = kind == "down"
+        self.n_pad = n_out - n_in
+        if self.down:
+            reduce = nn.Conv2d(n_in, mid, 2, stride=2, bias=False)
+        else:
+            reduce = nn.Conv2d(n_in, mid, 1, bias=False)
+        if kind == "asymmetric":
+            main: nn.Module = nn.Sequential(nn.Conv2d(mid, mid, (5, 1), padding=(2, 0), bias=False),
+                                            nn.Conv2d(mid, mid, (1, 5), padding=(0, 2), bias=False))
+        else:
+            main = nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation, bias=False)
+        self.branch = nn.Sequential(reduce, nn.BatchNorm2d(mid), nn.PReLU(mid),
+                                    main, nn.BatchNorm2d(mid), nn.PReLU(mid),
+                                    nn.Conv2d(mid, n_out, 1, bias=False), nn.BatchNorm2d(n_out),
+                                    nn.Dropout2d(dropout))
+        self.act = nn.PReLU(n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip = F.max_pool2d(x, 2, ceil_mode=True) if self.down else x
+        if self.n_pad > 0:
+            skip = F.pad(skip, [0, 0, 0, 0, 0, self.n_pad])
+        branch = self.branch(x)
+        if branch.shape[-2:] != skip.shape[-2:]:
+            skip = skip[..., :branch.shape[-2], :branch.shape[-1]]
+        return self.act(branch + skip)
+
+
+class ENetUpsample(nn.Module):
+    """Decoder bottleneck: up-sample the main branch, add a skip from the encoder at that scale."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        mid = n_in // 4
+        self.skip_conv = nn.Sequential(nn.Conv2d(n_in, n_out, 1, bias=False), nn.BatchNorm2d(n_out))
+        self.branch = nn.Sequential(nn.Conv2d(n_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.PReLU(mid),
+                                    nn.ConvTranspose2d(mid, mid, 2, stride=2, bias=False), nn.BatchNorm2d(mid),
+                                    nn.PReLU(mid), nn.Conv2d(mid, n_out, 1, bias=False), nn.BatchNorm2d(n_out))
+        self.act = nn.PReLU(n_out)
+
+    def forward(self, x: Tensor, size: Tuple[int, int]) -> Tensor:
+        skip = F.interpolate(self.skip_conv(x), size=size, mode="nearest")
+        branch = self.branch(x)
+        if branch.shape[-2:] != tuple(size):
+            branch = F.interpolate(branch, size=size, mode="nearest")
+        return self.act(branch + skip)
+
+
+class ENet(BlockNet):
+    """ENet; blocks: initial, stage1..stage3 (encoder), stage4, stage5 (decoder), head."""
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 16):
+        super().__init__()
+        w1, w2 = 4 * width, 8 * width
+        self.initial = ENetInitial(in_dim, width)
+        self.stage1 = nn.Sequential(ENetBottleneck(width, w1, "down", dropout=0.01),
+                                    *[ENetBottleneck(w1, w1, dropout=0.01) for _ in range(4)])
+        middle = [("regular", 1), ("regular", 2), ("asymmetric", 1), ("regular", 4),
+                  ("regular", 1), ("regular", 8), ("asymmetric", 1), ("regular", 16)]
+        self.stage2 = nn.Sequential(ENetBottleneck(w1, w2, "down"),
+                                    *[ENetBottleneck(w2, w2, k, d) for k, d in middle])
+        self.stage3 = nn.Sequential(*[ENetBottleneck(w2, w2, k, d) for k, d in middle])
+        self.stage4 = ENetUpsample(w2, w1)
+        self.stage4_refine = nn.Sequential(ENetBottleneck(w1, w1), ENetBottleneck(w1, w1))
+        self.stage5 = ENetUpsample(w1, width)
+        self.stage5_refine = ENetBottleneck(width, width)
+        self.head = nn.ConvTranspose2d(width, out_dim, 2, stride=2)
+        self.block_order = ["initial", "stage1", "stage2", "stage3", "stage4", "stage4_refine",
+                            "stage5", "stage5_refine", "head"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        x0 = self.initial(x)
+        x1 = self.stage1(x0)
+        x = self.stage3(self.stage2(x1))
+        x = self.stage4_refine(self.stage4(x, x1.shape[-2:]))
+        x = self.stage5_refine(self.stage5(x, x0.shape[-2:]))
+        x = self.head(x)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="nearest")
+        return x
+
+
+NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet}
+
+
+def build_network(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> BlockNet:
+    """Instantiate a network by name; unknown names raise ValueError listing the known ones."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
+    net = NETWORKS[name](in_dim, out_dim, **kwargs)
+    net.init_kwargs = {"in_dim": in_dim, "out_dim": out_dim, **kwargs}  # what a checkpoint needs to rebuild it
+    return net
+
+
+# ---------------------------------------------------------------- checkpoints
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a state-dict checkpoint of the expected network."""
+
+
+def save_checkpoint(path: Path, net: BlockNet, **meta: Any) -> None:
+    """Save {network, kwargs, state_dict, **meta} atomically (write then rename)."""
+    payload = {"network": type(net).__name__, "kwargs": dict(net.init_kwargs),
+               "state_dict": net.state_dict(), **meta}
+    tmp = path.with_name(path.name + "_tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Load a checkpoint dict with weights_only=True; anything else (e.g. a pickled model) is refused."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: not a plain state-dict checkpoint (a pickled whole model can "
+                              f"execute code when loaded; re-save it as a state dict). Detail: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or not {"network", "kwargs", "state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a checkpoint dict with keys network, kwargs, state_dict")
+    return ckpt
+
+
+def network_from_checkpoint(path: Path, expected_network: str, n_class: int) -> BlockNet:
+    """Rebuild the network a checkpoint describes, checking it is the expected architecture and class count."""
+    ckpt = load_checkpoint(path)
+    if ckpt["network"] != expected_network:
+        raise CheckpointError(f"{path}: holds a {ckpt['network']} but --network is {expected_network}")
+    kwargs = ckpt["kwargs"]
+    if kwargs.get("out_dim") != n_class:
+        raise CheckpointError(f"{path}: trained for {kwargs.get('out_dim')} classes but --n_class is {n_class}")
+    net = build_network(ckpt["network"], **kwargs)
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {ckpt['network']}({kwargs}): {str(e).splitlines()[0]}") from None
+    return net

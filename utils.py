@@ -1,0 +1,132 @@
+"""Small tensor helpers and the safe parser of the list-of-tuples option strings."""
+import ast
+import importlib.metadata
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+
+# ---------------------------------------------------------------- tensors (B, C, H, W)
+
+def simplex(t: Tensor, axis: int = 1) -> bool:
+    """True when ``t`` sums to one along ``axis`` (probabilities or one-hot)."""
+    sums = t.sum(dim=axis, dtype=torch.float32)
+    return bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
+
+
+def class2one_hot(seg: Tensor, n_class: int) -> Tensor:
+    """(B, H, W) integer labels -> (B, C, H, W) float one-hot."""
+    return torch.nn.functional.one_hot(seg.long(), n_class).movedim(-1, 1).float()
+
+
+def probs2class(probs: Tensor) -> Tensor:
+    return probs.argmax(dim=1)
+
+
+def probs2one_hot(probs: Tensor) -> Tensor:
+    return class2one_hot(probs2class(probs), probs.shape[1])
+
+
+def soft_size(a: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, C) pixel counts (soft for probabilities)."""
+    return a.sum(dim=(2, 3))
+
+
+def norm_soft_size(a: Tensor, power: float = 1) -> Tensor:
+    """Class ratio of each image as in the SFDA code: (p / max_c p)^power summed, then normalised.
+
+    Not the mean probability: the dominant class counts ~1 per pixel, the others their ratio to
+    the max (methods/sfda.md). Gradients flow through numerator and max. (B, C, H, W) -> (B, C).
+    """
+    ratio = a / (a.amax(dim=1, keepdim=True) + 1e-10)
+    q = (ratio ** power).sum(dim=(2, 3))
+    return q / (q.sum(dim=1, keepdim=True) + 1e-10)
+
+
+SIZE_FUNCTIONS = {"norm_soft_size": norm_soft_size, "soft_size": soft_size}
+
+
+# ---------------------------------------------------------------- safe option parsing
+
+class OptionError(ValueError):
+    """An option string that is not a plain literal of the expected shape."""
+
+
+def parse_literal(text: str, names: Mapping[str, Any], option: str = "option") -> Any:
+    """Parse a Python-literal option string; bare names resolve through ``names`` only.
+
+    Accepted: numbers, strings, True/False/None, lists, tuples, dicts, unary minus, and bare
+    names present in ``names`` (e.g. transforms). Calls, attribute access, subscripts, operators,
+    lambdas and comprehensions are refused: nothing in the string is ever executed.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise OptionError(f"{option}: not a valid literal ({e.msg}): {text!r}") from None
+    return _literal(tree.body, names, option)
+
+
+def _literal(node: ast.AST, names: Mapping[str, Any], option: str) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(e, names, option) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise OptionError(f"{option}: '**' unpacking is not allowed")
+        return {_literal(k, names, option): _literal(v, names, option) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+            and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float)):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    if isinstance(node, ast.Name):
+        if node.id in names:
+            return names[node.id]
+        raise OptionError(f"{option}: unknown name {node.id!r}; known names: {', '.join(sorted(names)) or 'none'}")
+    raise OptionError(f"{option}: {type(node).__name__} is not allowed in an option string "
+                      f"(only literals and known names): {ast.unparse(node)!r}")
+
+
+def str2bool(text: str) -> bool:
+    """Lenient boolean for the seed's ``type=bool`` options (``--saveim True``, ``--do_hd 90``)."""
+    low = str(text).strip().lower()
+    if low in {"false", "0", "no", "off", ""}:
+        return False
+    if low in {"true", "yes", "on"}:
+        return True
+    try:
+        return float(low) != 0
+    except ValueError:
+        raise OptionError(f"not a boolean: {text!r}") from None
+
+
+# ---------------------------------------------------------------- learning rate
+
+def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: float, lr_decay_epoch: int = 20) -> None:
+    """After epoch ``epoch``: multiply the lr by ``lr_decay`` when epoch > 0 and epoch % lr_decay_epoch == 0."""
+    if epoch > 0 and epoch % lr_decay_epoch == 0:
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_decay
+
+
+# ---------------------------------------------------------------- provenance
+
+def record_provenance(savedir: Path) -> None:
+    """Write the exact command, git commit and diff, and installed package versions of this run."""
+    here = Path(__file__).resolve().parent
+    (savedir / "command.txt").write_text(shlex.join([sys.executable, *sys.orig_argv[1:]]) + "\n")
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    (savedir / "git_commit.txt").write_text((git("rev-parse", "HEAD").strip() or "not a git checkout") + "\n")
+    (savedir / "git_diff.patch").write_text(git("diff", "HEAD"))
+    versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
+    (savedir / "versions.txt").write_text(f"python {sys.version.split()[0]}\n" + "\n".join(versions) + "\n")
