@@ -9,7 +9,8 @@ and lumen, and a prostate (bright peripheral zone, darker nodular central gland,
 whose size follows the slice axis and vanishes at both ends (negative slices). Anatomy is
 deformed smoothly per patient. A *scanner* turns tissue into intensity: its contrast curve (the
 target scanner is fat-suppressed with a steeper T2 curve), a smooth multiplicative bias field,
-blur and Rician noise. Images are normalised to their 99.5th percentile and stored as 8-bit PNG;
+blur and Rician noise. Each volume is windowed to the 97th percentile of its body's intensities
+(bright fluid saturates, as in a clinical window) and stored as 8-bit PNG;
 GT gray level = class index (0 background, 1 prostate). An existing, non-empty output folder is
 never touched, so real data dropped into ``data/`` is used as is.
 """
@@ -41,7 +42,7 @@ class Scanner:
 
 SCANNERS: Dict[str, Scanner] = {
     "source": Scanner(gamma=1.0, fat_gain=1.0, bias=0.05, blur=0.5, noise=0.02),
-    "target": Scanner(gamma=1.7, fat_gain=0.3, bias=0.45, blur=1.0, noise=0.06),
+    "target": Scanner(gamma=1.6, fat_gain=0.3, bias=0.4, blur=1.0, noise=0.05),
 }
 SPLITS = {"source": {"train": 16, "val": 6}, "target": {"train": 16, "val": 8}}
 
@@ -66,8 +67,8 @@ def radial_wobble(rng: np.random.Generator, theta: np.ndarray, amplitude: float,
     return sum(a[k] * np.cos((k + 2) * theta + phase[k]) for k in range(orders))
 
 
-def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tissue property volume (Z, H, W), fat fraction volume, prostate mask (Z, H, W) for one patient."""
+def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue property, fat fraction, body and prostate masks, each (Z, H, W), for one patient."""
     n_slices = int(rng.integers(16, 22))
     z = np.linspace(-1, 1, n_slices)[:, None, None]
     lin = np.linspace(-1, 1, size)
@@ -104,7 +105,7 @@ def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     prop = prop * (1 - bladder) + bladder * FLUID
 
     # rectum posterior, all along: wall ring with a dark lumen
-    rc, rr = (rng.uniform(-0.04, 0.04), rng.uniform(0.36, 0.42)), rng.uniform(0.09, 0.13)
+    rc, rr = (rng.uniform(-0.04, 0.04), rng.uniform(0.42, 0.48)), rng.uniform(0.09, 0.13)
     r_out = soft_ellipse(x, y, rc[0], rc[1], rr, rr * 0.85, radial_wobble(rng, theta, 0.1), px)
     r_in = soft_ellipse(x, y, rc[0], rc[1], rr * 0.55, rr * 0.4, radial_wobble(rng, theta, 0.15), px)
     prop = prop * (1 - r_out) + r_out * (WALL * (1 - r_in) + r_in * GAS)
@@ -112,7 +113,7 @@ def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     # prostate between bladder and rectum; its radius follows the slice axis, zero at the ends
     zc, hz = rng.uniform(-0.25, 0.05), rng.uniform(0.6, 0.75)
     profile = np.sqrt(np.clip(1 - ((z - zc) / hz) ** 2, 0, 1))
-    pcx, pcy = rng.uniform(-0.04, 0.04), rng.uniform(0.06, 0.14)
+    pcx, pcy = rng.uniform(-0.04, 0.04), rng.uniform(0.03, 0.10)
     prx, pry = rng.uniform(0.22, 0.32) * profile, rng.uniform(0.16, 0.23) * profile
     wob = radial_wobble(rng, theta, 0.12)
     gland = soft_ellipse(x, y, pcx, pcy, prx, pry, wob, px)
@@ -123,11 +124,11 @@ def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     prop = prop * (1 - gland) + gland * inside
     prop = prop * (1 - capsule) + capsule * CAPSULE
     mask = (gland > 0.5) & (profile > 0.15)
-    return prop, fat, mask.astype(np.uint8)
+    return prop, fat, body > 0.5, mask.astype(np.uint8)
 
 
-def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, scanner: Scanner) -> np.ndarray:
-    """Apply a scanner to a tissue volume (Z, H, W) -> 8-bit images."""
+def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, body: np.ndarray, scanner: Scanner) -> np.ndarray:
+    """Apply a scanner to a tissue volume (Z, H, W) -> 8-bit images, windowed on the body's intensities."""
     n, h, w = prop.shape
     signal = np.clip(prop, 0, None) ** scanner.gamma * (1 - (1 - scanner.fat_gain) * np.clip(fat, 0, 1))
     bias = np.exp(scanner.bias * smooth_noise(rng, (1, h, w), (0, h / 3, w / 3)))
@@ -135,7 +136,7 @@ def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, scanner: S
     real = signal + rng.normal(0, scanner.noise, signal.shape)
     imag = rng.normal(0, scanner.noise, signal.shape)
     image = np.sqrt(real ** 2 + imag ** 2)                # Rician magnitude
-    scale = np.percentile(image, 99.5)
+    scale = np.percentile(image[body], 97)                # fluid saturates, as with a clinical window
     return np.clip(image / scale * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -149,8 +150,8 @@ def write_prostate(out: Path, domain: str, seed: int, size: int, n_train: int, n
     for case in range(n_train + n_val):
         split = "train" if case < n_train else "val"
         rng = np.random.default_rng([seed, domain_id, case])
-        prop, fat, mask = render_patient(rng, size)
-        images = scan(rng, prop, fat, scanner)
+        prop, fat, body, mask = render_patient(rng, size)
+        images = scan(rng, prop, fat, body, scanner)
         for folder in ("IMG", "GT"):
             (tmp / split / folder).mkdir(parents=True, exist_ok=True)
         for m in range(len(images)):

@@ -1,0 +1,18 @@
+# Environment, tests, benchmark. The experiments: make -f prostate.make (see README).
+include common.mk
+.DEFAULT_GOAL := help
+.PHONY: help venv test clean
+
+help:
+	@echo "make venv                 create .venv from requirements.txt"
+	@echo "make test                 unit tests and end-to-end smoke runs (pytest)"
+	@echo "make -f prostate.make     the SFDA experiment on the embedded (or your) prostate data"
+	@echo "make clean                remove results, generated data, sizes and archives"
+
+venv: $(PYDEP)
+
+test: | $(PYDEP)
+	$(CC) $(CFLAGS) -m pytest -q tests
+
+clean:
+	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(SIZES) $(ARCH)

@@ -1,0 +1,87 @@
+"""The slice loader: decoded once, grouped into patients, and every malformed input named."""
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataloader import (DataError, check_disjoint_patients, gt_transform, load_slices, nii_transform2,
+                        parse_slice_name, png_transform)
+
+PNG = [("IMG", png_transform, False), ("GT", gt_transform, False)]
+RGX = r"Case\d+_\d+"
+
+
+def write_png(root, name, img=None, gt=None, shape=(6, 6)):
+    for folder in ("IMG", "GT"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    if img is not False:
+        Image.fromarray(np.full(shape, 128, np.uint8) if img is None else img).save(root / "IMG" / name)
+    if gt is not False:
+        Image.fromarray(np.zeros(shape, np.uint8) if gt is None else gt).save(root / "GT" / name)
+
+
+def test_loads_and_groups(tmp_path):
+    for name in ["Case03_10.png", "Case03_2.png", "Case07_0.png"]:
+        write_png(tmp_path, name)
+    data = load_slices(tmp_path, PNG, 2, RGX)
+    assert data.images.shape == (3, 1, 6, 6) and data.labels.shape == (3, 6, 6)
+    assert data.images.max().item() == pytest.approx(128 / 255)
+    assert data.patients == ["Case03", "Case03", "Case07"] and data.slice_numbers == [10, 2, 0]
+    assert data.spacing == (1.0, 1.0, 1.0)
+
+
+def test_capture_group_names_the_patient():
+    assert parse_slice_name("pat_12_slice_7.nii.gz", r"(pat_\d+)_slice_\d+") == ("pat_12", 7)
+
+
+def test_nifti_spacing_and_scaling(tmp_path):
+    for folder in ("IMG", "GT"):
+        (tmp_path / folder).mkdir()
+    affine = np.diag([0.7, 0.8, 2.5, 1])
+    nib.save(nib.Nifti1Image(np.full((4, 4, 1), 50, np.float32), affine), tmp_path / "IMG" / "Case00_0.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 1), np.uint8), affine), tmp_path / "GT" / "Case00_0.nii.gz")
+    data = load_slices(tmp_path, [("IMG", nii_transform2, False), ("GT", gt_transform, False)], 2, RGX)
+    assert data.spacing == pytest.approx((0.7, 0.8, 2.5)) and data.images.max().item() == 1.0
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: (write_png(r, "Case00_0.png", gt=False), write_png(r, "Case00_1.png")), "no matching file Case00_0"),
+    (lambda r: (write_png(r, "Case00_0.png"), write_png(r, "Case00_1.png", img=False)), "has no image"),
+    (lambda r: write_png(r, "Case00_0.png", gt=np.zeros((5, 6), np.uint8)), "differs from its ground truth"),
+    (lambda r: write_png(r, "Case00_0.png", gt=np.full((6, 6), 2, np.uint8)), "gray levels span"),
+    (lambda r: write_png(r, "Patient_0.png"), "does not match --grp_regex"),
+    (lambda r: ((r / "IMG").mkdir(), (r / "GT").mkdir()), "no slice files"),
+])
+def test_bad_inputs_named(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_slices(tmp_path, PNG, 2, RGX)
+
+
+def test_corrupt_png_and_nan_nifti(tmp_path):
+    write_png(tmp_path, "Case00_0.png")
+    data = (tmp_path / "IMG" / "Case00_0.png").read_bytes()
+    (tmp_path / "IMG" / "Case00_0.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"Case00_0.png: cannot decode"):
+        load_slices(tmp_path, PNG, 2, RGX)
+    nan_dir = tmp_path / "nan"
+    for folder in ("IMG", "GT"):
+        (nan_dir / folder).mkdir(parents=True)
+    img = np.ones((4, 4), np.float32); img[0, 0] = np.nan
+    nib.save(nib.Nifti1Image(img, np.eye(4)), nan_dir / "IMG" / "Case00_0.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.uint8), np.eye(4)), nan_dir / "GT" / "Case00_0.nii")
+    with pytest.raises(DataError, match="NaN or Inf"):
+        load_slices(nan_dir, [("IMG", nii_transform2, False), ("GT", gt_transform, False)], 2, RGX)
+
+
+def test_patient_in_train_and_val_refused(tmp_path):
+    write_png(tmp_path / "train", "Case00_0.png")
+    write_png(tmp_path / "val", "Case00_5.png")
+    with pytest.raises(DataError, match="Case00 appears in both"):
+        check_disjoint_patients(load_slices(tmp_path / "train", PNG, 2, RGX), load_slices(tmp_path / "val", PNG, 2, RGX))
+
+
+def test_debug_keeps_ten(tmp_path):
+    for m in range(12):
+        write_png(tmp_path, f"Case00_{m}.png")
+    assert len(load_slices(tmp_path, PNG, 2, RGX, debug=True)) == 10

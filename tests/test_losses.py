@@ -1,0 +1,87 @@
+"""Exact values of the losses on small hand-checked tensors."""
+import math
+
+import pytest
+import torch
+
+from losses import CrossEntropy, EntKLProp, NaivePenalty, SelfEntropy, build_loss
+from utils import norm_soft_size
+
+# one image, two classes, 1 x 2 pixels: pixel a is uncertain (0.5 / 0.5), pixel b is background (1 / 0)
+PROBS = torch.tensor([[[[0.5, 1.0]], [[0.5, 0.0]]]])
+TARGET = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]]]])     # a is foreground, b background
+BOUNDS_HALF = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])     # prior: one pixel of each class
+
+
+def test_norm_soft_size_is_ratio_to_max_not_mean_probability():
+    # pixel a: both classes equal the max -> 1 each; pixel b: background 1, foreground 0
+    assert torch.allclose(norm_soft_size(PROBS), torch.tensor([[2 / 3, 1 / 3]]))
+
+
+def test_entklprop_exact_terms():
+    loss = EntKLProp(weights_se=[0.1, 0.9], lamb_se=1, lamb_consprior=1, curi=True, ivd=True, power=1,
+                     idc_c=[1], fn="norm_soft_size")
+    ent, kl = loss.terms(PROBS, TARGET, BOUNDS_HALF)
+    # entropy: pixel a: -(0.1 + 0.9) * 0.5 ln 0.5; pixel b: 0; divided by sum(p) = 2
+    assert ent.item() == pytest.approx(-0.5 * math.log(0.5) / 2, abs=1e-6)
+    # KL(tau || tau*) with tau = (2/3, 1/3), tau* = (1/2, 1/2)
+    expected_kl = 2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5)
+    assert kl.item() == pytest.approx(expected_kl, abs=1e-6)
+    assert loss(PROBS, TARGET, BOUNDS_HALF).item() == pytest.approx(ent.item() + kl.item(), abs=1e-7)
+
+
+def test_entklprop_negative_slice_punishes_foreground_hard():
+    loss = EntKLProp(weights_se=[0.1, 0.9], fn="norm_soft_size")
+    negative = torch.tensor([[[2.0, 2.0], [0.0, 0.0]]])     # prior: w*h background, 0 foreground
+    _, kl = loss.terms(PROBS, TARGET, negative)
+    # tau* = (1, 0): the foreground term is 1/3 * (ln(1/3) - ln(1e-10))
+    expected = 2 / 3 * math.log(2 / 3) + 1 / 3 * (math.log(1 / 3) - math.log(1e-10))
+    assert kl.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_entklprop_lambdas_scale_terms_and_curi_false_uses_gt():
+    loss = EntKLProp(weights_se=[0.1, 0.9], lamb_se=2, lamb_consprior=0.5, curi=False, fn="norm_soft_size")
+    ent, kl = loss.terms(PROBS, TARGET, torch.zeros(1, 2, 2))
+    assert ent.item() == pytest.approx(-0.5 * math.log(0.5), abs=1e-6)
+    # GT ratio = (1/2, 1/2) -> same KL as above, halved
+    assert kl.item() == pytest.approx(0.5 * (2 / 3 * math.log(4 / 3) + 1 / 3 * math.log(2 / 3)), abs=1e-6)
+
+
+def test_entklprop_gradient_reaches_probabilities():
+    probs = PROBS.clone().requires_grad_(True)
+    EntKLProp(weights_se=[0.1, 0.9], fn="norm_soft_size")(probs, TARGET, BOUNDS_HALF).backward()
+    assert probs.grad is not None and probs.grad.abs().sum() > 0
+
+
+def test_cross_entropy_exact():
+    ce = CrossEntropy(idc=[0, 1], weights=[1, 1])
+    s, cons = ce.terms(PROBS, TARGET, BOUNDS_HALF)
+    assert s.item() == pytest.approx(-(math.log(0.5) + math.log(1.0)) / 2, abs=1e-6)
+    assert cons.item() == 0
+    weighted = CrossEntropy(idc=[0, 1], weights=[1, 3])(PROBS, TARGET, BOUNDS_HALF)
+    assert weighted.item() == pytest.approx(-3 * math.log(0.5) / 2, abs=1e-6)
+    only_fg = CrossEntropy(idc=[1], weights=[1])(PROBS, TARGET, BOUNDS_HALF)
+    assert only_fg.item() == pytest.approx(-math.log(0.5), abs=1e-6)
+
+
+def test_self_entropy_equals_entklprop_entropy_term():
+    se = SelfEntropy(idc=[0, 1], weights=[0.1, 0.9])(PROBS, TARGET, BOUNDS_HALF)
+    ent, _ = EntKLProp(weights_se=[0.1, 0.9], fn="norm_soft_size").terms(PROBS, TARGET, BOUNDS_HALF)
+    assert se.item() == pytest.approx(ent.item(), abs=1e-7)
+
+
+def test_naive_penalty_exact():
+    # soft sizes: background 1.5, foreground 0.5; bounds for foreground [1, 2] -> lower violated by 0.5
+    bounds = torch.tensor([[[0.0, 10.0], [1.0, 2.0]]])
+    _, pen = NaivePenalty(idc=[1], fn="soft_size").terms(PROBS, TARGET, bounds)
+    assert pen.item() == pytest.approx(0.5 ** 2 / 2 ** 2, abs=1e-7)
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("Nope", {}, "unknown loss"),
+    ("CrossEntropy", {"idc": [0, 1], "weights": [1]}, "weights"),
+    ("CrossEntropy", {"idc": [0, 1], "typo": 1}, "bad parameters"),
+])
+def test_build_loss_rejects_bad_specs(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        build_loss(name, params, None)

@@ -1,0 +1,98 @@
+"""main.py as a user runs it: the seed's recipe verbatim on NIfTI slices, and clear errors on bad input."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+import main
+import sizes
+
+# seed 004's SFDA_TrueSize recipe and TT_DATA, verbatim but for the size file path
+TT_DATA = "[('IMG', nii_transform2, False), ('GT', nii_gt_transform2, False), ('GT', nii_gt_transform2, False)]"
+TRUESIZE = ("[('EntKLProp', {'lamb_se':1,'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],"
+            "'curi':True,'power': 1},'PredictionBounds', {'margin':0,'dir':'high','idc':[0,1],"
+            "'predcol':'val_gt_size','power': 1, 'mode':'percentage','sizefile':'SIZEFILE'},'norm_soft_size',1)]")
+L_OR = "[('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]"
+
+
+def write_nii_dataset(root, spacing=(0.5, 0.5, 3.0)):
+    rng = np.random.default_rng(0)
+    for split, cases in (("train", [0, 1]), ("val", [2])):
+        for folder in ("IMG", "GT"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            for m in range(4):
+                gt = np.zeros((12, 12), np.uint8)
+                if 0 < m < 3:
+                    gt[3:3 + 2 * m, 4:8] = 1
+                img = rng.normal(0.2, 0.05, (12, 12)).astype(np.float32) + gt
+                affine = np.diag([*spacing, 1.0])
+                nib.save(nib.Nifti1Image(img, affine), root / split / "IMG" / f"Case{case:02d}_{m}.nii")
+                nib.save(nib.Nifti1Image(gt, affine), root / split / "GT" / f"Case{case:02d}_{m}.nii")
+
+
+def base_args(data, workdir, losses):
+    return ["--target_dataset", str(data), "--workdir", str(workdir), "--network", "Dimwit", "--n_class", "2",
+            "--metric_axis", "1", "--grp_regex", r"Case\d+_\d+", "--target_folders", TT_DATA,
+            "--val_target_folders", TT_DATA, "--target_losses", losses, "--cpu"]
+
+
+@pytest.fixture(scope="module")
+def nii_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nii")
+    write_nii_dataset(tmp / "data")
+    assert sizes.main(["--source", str(tmp / "data"), "--target", str(tmp / "data"), "--out", str(tmp / "sizes.csv")]) == 0
+    assert main.main(base_args(tmp / "data", tmp / "src", L_OR) + ["--n_epoch", "2", "--batch_size", "4"]) == 0
+    return tmp
+
+
+def test_seed_truesize_recipe_runs_verbatim(nii_data):
+    losses = TRUESIZE.replace("SIZEFILE", str(nii_data / "sizes.csv"))
+    workdir = nii_data / "truesize"
+    args = base_args(nii_data / "data", workdir, losses) + [
+        "--l_rate", "0.000001", "--n_epoch", "2", "--lr_decay", "0.9", "--batch_size", "10",
+        "--model_weights", str(nii_data / "src" / "last.pkl"), "--do_hd", "90", "--saveim", "True", "--entmap"]
+    assert main.main(args) == 0
+    metrics = pd.read_csv(workdir / "IMG_target_metrics.csv")
+    assert len(metrics) == 2 and (metrics["tra_loss_cons"] > 0).all()
+    params = (workdir / "params.txt").read_text()
+    assert "'l_rate': 1e-06" in params and "'batch_size': 10" in params
+    per_patient = pd.read_csv(workdir / "val_dice_3d_per_patient.csv")
+    assert per_patient["patient"].tolist() == ["Case02"]
+    assert sorted(p.name for p in (workdir / "best_epoch_3d" / "val").iterdir()) == [f"Case02_{m}.png" for m in range(4)]
+
+
+def test_same_seed_same_metrics(nii_data):
+    for name in ("a", "b"):
+        assert main.main(base_args(nii_data / "data", nii_data / name, L_OR) + ["--n_epoch", "2", "--seed", "3"]) == 0
+    assert (nii_data / "a" / "IMG_target_metrics.csv").read_text() == (nii_data / "b" / "IMG_target_metrics.csv").read_text()
+
+
+def test_n_epoch_zero_evaluates_the_given_weights(nii_data):
+    workdir = nii_data / "eval"
+    assert main.main(base_args(nii_data / "data", workdir, L_OR) +
+                     ["--n_epoch", "0", "--model_weights", str(nii_data / "src" / "last.pkl")]) == 0
+    metrics = pd.read_csv(workdir / "IMG_target_metrics.csv")
+    assert len(metrics) == 1 and metrics["tra_loss_tot"].isna().all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--target_losses", "[('CrossEntropy', {'idc': [0,1]}, None, None, None, __import__('os'))]"), "not allowed"),
+    (("--target_folders", "[('IMG', nii_transform7, False), ('GT', gt_transform, False)]"), "unknown name"),
+    (("--model_weights", "/nonexistent/w.pkl"), "does not exist"),
+    (("--grp_regex", r"Patient\d+"), "does not match --grp_regex"),
+    (("--n_class", "1"), "gray levels span"),
+])
+def test_bad_input_exits_with_a_clear_message(nii_data, tmp_path, capsys, change, message):
+    args = base_args(nii_data / "data", tmp_path / "run_tmp", L_OR) + ["--n_epoch", "1", "--metric_axis", "0"]
+    args += list(change)
+    assert main.main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_result_is_not_overwritten(nii_data, capsys):
+    before = (nii_data / "src" / "IMG_target_metrics.csv").read_text()
+    assert main.main(base_args(nii_data / "data", nii_data / "src", L_OR) + ["--n_epoch", "1"]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (nii_data / "src" / "IMG_target_metrics.csv").read_text() == before

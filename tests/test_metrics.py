@@ -1,0 +1,61 @@
+"""Metrics on small masks whose values are known by hand."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+from scipy import ndimage
+
+from metrics import confusion_sizes, dice_3d, dice_from_sizes, hd95_assd, per_patient_hd
+
+
+def test_dice_2d_exact_and_empty_slices_score_one():
+    gt = torch.tensor([[[0, 1, 1, 0]], [[0, 0, 0, 0]], [[1, 1, 0, 0]]])
+    pred = torch.tensor([[[0, 1, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 1, 1]]])
+    dice = dice_from_sizes(*confusion_sizes(pred, gt, 2))[:, 1]
+    assert dice.tolist() == pytest.approx([2 * 1 / (1 + 2), 1.0, 0.0], abs=1e-7)
+
+
+def test_dice_3d_sums_over_each_patients_slices():
+    gt = torch.tensor([[[1, 1, 0, 0]], [[1, 0, 0, 0]], [[1, 1, 1, 1]]])
+    pred = torch.tensor([[[1, 0, 0, 0]], [[1, 1, 0, 0]], [[1, 1, 0, 0]]])
+    ids, d3 = dice_3d(*confusion_sizes(pred, gt, 2), ["B", "B", "A"])
+    assert ids == ["A", "B"]
+    # patient A: I=2, P=2, G=4; patient B: I=2, P=3, G=3
+    assert d3[:, 1].tolist() == pytest.approx([4 / 6, 4 / 6], abs=1e-7)
+
+
+def test_hd95_assd_single_voxels_anisotropic_spacing():
+    gt = np.zeros((1, 5, 5), bool); gt[0, 0, 0] = True
+    pred = np.zeros((1, 5, 5), bool); pred[0, 0, 3] = True
+    assert hd95_assd(pred, gt, (1, 1, 1)) == pytest.approx((3.0, 3.0))
+    assert hd95_assd(pred, gt, (1, 1, 2.5)) == pytest.approx((7.5, 7.5))
+    assert hd95_assd(gt, gt, (1, 1, 1)) == (0.0, 0.0)
+
+
+def test_hd95_nan_when_a_mask_is_empty():
+    gt = np.zeros((3, 3), bool); gt[1, 1] = True
+    assert all(np.isnan(v) for v in hd95_assd(np.zeros((3, 3), bool), gt, (1, 1)))
+
+
+def test_hd95_assd_match_brute_force_on_random_blobs():
+    rng = np.random.default_rng(3)
+    spacing = (2.0, 0.7, 1.3)
+    a = ndimage.gaussian_filter(rng.standard_normal((8, 20, 20)), 2) > 0.05
+    b = ndimage.gaussian_filter(rng.standard_normal((8, 20, 20)), 2) > 0.05
+    structure = ndimage.generate_binary_structure(3, 1)
+    sa = np.argwhere(a & ~ndimage.binary_erosion(a, structure)) * spacing
+    sb = np.argwhere(b & ~ndimage.binary_erosion(b, structure)) * spacing
+    d = cdist(sa, sb)
+    d_ab, d_ba = d.min(axis=1), d.min(axis=0)
+    hd, asd = hd95_assd(a, b, spacing)
+    assert hd == pytest.approx(np.percentile(np.concatenate([d_ab, d_ba]), 95), rel=1e-9)
+    assert asd == pytest.approx((d_ab.mean() + d_ba.mean()) / 2, rel=1e-9)
+
+
+def test_per_patient_hd_stacks_slices_in_slice_order():
+    # patient P: slices given out of order; the foreground voxel sits on slice 0 (gt) and slice 2 (pred)
+    gt = torch.zeros(3, 4, 4, dtype=torch.long); pred = torch.zeros(3, 4, 4, dtype=torch.long)
+    numbers = [2, 0, 1]            # row 1 is slice 0, row 0 is slice 2
+    gt[1, 1, 1] = 1; pred[0, 1, 1] = 1
+    out = per_patient_hd(pred, gt, ["P"] * 3, numbers, spacing=(1.0, 1.0, 3.0), classes=[1])
+    assert out["hd95"][0, 0] == pytest.approx(6.0) and out["assd"][0, 0] == pytest.approx(6.0)

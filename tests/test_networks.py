@@ -1,0 +1,59 @@
+"""Networks: shapes, named blocks in forward order, and the checkpoint loader's refusals."""
+import pytest
+import torch
+
+from networks import CheckpointError, build_network, load_checkpoint, network_from_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("name", ["Dimwit", "UNet", "ENet"])
+@pytest.mark.parametrize("size", [(64, 64), (50, 38)])
+def test_output_shape(name, size):
+    net = build_network(name, 1, 3).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, *size)).shape == (2, 3, *size)
+
+
+def test_blocks_are_named_in_forward_order_and_cover_the_parameters():
+    net = build_network("UNet", 1, 2)
+    names = [n for n, _ in net.blocks()]
+    assert names == ["enc1", "enc2", "enc3", "enc4", "bottleneck", "dec4", "dec3", "dec2", "dec1", "head"]
+    in_blocks = sum(p.numel() for _, b in net.blocks() for p in b.parameters())
+    assert in_blocks == sum(p.numel() for p in net.parameters())
+    enet = build_network("ENet", 1, 2)
+    assert sum(p.numel() for _, b in enet.blocks() for p in b.parameters()) == sum(p.numel() for p in enet.parameters())
+
+
+def test_unknown_network():
+    with pytest.raises(ValueError, match="unknown network 'VNet'"):
+        build_network("VNet", 1, 2)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = build_network("UNet", 1, 2, width=4)
+    save_checkpoint(tmp_path / "w.pkl", net, epoch=3)
+    back = network_from_checkpoint(tmp_path / "w.pkl", "UNet", 2)
+    assert load_checkpoint(tmp_path / "w.pkl")["epoch"] == 3
+    for a, b in zip(net.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_pickled_whole_model_is_refused(tmp_path):
+    torch.save(build_network("Dimwit", 1, 2), tmp_path / "model.pkl")    # the seed's format
+    with pytest.raises(CheckpointError, match="pickled whole model"):
+        load_checkpoint(tmp_path / "model.pkl")
+
+
+def test_truncated_wrong_architecture_and_class_count_refused(tmp_path):
+    net = build_network("Dimwit", 1, 2)
+    save_checkpoint(tmp_path / "w.pkl", net)
+    data = (tmp_path / "w.pkl").read_bytes()
+    (tmp_path / "cut.pkl").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pkl")
+    with pytest.raises(CheckpointError, match="holds a Dimwit but --network is UNet"):
+        network_from_checkpoint(tmp_path / "w.pkl", "UNet", 2)
+    with pytest.raises(CheckpointError, match="2 classes but --n_class is 3"):
+        network_from_checkpoint(tmp_path / "w.pkl", "Dimwit", 3)
+    torch.save({"network": "Dimwit"}, tmp_path / "partial.pkl")
+    with pytest.raises(CheckpointError, match="keys"):
+        load_checkpoint(tmp_path / "partial.pkl")

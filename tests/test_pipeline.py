@@ -1,0 +1,106 @@
+"""prostate.make end to end: the recipe chain (make -n) and a tiny real run with the dummy network."""
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ["cesource", "noadapt", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
+
+
+def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    paths = [f"RD={tmp}/results", f"DATA={tmp}/data", f"SIZES={tmp}/sizes", f"ARCH={tmp}/archives"]
+    return subprocess.run(["make", "-f", "prostate.make", f"CC={sys.executable}", *paths, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_dry_run_shows_the_whole_chain(tmp_path):
+    out = make(tmp_path, "-n")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for run in RUNS:
+        assert f"--workdir {tmp_path}/results/prostate/{run}_tmp" in text
+        assert f"mv {tmp_path}/results/prostate/{run}_tmp {tmp_path}/results/prostate/{run}" in text
+    for piece in ["synth.py prostate --domain source", "synth.py prostate --domain target", "sizes.py",
+                  "plot.py", "moustache.py", "report.py", "tar cf -", "-prostate.tar.gz"]:
+        assert piece in text
+    assert "predcol':'val_gt_size'" in text and "predcol':'dumbpredwtags'" in text
+    # the source model comes first, the adaptation runs start from it
+    assert text.index("cesource_tmp") < text.index("sfda_tmp")
+
+
+def test_cflags_and_debug_reach_every_command(tmp_path):
+    out = make(tmp_path, "-n", "CFLAGS=-O", "NET=Dimwit", "EPC=5", "DEBUG=--debug")
+    mains = [line for line in out.stdout.splitlines() if "main.py" in line]
+    assert len(mains) == len(RUNS)
+    assert all(f"{sys.executable} -O main.py" in line for line in mains)
+    text = out.stdout
+    assert text.count("--network Dimwit") == len(RUNS) and text.count("--debug") == len(RUNS)
+    assert text.count("--n_epoch 5") == len(RUNS)          # noadapt/adabn override it with --n_epoch 0
+    assert text.count("--n_epoch 0") == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    out = make(tmp, "NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp
+
+
+def test_every_output_file(tiny_run):
+    pr = tiny_run / "results" / "prostate"
+    for run in RUNS:
+        d = pr / run
+        for name in ["params.txt", "best_3d.pkl", "last.pkl", "IMG_target_metrics.csv", "3dbestepoch.txt",
+                     "val_dice_3d_per_patient.csv", "command.txt", "git_commit.txt", "git_diff.patch",
+                     "versions.txt", "timing.csv"]:
+            assert (d / name).is_file(), f"{run}/{name}"
+        assert len(list((d / "best_epoch_3d" / "val").glob("*.png"))) == 10
+        assert not (pr / f"{run}_tmp").exists()
+        metrics = pd.read_csv(d / "IMG_target_metrics.csv")
+        assert list(metrics.columns[:17]) == [
+            "epoch", "tra_loss_s", "tra_loss_cons", "tra_loss_tot", "tra_size_mean", "tra_size_mean_pos",
+            "val_loss_s", "val_loss_cons", "val_loss_tot", "val_size_mean", "val_size_mean_pos",
+            "val_gt_size_mean", "val_gt_size_mean_pos", "tra_dice", "val_dice", "val_dice_3d_sd", "val_dice_3d"]
+        epoch, dice = (d / "3dbestepoch.txt").read_text().split(",")
+        assert float(dice) == pytest.approx(metrics.loc[metrics.epoch == int(epoch), "val_dice_3d"].item(), abs=1e-4)
+    sfda = pd.read_csv(pr / "sfda" / "IMG_target_metrics.csv")
+    assert sfda["tra_loss_cons"].iloc[0] > 0            # the KL term is logged (0 in the seed's code)
+    assert (pr / "sfda" / "best_epoch_3d" / "entmap").is_dir()
+    assert "python" in (pr / "sfda" / "versions.txt").read_text() and "torch==" in (pr / "sfda" / "versions.txt").read_text()
+    for name in ["val_dice_3d.png", "boxplot.png", "report.md"]:
+        assert (pr / name).stat().st_size > 0
+    report = (pr / "report.md").read_text()
+    assert all(f"| {run} |" in report for run in RUNS)
+
+
+def test_archive_holds_the_results_and_nothing_else(tiny_run):
+    archives = list((tiny_run / "archives").glob("*-prostate.tar.gz"))
+    assert len(archives) == 1
+    with tarfile.open(archives[0]) as tar:
+        names = tar.getnames()
+    prefix = str(tiny_run).lstrip("/")
+    assert all(n.startswith(prefix) for n in names)
+    assert any(n.endswith("sfda/best_3d.pkl") for n in names) and any(n.endswith("report.md") for n in names)
+    assert any(n.endswith("sizes/prostate.csv") for n in names)
+
+
+def test_second_make_has_nothing_to_do(tiny_run):
+    out = make(tiny_run, "-n", "NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O")
+    assert "main.py" not in out.stdout
+
+
+def test_noadapt_is_the_source_model_unchanged(tiny_run):
+    pr = tiny_run / "results" / "prostate"
+    import torch
+    src = torch.load(pr / "cesource" / "best_3d.pkl", weights_only=True)["state_dict"]
+    noadapt = torch.load(pr / "noadapt" / "last.pkl", weights_only=True)["state_dict"]
+    adabn = torch.load(pr / "adabn" / "last.pkl", weights_only=True)["state_dict"]
+    assert all(torch.equal(src[k], noadapt[k]) for k in src)
+    # AdaBN changes BatchNorm statistics only
+    changed = {k for k in src if not torch.equal(src[k], adabn[k])}
+    assert changed and all("running_" in k or "num_batches" in k for k in changed)
