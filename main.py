@@ -10,6 +10,7 @@ last.pkl, val_dice_3d_per_patient.csv, best_epoch_3d/val/*.png (--saveim), prove
 """
 import argparse
 import random
+import resource
 import shutil
 import socket
 import sys
@@ -182,24 +183,29 @@ class PassResult:
     loss_cons: float
     pred: Tensor          # (N, H, W) uint8 argmax
     entropy: Optional[Tensor]  # (N, H, W) float16, only when asked
+    compute_s: float      # seconds in forward, losses, backward and optimizer step
+    dice2d: float = float("nan")
 
 
 def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
              device: torch.device, optimizer: Optional[torch.optim.Optimizer], generator: torch.Generator,
              desc: str, keep_entropy: bool = False) -> PassResult:
-    """One epoch of training (optimizer given) or evaluation (optimizer None) over ``data``."""
+    """One epoch of training (optimizer given) or evaluation (optimizer None) over ``data``.
+
+    Losses and predictions accumulate on the device and come back to the host once per pass.
+    """
     training = optimizer is not None
     net.train(training)
-    n = len(data)
-    pred = torch.empty(data.labels.shape, dtype=torch.uint8)
-    entropy = torch.empty(data.labels.shape, dtype=torch.float16) if keep_entropy else None
-    sum_s = sum_cons = 0.0
+    pred = torch.empty(data.labels.shape, dtype=torch.uint8, device=device)
+    entropy = torch.empty(data.labels.shape, dtype=torch.float16, device=device) if keep_entropy else None
+    sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
+    compute_s = 0.0
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
-    grad = torch.enable_grad() if training else torch.no_grad()
-    with grad:
+    with torch.enable_grad() if training else torch.no_grad():
         for idx in tqdm(list(data.batches(args.batch_size, training, generator)), desc=desc, leave=False, disable=None):
             images = data.images[idx].to(device, memory_format=memory)
             target = class2one_hot(data.labels[idx], args.n_class).to(device)
+            t0 = time.perf_counter()
             with autocast(device, args.precision):
                 logits = net(images)
             probs = logits.float().softmax(dim=1)
@@ -207,21 +213,20 @@ def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: arg
             for spec, bounds in zip(specs, data.bounds):
                 s, cons = spec.loss.terms(probs, target, bounds[idx].to(device))
                 loss_s, loss_cons = loss_s + spec.weight * s, loss_cons + spec.weight * cons
-            loss = loss_s + loss_cons
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} (entropy/CE term {loss_s.item()}, "
-                                         f"prior term {loss_cons.item()}); stopping. Try a lower --l_rate.")
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss_s + loss_cons).backward()
                 optimizer.step()
-            sum_s += loss_s.item() * len(idx)
-            sum_cons += loss_cons.item() * len(idx)
-            pred[idx] = probs.argmax(dim=1).to(torch.uint8).cpu()
+            compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
+            sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
+            pred[idx.to(device)] = probs.argmax(dim=1).to(torch.uint8)
             if entropy is not None:
-                ent = -(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)
-                entropy[idx] = ent.to(torch.float16).cpu()
-    return PassResult(sum_s / n, sum_cons / n, pred, entropy)
+                entropy[idx.to(device)] = (-(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)).half()
+    loss_s, loss_cons = (sums / len(data)).tolist()
+    if not (np.isfinite(loss_s) and np.isfinite(loss_cons)):
+        raise FloatingPointError(f"{desc}: the loss became non-finite (mean entropy/CE term {loss_s}, prior term "
+                                 f"{loss_cons}); stopped before saving these weights. Try a lower --l_rate.")
+    return PassResult(loss_s, loss_cons, pred.cpu(), entropy.cpu() if entropy is not None else None, compute_s)
 
 
 # ---------------------------------------------------------------- epoch statistics
@@ -252,6 +257,27 @@ def evaluate(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> Dict[str
         out["hd95"] = float(np.nanmean(hd["hd95"])) if np.isfinite(hd["hd95"]).any() else float("nan")
         out["assd"] = float(np.nanmean(hd["assd"])) if np.isfinite(hd["assd"]).any() else float("nan")
     return out
+
+
+def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: PassResult,
+              val_eval: Dict[str, Any], val: SliceSet) -> Dict[str, float]:
+    """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained."""
+    nan = float("nan")
+    tra_size = size_stats(tra.pred) if tra else (nan, nan)
+    val_size, gt_size = size_stats(val_pass.pred), size_stats(val.labels)
+    row = {"epoch": epoch,
+           "tra_loss_s": tra.loss_s if tra else nan, "tra_loss_cons": tra.loss_cons if tra else nan,
+           "tra_loss_tot": tra.loss_s + tra.loss_cons if tra else nan,
+           "tra_size_mean": tra_size[0], "tra_size_mean_pos": tra_size[1],
+           "val_loss_s": val_pass.loss_s, "val_loss_cons": val_pass.loss_cons,
+           "val_loss_tot": val_pass.loss_s + val_pass.loss_cons,
+           "val_size_mean": val_size[0], "val_size_mean_pos": val_size[1],
+           "val_gt_size_mean": gt_size[0], "val_gt_size_mean_pos": gt_size[1],
+           "tra_dice": tra.dice2d if tra else nan, "val_dice": val_eval["dice2d"],
+           "val_dice_3d_sd": val_eval["dice3d_sd"], "val_dice_3d": val_eval["dice3d"]}
+    if "hd95" in val_eval:
+        row["val_hd95"], row["val_assd"] = val_eval["hd95"], val_eval["assd"]
+    return row
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -311,36 +337,23 @@ def run(args: argparse.Namespace) -> None:
         reestimate_batchnorm(net, train, args.batch_size, device, args.precision)
         print(f">> BatchNorm statistics re-estimated on {len(train)} training images")
 
-    hd_cols = ["val_hd95", "val_assd"] if args.do_hd else []
     rows: List[Dict[str, float]] = []
     best = {"dice": -1.0, "epoch": -1}
-    t_train = t_val = 0.0
-    nan = float("nan")
+    t_train = t_val = t_compute = t_epochs = 0.0
     for epoch in range(max(args.n_epoch, 1)):
         t0 = time.perf_counter()
+        tra: Optional[PassResult] = None
         if args.n_epoch > 0:
             tra = run_pass(net, train, specs, args, device, optimizer, generator, f"train {epoch}")
-            tra_dice = evaluate(tra.pred, train, args)["dice2d"]
+            tra.dice2d = evaluate(tra.pred, train, args)["dice2d"]
         t1 = time.perf_counter()
-        keep_maps = args.entmap
-        val_pass = run_pass(net, val, specs, args, device, None, generator, f"val {epoch}", keep_entropy=keep_maps)
+        val_pass = run_pass(net, val, specs, args, device, None, generator, f"val {epoch}", keep_entropy=args.entmap)
         val_eval = evaluate(val_pass.pred, val, args)
         t2 = time.perf_counter()
         t_train, t_val = t_train + t1 - t0, t_val + t2 - t1
+        t_compute += val_pass.compute_s + (tra.compute_s if tra else 0.0)
 
-        trained = args.n_epoch > 0
-        row = {"epoch": epoch,
-               "tra_loss_s": tra.loss_s if trained else nan, "tra_loss_cons": tra.loss_cons if trained else nan,
-               "tra_loss_tot": tra.loss_s + tra.loss_cons if trained else nan,
-               "tra_size_mean": size_stats(tra.pred)[0] if trained else nan,
-               "tra_size_mean_pos": size_stats(tra.pred)[1] if trained else nan,
-               "val_loss_s": val_pass.loss_s, "val_loss_cons": val_pass.loss_cons,
-               "val_loss_tot": val_pass.loss_s + val_pass.loss_cons,
-               "val_size_mean": size_stats(val_pass.pred)[0], "val_size_mean_pos": size_stats(val_pass.pred)[1],
-               "val_gt_size_mean": size_stats(val.labels)[0], "val_gt_size_mean_pos": size_stats(val.labels)[1],
-               "tra_dice": tra_dice if trained else nan, "val_dice": val_eval["dice2d"],
-               "val_dice_3d_sd": val_eval["dice3d_sd"], "val_dice_3d": val_eval["dice3d"],
-               **{c: val_eval[c[4:]] for c in hd_cols}}
+        row = epoch_row(epoch, tra, train, val_pass, val_eval, val)
         rows.append(row)
         write_csv_atomic(pd.DataFrame(rows), savedir / f"{train_folders[0][0]}_target_{args.csv}")
 
@@ -349,11 +362,12 @@ def run(args: argparse.Namespace) -> None:
                     "entropy": val_pass.entropy, "per_patient": val_eval["per_patient"]}
             save_checkpoint(savedir / "best_3d.pkl", net, epoch=epoch, val_dice_3d=val_eval["dice3d"])
             (savedir / "3dbestepoch.txt").write_text(f"{epoch},{val_eval['dice3d']}")
-        print(f"epoch {epoch:3d}  loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
+        print(f"epoch {epoch:3d}  train loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
               f"val 3D dice {val_eval['dice3d']:.4f} ± {val_eval['dice3d_sd']:.4f}  (best {best['dice']:.4f} "
               f"@ {best['epoch']})  {t2 - t0:.1f}s", flush=True)
-        if trained and not args.flr:
+        if args.n_epoch > 0 and not args.flr:
             exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch)
+        t_epochs += time.perf_counter() - t0
 
     save_checkpoint(savedir / "last.pkl", net, epoch=max(args.n_epoch, 1) - 1, val_dice_3d=rows[-1]["val_dice_3d"])
     (savedir / "last_epoch.txt").write_text(str(max(args.n_epoch, 1) - 1))
@@ -363,9 +377,12 @@ def run(args: argparse.Namespace) -> None:
     if args.entmap:
         save_entropy_maps(savedir / "best_epoch_3d" / "entmap", val.filenames, best["entropy"])
     total = time.perf_counter() - t_start
-    timing = pd.DataFrame({"phase": ["load", "train", "val", "total"],
-                           "seconds": [t_loaded - t_start, t_train, t_val, total]})
-    write_csv_atomic(timing, savedir / "timing.csv")
+    # compute: forward/backward/step only; epochs: wall time of the epochs incl. metrics, logging, saving
+    stats = pd.DataFrame([("load", t_loaded - t_start, "s"), ("train", t_train, "s"), ("val", t_val, "s"),
+                          ("compute", t_compute, "s"), ("epochs", t_epochs, "s"), ("total", total, "s"),
+                          ("peak_memory", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")],
+                         columns=["name", "value", "unit"])
+    write_csv_atomic(stats, savedir / "run_stats.csv")
     print(f">> results in {savedir}; best 3D dice {best['dice']:.4f} at epoch {best['epoch']} ({total:.0f}s)")
 
 

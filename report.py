@@ -27,10 +27,10 @@ def read_metrics(run: Path) -> pd.DataFrame:
     return pd.read_csv(metrics_file(run))
 
 
-def read_per_patient(run: Path) -> np.ndarray:
-    """Per-patient 3D Dice at the best epoch, averaged over the reported classes."""
+def read_per_patient(run: Path, metric: str = "dice_3d") -> np.ndarray:
+    """Per-patient ``metric`` (dice_3d, hd95, assd) at the best epoch, averaged over the reported classes."""
     df = pd.read_csv(run / "val_dice_3d_per_patient.csv")
-    return df.filter(like="dice_3d_c").mean(axis=1).to_numpy()
+    return df.filter(like=f"{metric}_c").mean(axis=1, skipna=False).to_numpy()
 
 
 def summarize(run: Path) -> Dict[str, object]:
@@ -38,13 +38,15 @@ def summarize(run: Path) -> Dict[str, object]:
     best_epoch = int((run / "3dbestepoch.txt").read_text().split(",")[0])
     best = metrics.loc[metrics["epoch"] == best_epoch].iloc[0]
     per_patient = read_per_patient(run)
-    timing = pd.read_csv(run / "timing.csv").set_index("phase")["seconds"]
+    hd95 = read_per_patient(run, "hd95")
+    stats = pd.read_csv(run / "run_stats.csv").set_index("name")["value"]
     return {"run": run.name, "epochs": len(metrics) if metrics["tra_loss_tot"].notna().any() else 0,
             "best_epoch": best_epoch, "dice3d": per_patient.mean(),
             "dice3d_sd": per_patient.std(ddof=1) if len(per_patient) > 1 else 0.0,
             "last_dice3d": metrics["val_dice_3d"].iloc[-1], "dice2d": best["val_dice"],
             "hd95": best.get("val_hd95", np.nan), "assd": best.get("val_assd", np.nan),
-            "seconds": timing["total"], "patients": len(per_patient)}
+            "hd_defined": int(np.isfinite(hd95).sum()),
+            "seconds": stats["total"], "patients": len(per_patient)}
 
 
 def fmt(v: float, digits: int = 4) -> str:
@@ -53,9 +55,9 @@ def fmt(v: float, digits: int = 4) -> str:
 
 def table(rows: List[Dict[str, object]]) -> str:
     head = ("| run | epochs | best epoch | best val 3D Dice (mean ± sd) | last-epoch 3D Dice | 2D Dice | "
-            "HD95 | ASSD | time (s) |\n|---|---|---|---|---|---|---|---|---|\n")
+            "HD95 (patients) | ASSD | time (s) |\n|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r['run']} | {r['epochs']} | {r['best_epoch']} | {fmt(r['dice3d'])} ± {fmt(r['dice3d_sd'])} | "
-                   f"{fmt(r['last_dice3d'])} | {fmt(r['dice2d'])} | {fmt(r['hd95'], 2)} | {fmt(r['assd'], 2)} | "
+                   f"{fmt(r['last_dice3d'])} | {fmt(r['dice2d'])} | {fmt(r['hd95'], 2)} ({r['hd_defined']}/{r['patients']}) | {fmt(r['assd'], 2)} | "
                    f"{r['seconds']:.0f} |\n" for r in rows)
     return head + body
 
@@ -84,7 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = [summarize(run) for run in args.runs]
     text = (f"# {args.title}\n\nValidation set of each run's dataset (cesource: source val; others: target val). "
             f"3D Dice per patient of the foreground class(es), mean ± sd over {rows[-1]['patients']} patients, at the "
-            f"epoch chosen by validation 3D Dice; HD95/ASSD in pixels (PNG data) or mm (NIfTI), at that epoch.\n\n"
+            f"epoch chosen by validation 3D Dice; HD95/ASSD in pixels (PNG data) or mm (NIfTI), at that epoch, averaged "
+            f"over the patients where both prediction and GT are non-empty (their number in brackets; an empty "
+            f"prediction has no surface distance).\n\n"
             + table(rows) + claims(rows))
     tmp = args.out.with_name(args.out.name + "_tmp")
     tmp.write_text(text)

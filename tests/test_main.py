@@ -96,3 +96,17 @@ def test_existing_result_is_not_overwritten(nii_data, capsys):
     assert main.main(base_args(nii_data / "data", nii_data / "src", L_OR) + ["--n_epoch", "1"]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (nii_data / "src" / "IMG_target_metrics.csv").read_text() == before
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(nii_data, tmp_path, capsys, monkeypatch):
+    import losses
+    import torch
+
+    def nan_terms(self, probs, target, bounds):
+        value = (probs * float("nan")).sum()
+        return value, torch.zeros_like(value)
+    workdir = tmp_path / "nan_tmp"
+    monkeypatch.setattr(losses.CrossEntropy, "terms", nan_terms)
+    assert main.main(base_args(nii_data / "data", workdir, L_OR) + ["--n_epoch", "2"]) == 1
+    assert "non-finite" in capsys.readouterr().err
+    assert not (workdir / "last.pkl").exists() and not (workdir / "best_3d.pkl").exists()

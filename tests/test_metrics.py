@@ -59,3 +59,46 @@ def test_per_patient_hd_stacks_slices_in_slice_order():
     gt[1, 1, 1] = 1; pred[0, 1, 1] = 1
     out = per_patient_hd(pred, gt, ["P"] * 3, numbers, spacing=(1.0, 1.0, 3.0), classes=[1])
     assert out["hd95"][0, 0] == pytest.approx(6.0) and out["assd"][0, 0] == pytest.approx(6.0)
+
+
+# ---------------------------------------------------------------- surface Dice
+from metrics import surface_dice  # noqa: E402
+
+
+def cube(shape, start, size):
+    m = np.zeros(shape, bool)
+    m[tuple(slice(s, s + size) for s in start)] = True
+    return m
+
+
+def test_surface_dice_identical_is_one_and_empty_cases():
+    a = cube((10, 10, 10), (2, 2, 2), 4)
+    assert surface_dice(a, a, (1, 1, 1)) == 1.0
+    assert np.isnan(surface_dice(np.zeros_like(a), np.zeros_like(a), (1, 1, 1)))
+    assert surface_dice(a, np.zeros_like(a), (1, 1, 1)) == 0.0
+
+
+def test_surface_dice_shift_beyond_tolerance_and_anisotropic_spacing():
+    a = cube((12, 12, 12), (3, 3, 3), 5)
+    b = cube((12, 12, 12), (5, 3, 3), 5)        # shifted by 2 voxels along axis 0
+    assert surface_dice(a, b, (1, 1, 1), tolerance=1) < 1
+    assert surface_dice(a, b, (1, 1, 1), tolerance=2) == 1.0          # inclusive <=
+    # the same shift is 1 mm when axis 0 has 0.5 mm voxels, and 4 mm when it has 2 mm voxels
+    assert surface_dice(a, b, (0.5, 1, 1), tolerance=1) == 1.0
+    assert surface_dice(a, b, (2, 1, 1), tolerance=1) < surface_dice(a, b, (1, 1, 1), tolerance=1)
+    # spacing follows the array axes: a shift along axis 2 is 1 mm with 0.5 mm voxels there
+    c = cube((12, 12, 12), (3, 3, 5), 5)
+    assert surface_dice(a, c, (3, 1, 0.5), tolerance=1) == 1.0
+    assert surface_dice(a, c, (0.5, 1, 3), tolerance=1) < 1
+
+
+def test_surface_dice_matches_deepmind_reference():
+    sd = pytest.importorskip("surface_distance")
+    rng = np.random.default_rng(0)
+    for shape, spacing in [((20, 30, 25), (2.0, 0.7, 1.3)), ((40, 50), (0.8, 1.1))]:
+        a = ndimage.gaussian_filter(rng.standard_normal(shape), 3) > 0.02
+        b = ndimage.gaussian_filter(rng.standard_normal(shape), 3) > 0.02
+        a[0] = True                              # touches the array border
+        for tol in (0.5, 1.0, 2.0):
+            ref = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(a, b, spacing), tol)
+            assert surface_dice(a, b, spacing, tol) == pytest.approx(ref, abs=1e-12)

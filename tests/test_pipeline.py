@@ -57,7 +57,7 @@ def test_every_output_file(tiny_run):
         d = pr / run
         for name in ["params.txt", "best_3d.pkl", "last.pkl", "IMG_target_metrics.csv", "3dbestepoch.txt",
                      "val_dice_3d_per_patient.csv", "command.txt", "git_commit.txt", "git_diff.patch",
-                     "versions.txt", "timing.csv"]:
+                     "versions.txt", "run_stats.csv"]:
             assert (d / name).is_file(), f"{run}/{name}"
         assert len(list((d / "best_epoch_3d" / "val").glob("*.png"))) == 10
         assert not (pr / f"{run}_tmp").exists()
