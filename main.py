@@ -394,6 +394,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             FloatingPointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.workdir} is incomplete and was left as it is", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -55,8 +55,7 @@ $(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
 $(PR)/fs: N_EP = 30
 
 $(filter-out $(PR)/cesource,$(TRN)): $(TGT)
-$(filter-out $(PR)/cesource $(PR)/fs,$(TRN)): $(M_WEIGHTS)
-$(M_WEIGHTS): $(PR)/cesource ;
+$(filter-out $(PR)/cesource $(PR)/fs,$(TRN)): $(PR)/cesource
 
 $(TRN): | $(PYDEP)
 	rm -rf $@_tmp

@@ -9,8 +9,8 @@ and lumen, and a prostate (bright peripheral zone, darker nodular central gland,
 whose size follows the slice axis and vanishes at both ends (negative slices). Anatomy is
 deformed smoothly per patient. A *scanner* turns tissue into intensity: its contrast curve (the
 target scanner is fat-suppressed with a steeper T2 curve), a smooth multiplicative bias field,
-blur and Rician noise. Each volume is windowed to the 97th percentile of its body's intensities
-(bright fluid saturates, as in a clinical window) and stored as 8-bit PNG;
+blur and Rician noise. Each volume is scaled so that the median intensity of its body sits at 30%
+of the range (bright fluid may saturate, as in a clinical window) and stored as 8-bit PNG;
 GT gray level = class index (0 background, 1 prostate). An existing, non-empty output folder is
 never touched, so real data dropped into ``data/`` is used as is.
 """
@@ -136,7 +136,7 @@ def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, body: np.n
     real = signal + rng.normal(0, scanner.noise, signal.shape)
     imag = rng.normal(0, scanner.noise, signal.shape)
     image = np.sqrt(real ** 2 + imag ** 2)                # Rician magnitude
-    scale = np.percentile(image[body], 97)                # fluid saturates, as with a clinical window
+    scale = np.median(image[body]) / 0.3                  # body median at 30% of the range; fluid saturates
     return np.clip(image / scale * 255 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -104,3 +104,24 @@ def test_noadapt_is_the_source_model_unchanged(tiny_run):
     # AdaBN changes BatchNorm statistics only
     changed = {k for k in src if not torch.equal(src[k], adabn[k])}
     assert changed and all("running_" in k or "num_batches" in k for k in changed)
+
+
+def test_killed_run_leaves_only_tmp_and_make_finishes_it(tmp_path):
+    import os
+    import signal
+    import time
+    target = f"{tmp_path}/results/prostate/cesource"
+    args = ["make", "-f", "prostate.make", f"CC={sys.executable}", f"RD={tmp_path}/results", f"DATA={tmp_path}/data",
+            f"SIZES={tmp_path}/sizes", f"ARCH={tmp_path}/archives", "NET=Dimwit", "DEBUG=--debug", target]
+    proc = subprocess.Popen(args + ["EPC=500"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    metrics = Path(target + "_tmp") / "IMG_target_metrics.csv"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert metrics.exists() and not Path(target).exists()
+    out = subprocess.run(args + ["EPC=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (Path(target) / "last.pkl").is_file() and not Path(target + "_tmp").exists()
