@@ -155,8 +155,13 @@ def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> No
 
 
 def reestimate_batchnorm(net: BlockNet, data: SliceSet, batch_size: int, device: torch.device, precision: str) -> None:
-    """AdaBN: BatchNorm running statistics become the exact mean/variance over ``data``; no gradient step."""
+    """AdaBN (Li et al. 2016): BatchNorm statistics re-estimated on ``data``; no gradient step.
+
+    Running statistics restart and become the equal-weight average of the batch statistics over one
+    pass (momentum None): the mean is exact; the variance is the mean of the batches' variances.
+    """
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     net.eval()
     for m in norms:
         m.reset_running_stats()
@@ -165,8 +170,8 @@ def reestimate_batchnorm(net: BlockNet, data: SliceSet, batch_size: int, device:
     with torch.no_grad(), autocast(device, precision):
         for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
             net(data.images[idx].to(device))
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     net.eval()
 
 

@@ -43,7 +43,7 @@ $(PR)/adabn: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_ep
 
 SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
 	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'norm_soft_size',1)]
-SFDA_OPT = --l_rate 1e-4 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap
+SFDA_OPT = --l_rate 5e-5 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap
 $(PR)/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SFDA_OPT)
 $(PR)/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SFDA_OPT)
 $(PR)/adaent: OPT = --target_losses="[('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]" $(SFDA_OPT)

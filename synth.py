@@ -114,7 +114,8 @@ def render_patient(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.
     zc, hz = rng.uniform(-0.25, 0.05), rng.uniform(0.6, 0.75)
     profile = np.sqrt(np.clip(1 - ((z - zc) / hz) ** 2, 0, 1))
     pcx, pcy = rng.uniform(-0.04, 0.04), rng.uniform(0.03, 0.10)
-    prx, pry = rng.uniform(0.22, 0.32) * profile, rng.uniform(0.16, 0.23) * profile
+    scale = rng.uniform(0.65, 1.35)                        # gland volume varies ~4x between patients
+    prx, pry = scale * rng.uniform(0.22, 0.32) * profile, scale * rng.uniform(0.16, 0.23) * profile
     wob = radial_wobble(rng, theta, 0.12)
     gland = soft_ellipse(x, y, pcx, pcy, prx, pry, wob, px)
     central = soft_ellipse(x, y, pcx, pcy - 0.02, prx * 0.62, pry * 0.6, radial_wobble(rng, theta, 0.15), px)

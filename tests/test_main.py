@@ -110,3 +110,22 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(nii_data,
     assert main.main(base_args(nii_data / "data", workdir, L_OR) + ["--n_epoch", "2"]) == 1
     assert "non-finite" in capsys.readouterr().err
     assert not (workdir / "last.pkl").exists() and not (workdir / "best_3d.pkl").exists()
+
+
+def test_adabn_sets_running_statistics_to_the_data_statistics():
+    import torch
+    from dataloader import SliceSet
+    from networks import build_network
+    torch.manual_seed(0)
+    net = build_network("Dimwit", 1, 2)
+    images = torch.rand(6, 1, 8, 8) * 3 + 1
+    data = SliceSet(root=None, filenames=[f"Case00_{i}" for i in range(6)], images=images,
+                    labels=torch.zeros(6, 8, 8, dtype=torch.uint8), patients=["Case00"] * 6,
+                    slice_numbers=list(range(6)), spacing=(1.0, 1.0, 1.0))
+    main.reestimate_batchnorm(net, data, batch_size=6, device=torch.device("cpu"), precision="fp32")
+    bn = net.conv[1]
+    with torch.no_grad():
+        features = net.conv[0](images)
+    assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, features.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
+    assert bn.momentum == 0.1 and not bn.training
