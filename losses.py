@@ -146,6 +146,16 @@ class NaivePenalty(Loss):
         return torch.zeros_like(loss), loss
 
 
+class SpotTUnetPenalty:
+    """SpotTUnet's L1 policy cost: k_reg * (number of fine-tuned units) / (B * units); a = 1 means frozen."""
+
+    def __init__(self, k_reg: float):
+        self.k_reg = float(k_reg)
+
+    def __call__(self, actions: Tensor) -> Tensor:
+        return self.k_reg * (1 - actions).sum() / actions.numel()
+
+
 LOSSES = {"CrossEntropy": CrossEntropy, "DiceLoss": DiceLoss, "SelfEntropy": SelfEntropy,
           "EntKLProp": EntKLProp, "NaivePenalty": NaivePenalty}
 
@@ -165,4 +175,4 @@ def build_loss(name: str, kwargs: Dict[str, Any], fn: Any) -> Loss:
         raise ValueError(f"loss {name}: bad parameters {kwargs!r}: {e}") from None
 
 
-__all__: List[str] = ["Loss", "LOSSES", "build_loss", *LOSSES]
+__all__: List[str] = ["Loss", "LOSSES", "build_loss", "SpotTUnetPenalty", *LOSSES]

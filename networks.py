@@ -4,9 +4,10 @@ Every network exposes ``blocks()``: its blocks as (name, module) pairs in forwar
 the first/last layers, policies, truncation and feature taps all ask for blocks through it, so
 "the first layers" is defined once, here.
 """
+import copy
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -197,7 +198,178 @@ class ENet(BlockNet):
         return x
 
 
-NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet}
+# Residual U-Net 2D of seed 000 (Zakazov et al. 2021; neuro-ml/domain_shift_anatomy), methods/spottunet.md:
+# pre-activation residual blocks, skips merged by addition, n = 16 filters at full resolution.
+
+def pre_act(n_in: int, n_out: int, kernel: int = 3, stride: int = 1, bias: bool = False) -> nn.Sequential:
+    """BatchNorm -> ReLU -> Conv."""
+    return nn.Sequential(nn.BatchNorm2d(n_in), nn.ReLU(inplace=False),
+                         nn.Conv2d(n_in, n_out, kernel, stride=stride, padding=kernel // 2 if stride == 1 else 0,
+                                   bias=bias))
+
+
+class ResBlock(nn.Module):
+    """x + PreAct3x3(PreAct3x3(x))."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.body = nn.Sequential(pre_act(n, n), pre_act(n, n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResUNet(BlockNet):
+    """The 2D residual U-Net of seed 000.
+
+    Its 32 units, in the paper's order (SpotTUnet gives each a policy entry): init_path.0-3 (conv +
+    3 ResBlocks), down1.0-3, down2.0-3, bottleneck.0-4 (PreAct, 3 ResBlocks, ConvT), up2.0-3, up1.0-3,
+    out_path.0-3 (3 ResBlocks + the final 1x1 PreAct and BatchNorm), shortcut0-2. The reference
+    routes the final BatchNorm with shortcut0's decision; here it belongs to the last out_path unit.
+    "First layers" (fine-tuning as in the paper's ref. [12]) = init_path.0 and init_path.1;
+    "last layers" = out_path.2 and out_path.3.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 16):
+        super().__init__()
+        n = width
+        self.init_path = nn.Sequential(nn.Conv2d(in_dim, n, 3, padding=1, bias=False), *[ResBlock(n) for _ in range(3)])
+        self.down1 = nn.Sequential(pre_act(n, 2 * n, 2, 2), *[ResBlock(2 * n) for _ in range(3)])
+        self.down2 = nn.Sequential(pre_act(2 * n, 4 * n, 2, 2), *[ResBlock(4 * n) for _ in range(3)])
+        self.bottleneck = nn.Sequential(pre_act(4 * n, 8 * n, 2, 2), *[ResBlock(8 * n) for _ in range(3)],
+                                        nn.ConvTranspose2d(8 * n, 4 * n, 2, stride=2, bias=False))
+        self.up2 = nn.Sequential(*[ResBlock(4 * n) for _ in range(3)], nn.ConvTranspose2d(4 * n, 2 * n, 2, stride=2, bias=False))
+        self.up1 = nn.Sequential(*[ResBlock(2 * n) for _ in range(3)], nn.ConvTranspose2d(2 * n, n, 2, stride=2, bias=False))
+        self.out_path = nn.Sequential(*[ResBlock(n) for _ in range(3)],
+                                      nn.Sequential(pre_act(n, out_dim, 1, bias=True), nn.BatchNorm2d(out_dim)))
+        self.shortcut0 = nn.Conv2d(n, n, 1)
+        self.shortcut1 = nn.Conv2d(2 * n, 2 * n, 1)
+        self.shortcut2 = nn.Conv2d(4 * n, 4 * n, 1)
+        self.block_order = [f"{path}.{i}" for path, k in (("init_path", 4), ("down1", 4), ("down2", 4), ("bottleneck", 5),
+                                                         ("up2", 4), ("up1", 4), ("out_path", 4)) for i in range(k)]
+        self.block_order += ["shortcut0", "shortcut1", "shortcut2"]
+
+    def blocks(self) -> List[Tuple[str, nn.Module]]:
+        return [(name, self.get_submodule(name)) for name in self.block_order]
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        pad = [0, -size[1] % 8, 0, -size[0] % 8]           # three 2x down-samplings need multiples of 8
+        if any(pad):
+            x = F.pad(x, pad, mode="replicate")
+        x0 = self.init_path(x)
+        x1 = self.down1(x0)
+        x2 = self.down2(x1)
+        x = self.up2(self.bottleneck(x2) + self.shortcut2(x2))
+        x = self.up1(x + self.shortcut1(x1))
+        x = self.out_path(x + self.shortcut0(x0))
+        return x[..., :size[0], :size[1]]
+
+
+# SpotTUnet (Zakazov et al. 2021), methods/spottunet.md: every unit of a pre-trained network exists
+# twice, frozen and fine-tuned; a small ResNet policy picks one per unit and per image with a hard
+# Gumbel-softmax (straight-through). a = 1 selects the frozen unit: out = a * frozen + (1 - a) * tuned.
+
+def gumbel_softmax_hard(logits: Tensor, tau: float, noise: bool) -> Tensor:
+    """Straight-through hard Gumbel-softmax over the last axis: one-hot forward, softmax gradient."""
+    if noise:
+        u = torch.rand_like(logits)
+        logits = logits - torch.log(-torch.log(u + 1e-20) + 1e-20)
+    y = torch.softmax(logits / tau, dim=-1)
+    hard = F.one_hot(y.argmax(dim=-1), y.shape[-1]).to(y.dtype)
+    return (hard - y).detach() + y
+
+
+class PolicyBlock(nn.Module):
+    """ResNet basic block, stride 2; the shortcut average-pools and pads channels with zeros."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_in, n_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(n_out),
+                                  nn.ReLU(), nn.Conv2d(n_out, n_out, 3, padding=1, bias=False), nn.BatchNorm2d(n_out))
+        self.extra = n_out - n_in
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = F.avg_pool2d(x, 2, ceil_mode=True)
+        shortcut = F.pad(shortcut, [0, 0, 0, 0, 0, self.extra])
+        body = self.body(x)
+        return F.relu(body + shortcut[..., :body.shape[-2], :body.shape[-1]])
+
+
+class PolicyNet(nn.Module):
+    """The agent: conv3x3(32)+BN, three basic blocks (64, 128, 256, stride 2), BN-ReLU, pool, linear -> 2 logits per unit."""
+
+    def __init__(self, in_dim: int, n_units: int):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_dim, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+                                      PolicyBlock(32, 64), PolicyBlock(64, 128), PolicyBlock(128, 256),
+                                      nn.BatchNorm2d(256), nn.ReLU())
+        self.head = nn.Linear(256, 2 * n_units)
+        self.n_units = n_units
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0, (2 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3))).view(-1, self.n_units, 2)
+
+
+class RoutedUnit(nn.Module):
+    """A unit and its frozen twin; the owner sets ``choice`` (B,) before each forward: 1 frozen, 0 tuned."""
+
+    def __init__(self, unit: nn.Module):
+        super().__init__()
+        self.tuned = unit
+        self.frozen = copy.deepcopy(unit).requires_grad_(False)
+        self.choice: Optional[Tensor] = None
+
+    def forward(self, *args: Tensor) -> Tensor:
+        a = self.choice.view(-1, *([1] * (args[0].dim() - 1)))
+        return self.frozen(*args) * a + self.tuned(*args) * (1 - a)
+
+
+class SpotTUnet(nn.Module):
+    """Wraps a pre-trained BlockNet: each of its blocks becomes a RoutedUnit driven by a PolicyNet.
+
+    ``forward`` returns the segmentation logits; ``last_actions`` holds the (B, n_units) choices
+    (1 = frozen). ``force`` (None, "frozen", "tuned") bypasses the policy, for analysis and tests.
+    """
+
+    def __init__(self, backbone: BlockNet, in_dim: int = 1, tau: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.unit_names = [name for name, _ in backbone.blocks()]
+        self.units = []
+        for name in self.unit_names:
+            parent_name, _, child = name.rpartition(".")
+            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            routed = RoutedUnit(getattr(parent, child) if not child.isdigit() else parent[int(child)])
+            if child.isdigit():
+                parent[int(child)] = routed
+            else:
+                setattr(parent, child, routed)
+            self.units.append(routed)
+        self.policy = PolicyNet(in_dim, len(self.units))
+        self.tau = tau
+        self.force: Optional[str] = None
+        self.last_actions: Optional[Tensor] = None
+
+    def actions(self, x: Tensor) -> Tensor:
+        if self.force is not None:
+            value = 1.0 if self.force == "frozen" else 0.0
+            return torch.full((x.shape[0], len(self.units)), value, device=x.device)
+        one_hot = gumbel_softmax_hard(self.policy(x).float(), self.tau, noise=self.training)
+        return one_hot[..., 1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.actions(x)
+        for i, unit in enumerate(self.units):
+            unit.choice = a[:, i]
+        self.last_actions = a
+        return self.backbone(x)
+
+
+NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet, "ResUNet": ResUNet}
 
 
 def build_network(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> BlockNet:
