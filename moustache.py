@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from report import read_per_patient  # noqa: E402
+from utils import save_figure  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,10 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ax.set_ylabel("validation 3D Dice per patient (best epoch)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    tmp = args.out.with_name(args.out.stem + "_tmp" + args.out.suffix)
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(args.out)
+    save_figure(fig, args.out)
     return 0
 
 

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from report import read_metrics  # noqa: E402
+from utils import save_figure  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,10 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = args.out.with_name(args.out.stem + "_tmp" + args.out.suffix)
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(args.out)
+    save_figure(fig, args.out)
     return 0
 
 

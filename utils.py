@@ -114,6 +114,16 @@ def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: flo
             group["lr"] *= lr_decay
 
 
+# ---------------------------------------------------------------- outputs
+
+def save_figure(fig: Any, out: Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically: to ``<stem>_tmp<suffix>``, then rename."""
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + "_tmp" + out.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(out)
+
+
 # ---------------------------------------------------------------- provenance
 
 def record_provenance(savedir: Path) -> None:
