@@ -187,8 +187,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     peaks = {p: matmul_peak(p, 1024 if args.quick else 2048, repeat) for p in DTYPES}
     rows = [{"section": "peak", "name": "matmul", "precision": p, "channels_last": False, "metric": "peak",
              "value": v, "unit": "GFLOP/s"} for p, v in peaks.items()]
-    rows += bench_training(peaks, args.networks, repeat)
-    rows += bench_epoch("fp32") + bench_epoch("bf16")
+    epoch_rows = bench_epoch("fp32") + bench_epoch("bf16")   # first: a child's peak RSS counts its parent's at fork
+    rows += bench_training(peaks, args.networks, repeat) + epoch_rows
     rows += bench_metrics(1 if args.quick else 3)
 
     df = pd.DataFrame(rows)

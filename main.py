@@ -32,7 +32,8 @@ from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients,
 from losses import Loss, build_loss
 from metrics import confusion_sizes, dice_3d, dice_from_sizes, per_patient_hd
 from networks import BlockNet, CheckpointError, build_network, network_from_checkpoint, save_checkpoint
-from utils import OptionError, class2one_hot, exp_lr_scheduler, parse_literal, record_provenance, str2bool
+from utils import (OptionError, class2one_hot, exp_lr_scheduler, parse_literal, probs2class, record_provenance,
+                   str2bool)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -224,7 +225,7 @@ def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: arg
                 optimizer.step()
             compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
             sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
-            pred[idx.to(device)] = probs.argmax(dim=1).to(torch.uint8)
+            pred[idx.to(device)] = probs2class(probs).to(torch.uint8)
             if entropy is not None:
                 entropy[idx.to(device)] = (-(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)).half()
     loss_s, loss_cons = (sums / len(data)).tolist()
