@@ -15,6 +15,7 @@ EPC ?=
 DEBUG ?=
 BS ?= 16
 PREC ?= fp32
+EXTRA ?=
 RD ?= results
 DATA ?= data
 SIZES ?= sizes
