@@ -22,7 +22,7 @@ class BlockNet(nn.Module):
     init_kwargs: Dict[str, Any]
 
     def blocks(self) -> List[Tuple[str, nn.Module]]:
-        return [(name, getattr(self, name)) for name in self.block_order]
+        return [(name, self.get_submodule(name)) for name in self.block_order]   # names may be dotted
 
 
 def conv_bn_relu(n_in: int, n_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -249,9 +249,6 @@ class ResUNet(BlockNet):
                                                          ("up2", 4), ("up1", 4), ("out_path", 4)) for i in range(k)]
         self.block_order += ["shortcut0", "shortcut1", "shortcut2"]
 
-    def blocks(self) -> List[Tuple[str, nn.Module]]:
-        return [(name, self.get_submodule(name)) for name in self.block_order]
-
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
         pad = [0, -size[1] % 8, 0, -size[0] % 8]           # three 2x down-samplings need multiples of 8
@@ -342,12 +339,8 @@ class SpotTUnet(nn.Module):
         self.units = []
         for name in self.unit_names:
             parent_name, _, child = name.rpartition(".")
-            parent = backbone.get_submodule(parent_name) if parent_name else backbone
-            routed = RoutedUnit(getattr(parent, child) if not child.isdigit() else parent[int(child)])
-            if child.isdigit():
-                parent[int(child)] = routed
-            else:
-                setattr(parent, child, routed)
+            routed = RoutedUnit(backbone.get_submodule(name))
+            setattr(backbone.get_submodule(parent_name), child, routed)   # "" is the backbone; "0" a Sequential slot
             self.units.append(routed)
         self.policy = PolicyNet(in_dim, len(self.units))
         self.tau = tau

@@ -35,11 +35,7 @@ def test_forced_frozen_equals_pretrained_and_forced_tuned_equals_finetuned(pair)
     finetuned = copy.deepcopy(pretrained)
     for (name, _), unit in zip(finetuned.blocks(), spot.units):
         parent, _, child = name.rpartition(".")
-        owner = finetuned.get_submodule(parent) if parent else finetuned
-        if child.isdigit():
-            owner[int(child)] = copy.deepcopy(unit.tuned)
-        else:
-            setattr(owner, child, copy.deepcopy(unit.tuned))
+        setattr(finetuned.get_submodule(parent), child, copy.deepcopy(unit.tuned))
     with torch.no_grad():
         spot.force = "frozen"
         assert torch.allclose(spot(x), pretrained(x), atol=1e-6)
