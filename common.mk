@@ -1,4 +1,4 @@
-# Shared variables and rules of the experiment makefiles (included by prostate.make, later cc359.make).
+# Shared variables and rules of the experiment makefiles (included by prostate.make and cc359.make).
 SHELL = bash
 .SHELLFLAGS = -e -o pipefail -c
 .DELETE_ON_ERROR:
@@ -27,6 +27,11 @@ DATE := $(shell date +"%y%m%d")
 HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 HOSTNAME := $(shell hostname)
 ZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
+
+# losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1)
+L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
+SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
+	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'norm_soft_size',1)]
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)

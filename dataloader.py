@@ -141,6 +141,10 @@ class SliceSet:
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         return iter(order.split(batch_size))
 
+    def random_batches(self, batch_size: int, iterations: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """``iterations`` batches of slices drawn uniformly with replacement (seed 000's sampler, whole slices)."""
+        return iter(torch.randint(len(self), (iterations, batch_size), generator=generator))
+
 
 def list_slices(folder: Path) -> List[Path]:
     if not folder.is_dir():

@@ -6,7 +6,12 @@ Accepts the options of the SFDA code (seed 004) verbatim, e.g.
         --target_losses="[('EntKLProp', {...}, 'PredictionBounds', {...}, 'norm_soft_size', 1)]" \\
         --target_folders="[('IMG', nii_transform2, False), ('GT', nii_gt_transform2, False)]" ...
 Outputs (run directory): params.txt, IMG_target_metrics.csv, 3dbestepoch.txt, best_3d.pkl,
-last.pkl, val_dice_3d_per_patient.csv, best_epoch_3d/val/*.png (--saveim), provenance files.
+last.pkl, val_dice_3d_per_patient.csv, best_epoch_3d/val/*.png (--saveim), provenance files;
+with --test_folder: test_metrics.csv (Dice and surface Dice per test volume, last-epoch weights)
+and, for --spottune, policy.csv (how often the test slices chose each fine-tuned unit).
+
+The CC359 protocol (seed 000) adds: --optimizer sgd, --iterations (random batches per epoch),
+--trainable (fine-tune only these blocks), --spottune (SpotTUnet around the loaded network).
 """
 import argparse
 import random
@@ -29,9 +34,9 @@ from tqdm import tqdm
 
 from bounds import Bounds, build_bounds
 from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients, load_slices, strip_extension
-from losses import Loss, build_loss
-from metrics import confusion_sizes, dice_3d, dice_from_sizes, per_patient_hd
-from networks import BlockNet, CheckpointError, build_network, network_from_checkpoint, save_checkpoint
+from losses import Loss, SpotTUnetPenalty, build_loss
+from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
+from networks import BlockNet, CheckpointError, SpotTUnet, build_network, network_from_checkpoint, save_checkpoint
 from utils import (OptionError, class2one_hot, exp_lr_scheduler, parse_literal, probs2class, record_provenance,
                    str2bool)
 
@@ -108,6 +113,22 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="autocast precision")
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--net_width", type=int, default=None, help="channels of the network's first block")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                        help="adam (seed 004) or SGD with Nesterov momentum 0.9 (seed 000)")
+    parser.add_argument("--iterations", type=int, default=0,
+                        help="batches per epoch drawn at random with replacement (seed 000); 0: one pass over train")
+    parser.add_argument("--val_every", type=int, default=1, help="validate every N epochs (and after the last)")
+    parser.add_argument("--trainable", default="",
+                        help="block names (networks.py blocks(), comma-separated), or first / last: fine-tune "
+                             "only those, freeze the others")
+    parser.add_argument("--spottune", action="store_true", help="SpotTUnet around --model_weights (seed 000)")
+    parser.add_argument("--tau", type=float, default=0.1, help="SpotTUnet Gumbel-softmax temperature")
+    parser.add_argument("--k_reg", type=float, default=0.0, help="SpotTUnet cost per fine-tuned unit (lambda)")
+    parser.add_argument("--policy_lr", type=float, default=0.01, help="SpotTUnet policy SGD learning rate")
+    parser.add_argument("--policy_wd", type=float, default=1e-3, help="SpotTUnet policy weight decay")
+    parser.add_argument("--test_folder", default="", help="split of --target_dataset evaluated with the last weights")
+    parser.add_argument("--spacing", default="", help="voxel spacing row,column,slice in mm (default: file headers)")
+    parser.add_argument("--sdice_tol", type=float, default=1.0, help="surface Dice tolerance in mm")
     # accepted for compatibility with the seed's recipes; the behaviour they asked for is always on
     parser.add_argument("--dice_3d", action="store_true", help="(always on) 3D Dice per patient")
     parser.add_argument("--in_memory", action="store_true", help="(always on) decode data once")
@@ -117,6 +138,17 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
     if any(not 0 <= k < args.n_class for k in args.metric_axis):
         parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
+    if args.iterations < 0 or args.val_every < 1 or args.tau <= 0 or args.k_reg < 0:
+        parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
+    if args.spottune and not args.model_weights:
+        parser.error("--spottune needs --model_weights (the pre-trained network it fine-tunes)")
+    if args.spacing:
+        try:
+            args.spacing = tuple(float(v) for v in args.spacing.split(","))
+        except ValueError:
+            parser.error(f"--spacing {args.spacing!r}: expected three numbers, e.g. 1,0.95,0.95")
+        if len(args.spacing) != 3 or min(args.spacing) <= 0:
+            parser.error(f"--spacing {args.spacing}: expected three positive numbers")
     return args
 
 
@@ -143,9 +175,43 @@ def build_model(args: argparse.Namespace) -> BlockNet:
     if args.model_weights:
         net = network_from_checkpoint(Path(args.model_weights), args.network, args.n_class)
         print(f">> loaded {args.model_weights}")
-        return net
-    kwargs = {} if args.net_width is None else {"width": args.net_width}
-    return build_network(args.network, 1, args.n_class, **kwargs)
+    else:
+        kwargs = {} if args.net_width is None else {"width": args.net_width}
+        net = build_network(args.network, 1, args.n_class, **kwargs)
+    if args.trainable:
+        names = [name.strip() for name in args.trainable.split(",") if name.strip()]
+        if names in (["first"], ["last"]):
+            names = net.block_group(names[0])
+        freeze_except(net, names)
+    if args.spottune:
+        net = SpotTUnet(net, 1, args.tau)
+    return net
+
+
+def freeze_except(net: BlockNet, names: Sequence[str]) -> None:
+    """requires_grad only for the named blocks; BatchNorm statistics still update everywhere (seed 000)."""
+    known = [name for name, _ in net.blocks()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise OptionError(f"--trainable: {type(net).__name__} has no block {unknown[0]!r}; blocks: {', '.join(known)}")
+    net.requires_grad_(False)
+    for name in names:
+        net.get_submodule(name).requires_grad_(True)
+
+
+def build_optimizers(net: torch.nn.Module, args: argparse.Namespace) -> List[torch.optim.Optimizer]:
+    """The network's optimizer (Adam, or SGD as in seed 000) and, for SpotTUnet, the policy's SGD."""
+    policy = list(net.policy.parameters()) if isinstance(net, SpotTUnet) else []
+    policy_ids = {id(p) for p in policy}
+    params = [p for p in net.parameters() if p.requires_grad and id(p) not in policy_ids]
+    if args.optimizer == "adam":
+        optimizers = [torch.optim.Adam(params, lr=args.l_rate, betas=(0.9, 0.999), weight_decay=args.weight_decay)]
+    else:
+        optimizers = [torch.optim.SGD(params, lr=args.l_rate, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)]
+    if policy:
+        optimizers.append(torch.optim.SGD(policy, lr=args.policy_lr, momentum=0.9, nesterov=True,
+                                          weight_decay=args.policy_wd))
+    return optimizers
 
 
 def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> None:
@@ -187,28 +253,40 @@ def autocast(device: torch.device, precision: str):
 class PassResult:
     loss_s: float
     loss_cons: float
-    pred: Tensor          # (N, H, W) uint8 argmax
+    pred: Tensor          # (N, H, W) uint8 argmax (0 for slices a random-batch epoch did not draw)
+    seen: Tensor          # (N,) bool: slices predicted in this pass
     entropy: Optional[Tensor]  # (N, H, W) float16, only when asked
     compute_s: float      # seconds in forward, losses, backward and optimizer step
+    frozen_sum: Optional[Tensor] = None   # SpotTUnet: (units,) sum over slices of a (1 = frozen unit)
     dice2d: float = float("nan")
 
 
-def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
-             device: torch.device, optimizer: Optional[torch.optim.Optimizer], generator: torch.Generator,
+def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
+             device: torch.device, optimizers: Sequence[torch.optim.Optimizer], generator: torch.Generator,
              desc: str, keep_entropy: bool = False) -> PassResult:
-    """One epoch of training (optimizer given) or evaluation (optimizer None) over ``data``.
+    """One epoch of training (optimizers given) or evaluation (none) over ``data``.
 
+    Training visits every slice once in random order, or draws ``--iterations`` random batches.
     Losses and predictions accumulate on the device and come back to the host once per pass.
     """
-    training = optimizer is not None
+    training = bool(optimizers)
     net.train(training)
-    pred = torch.empty(data.labels.shape, dtype=torch.uint8, device=device)
+    spot = net if isinstance(net, SpotTUnet) else None
+    penalty = SpotTUnetPenalty(args.k_reg)
+    pred = torch.zeros(data.labels.shape, dtype=torch.uint8, device=device)
+    seen = torch.zeros(len(data), dtype=torch.bool, device=device)
     entropy = torch.empty(data.labels.shape, dtype=torch.float16, device=device) if keep_entropy else None
+    frozen_sum = torch.zeros(len(spot.units), dtype=torch.float64, device=device) if spot else None
     sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
+    n_seen = 0
     compute_s = 0.0
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    if training and args.iterations:
+        batches = list(data.random_batches(args.batch_size, args.iterations, generator))
+    else:
+        batches = list(data.batches(args.batch_size, training, generator))
     with torch.enable_grad() if training else torch.no_grad():
-        for idx in tqdm(list(data.batches(args.batch_size, training, generator)), desc=desc, leave=False, disable=None):
+        for idx in tqdm(batches, desc=desc, leave=False, disable=None):
             images = data.images[idx].to(device, memory_format=memory)
             target = class2one_hot(data.labels[idx], args.n_class).to(device)
             t0 = time.perf_counter()
@@ -219,20 +297,29 @@ def run_pass(net: BlockNet, data: SliceSet, specs: Sequence[LossSpec], args: arg
             for spec, bounds in zip(specs, data.bounds):
                 s, cons = spec.loss.terms(probs, target, bounds[idx].to(device))
                 loss_s, loss_cons = loss_s + spec.weight * s, loss_cons + spec.weight * cons
+            if spot is not None:
+                loss_cons = loss_cons + penalty(spot.last_actions)     # lambda x share of fine-tuned units
+                frozen_sum += spot.last_actions.detach().sum(dim=0).double()
             if training:
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 (loss_s + loss_cons).backward()
-                optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.step()
             compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
             sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
-            pred[idx.to(device)] = probs2class(probs).to(torch.uint8)
+            n_seen += len(idx)
+            at = idx.to(device)
+            pred[at] = probs2class(probs).to(torch.uint8)
+            seen[at] = True
             if entropy is not None:
-                entropy[idx.to(device)] = (-(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)).half()
-    loss_s, loss_cons = (sums / len(data)).tolist()
+                entropy[at] = (-(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)).half()
+    loss_s, loss_cons = (sums / max(n_seen, 1)).tolist()
     if not (np.isfinite(loss_s) and np.isfinite(loss_cons)):
         raise FloatingPointError(f"{desc}: the loss became non-finite (mean entropy/CE term {loss_s}, prior term "
                                  f"{loss_cons}); stopped before saving these weights. Try a lower --l_rate.")
-    return PassResult(loss_s, loss_cons, pred.cpu(), entropy.cpu() if entropy is not None else None, compute_s)
+    return PassResult(loss_s, loss_cons, pred.cpu(), seen.cpu(), entropy.cpu() if entropy is not None else None,
+                      compute_s, frozen_sum.cpu() if frozen_sum is not None else None)
 
 
 # ---------------------------------------------------------------- epoch statistics
@@ -244,9 +331,9 @@ def size_stats(labels: Tensor) -> Tuple[int, int]:
     return int(fg.mean().item()), int(pos.mean().item()) if len(pos) else 0
 
 
-def dice_2d(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> float:
+def dice_2d(pred: Tensor, labels: Tensor, args: argparse.Namespace) -> float:
     """Mean over slices of the 2D Dice of the ``--metric_axis`` classes."""
-    return dice_from_sizes(*confusion_sizes(pred, data.labels, args.n_class))[:, list(args.metric_axis)].mean().item()
+    return dice_from_sizes(*confusion_sizes(pred, labels, args.n_class))[:, list(args.metric_axis)].mean().item()
 
 
 def evaluate(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> Dict[str, Any]:
@@ -274,7 +361,7 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
               val_eval: Dict[str, Any], val: SliceSet) -> Dict[str, float]:
     """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained."""
     nan = float("nan")
-    tra_size = size_stats(tra.pred) if tra else (nan, nan)
+    tra_size = size_stats(tra.pred[tra.seen]) if tra else (nan, nan)
     val_size, gt_size = size_stats(val_pass.pred), size_stats(val.labels)
     row = {"epoch": epoch,
            "tra_loss_s": tra.loss_s if tra else nan, "tra_loss_cons": tra.loss_cons if tra else nan,
@@ -289,6 +376,29 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
     if "hd95" in val_eval:
         row["val_hd95"], row["val_assd"] = val_eval["hd95"], val_eval["assd"]
     return row
+
+
+def evaluate_volumes(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> pd.DataFrame:
+    """Per test volume: 3D Dice and surface Dice at ``--sdice_tol`` mm of each --metric_axis class, and their means."""
+    spacing = args.spacing or data.spacing            # (row, column, slice)
+    vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
+    rows = []
+    for pid, p, g in patient_volumes(pred.numpy(), data.labels.numpy(), data.patients, data.slice_numbers):
+        row: Dict[str, Any] = {"patient": pid}
+        for k in args.metric_axis:
+            pk, gk = p == k, g == k
+            row[f"dice_c{k}"] = 2 * (pk & gk).sum() / max(pk.sum() + gk.sum(), 1) if (pk.any() or gk.any()) else 1.0
+            row[f"sdice_c{k}"] = surface_dice(gk, pk, vol_spacing, args.sdice_tol)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["dice"] = table[[f"dice_c{k}" for k in args.metric_axis]].mean(axis=1)
+    table["sdice"] = table[[f"sdice_c{k}" for k in args.metric_axis]].mean(axis=1)
+    return table
+
+
+def policy_table(net: SpotTUnet, frozen_sum: Tensor, n_slices: int) -> pd.DataFrame:
+    """SpotTUnet on the test slices: per unit, the share of slices that chose the fine-tuned copy."""
+    return pd.DataFrame({"unit": net.unit_names, "p_finetuned": (1 - frozen_sum / n_slices).numpy()})
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
@@ -327,15 +437,20 @@ def run(args: argparse.Namespace) -> None:
     train = load_slices(root / "train", train_folders, args.n_class, args.grp_regex, args.debug)
     val = load_slices(root / "val", val_folders, args.n_class, args.grp_regex, args.debug)
     check_disjoint_patients(train, val)
-    attach_bounds(train, specs, args.n_class)
-    attach_bounds(val, specs, args.n_class)
+    test = load_slices(root / args.test_folder, val_folders, args.n_class, args.grp_regex, args.debug) if args.test_folder else None
+    if test is not None:
+        check_disjoint_patients(train, test)
+    for data in (train, val, test):
+        if data is not None:
+            attach_bounds(data, specs, args.n_class)
     print(f">> {root}: {len(train)} train slices ({len(set(train.patients))} patients), "
-          f"{len(val)} val slices ({len(set(val.patients))} patients)")
+          f"{len(val)} val slices ({len(set(val.patients))} patients)"
+          + (f", {len(test)} test slices ({len(set(test.patients))} patients)" if test is not None else ""))
 
     net = build_model(args).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.l_rate, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    optimizers = build_optimizers(net, args)
 
     savedir = Path(args.workdir)
     prepare_workdir(savedir)
@@ -351,14 +466,22 @@ def run(args: argparse.Namespace) -> None:
     rows: List[Dict[str, float]] = []
     best = {"dice": -1.0, "epoch": -1}
     t_train = t_val = t_compute = t_epochs = 0.0
-    for epoch in range(max(args.n_epoch, 1)):
+    n_epochs = max(args.n_epoch, 1)
+    for epoch in range(n_epochs):
         t0 = time.perf_counter()
         tra: Optional[PassResult] = None
         if args.n_epoch > 0:
-            tra = run_pass(net, train, specs, args, device, optimizer, generator, f"train {epoch}")
-            tra.dice2d = dice_2d(tra.pred, train, args)
+            tra = run_pass(net, train, specs, args, device, optimizers, generator, f"train {epoch}")
+            tra.dice2d = dice_2d(tra.pred[tra.seen], train.labels[tra.seen], args)
+            if not args.flr:
+                for optimizer in optimizers:
+                    exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch)
         t1 = time.perf_counter()
-        val_pass = run_pass(net, val, specs, args, device, None, generator, f"val {epoch}", keep_entropy=args.entmap)
+        if (epoch + 1) % args.val_every and epoch + 1 < n_epochs:
+            print(f"epoch {epoch:3d}  train loss {tra.loss_s + tra.loss_cons:.4f}  {t1 - t0:.1f}s", flush=True)
+            t_train, t_compute, t_epochs = t_train + t1 - t0, t_compute + tra.compute_s, t_epochs + t1 - t0
+            continue
+        val_pass = run_pass(net, val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
         val_eval = evaluate(val_pass.pred, val, args)
         t2 = time.perf_counter()
         t_train, t_val = t_train + t1 - t0, t_val + t2 - t1
@@ -376,12 +499,20 @@ def run(args: argparse.Namespace) -> None:
         print(f"epoch {epoch:3d}  train loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
               f"val 3D dice {val_eval['dice3d']:.4f} ± {val_eval['dice3d_sd']:.4f}  (best {best['dice']:.4f} "
               f"@ {best['epoch']})  {t2 - t0:.1f}s", flush=True)
-        if args.n_epoch > 0 and not args.flr:
-            exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch)
         t_epochs += time.perf_counter() - t0
 
-    save_checkpoint(savedir / "last.pkl", net, epoch=max(args.n_epoch, 1) - 1, val_dice_3d=rows[-1]["val_dice_3d"])
-    (savedir / "last_epoch.txt").write_text(str(max(args.n_epoch, 1) - 1))
+    save_checkpoint(savedir / "last.pkl", net, epoch=n_epochs - 1, val_dice_3d=rows[-1]["val_dice_3d"])
+    (savedir / "last_epoch.txt").write_text(str(n_epochs - 1))
+    t_test = time.perf_counter()
+    if test is not None:
+        test_pass = run_pass(net, test, specs, args, device, [], generator, "test")
+        per_volume = evaluate_volumes(test_pass.pred, test, args)
+        write_csv_atomic(per_volume, savedir / "test_metrics.csv")
+        print(f">> test ({len(per_volume)} volumes, last epoch): Dice {per_volume['dice'].mean():.4f}  "
+              f"surface Dice@{args.sdice_tol:g}mm {per_volume['sdice'].mean():.4f}")
+        if test_pass.frozen_sum is not None:
+            write_csv_atomic(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
+    t_test = time.perf_counter() - t_test
     write_csv_atomic(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
     if args.saveim:
         save_predictions(savedir / "best_epoch_3d" / "val", val.filenames, best["pred"])
@@ -389,7 +520,7 @@ def run(args: argparse.Namespace) -> None:
         save_entropy_maps(savedir / "best_epoch_3d" / "entmap", val.filenames, best["entropy"])
     total = time.perf_counter() - t_start
     # compute: forward/backward/step only; epochs: wall time of the epochs incl. metrics, logging, saving
-    stats = pd.DataFrame([("load", t_loaded - t_start, "s"), ("train", t_train, "s"), ("val", t_val, "s"),
+    stats = pd.DataFrame([("load", t_loaded - t_start, "s"), ("train", t_train, "s"), ("val", t_val, "s"), ("test", t_test, "s"),
                           ("compute", t_compute, "s"), ("epochs", t_epochs, "s"), ("total", total, "s"),
                           ("peak_memory", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")],
                          columns=["name", "value", "unit"])

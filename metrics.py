@@ -5,7 +5,7 @@ prediction on an empty slice scores 1. HD95/ASSD follow medpy's definitions: sur
 voxels removed by one erosion with the face-connected structure, distances come from a Euclidean
 distance transform with the voxel spacing.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,6 +61,16 @@ def hd95_assd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> Tup
     return hd95, assd
 
 
+def patient_volumes(pred: np.ndarray, gt: np.ndarray, patients: Sequence[str],
+                    slice_numbers: Sequence[int]) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+    """(patient, pred volume, gt volume) for each patient (sorted), slices stacked in slice order: (S, H, W)."""
+    pats, nums = np.asarray(patients), np.asarray(slice_numbers)
+    for pid in sorted(set(patients)):
+        rows = np.flatnonzero(pats == pid)
+        rows = rows[np.argsort(nums[rows], kind="stable")]
+        yield pid, pred[rows], gt[rows]
+
+
 def per_patient_hd(pred: Tensor, gt: Tensor, patients: Sequence[str], slice_numbers: Sequence[int],
                    spacing: Sequence[float], classes: Sequence[int]) -> Dict[str, np.ndarray]:
     """HD95 and ASSD per patient (slices stacked in slice order) for each class of ``classes``.
@@ -68,17 +78,14 @@ def per_patient_hd(pred: Tensor, gt: Tensor, patients: Sequence[str], slice_numb
     pred, gt: (N, H, W) labels. ``spacing`` is (row, column, slice) as read from the files.
     Returns {"hd95": (P, len(classes)), "assd": (P, len(classes))}, patients sorted.
     """
-    ids = sorted(set(patients))
-    pred_np, gt_np = pred.cpu().numpy(), gt.cpu().numpy()
-    hd = np.full((len(ids), len(classes)), np.nan)
-    asd = np.full((len(ids), len(classes)), np.nan)
-    pats, nums = np.asarray(patients), np.asarray(slice_numbers)
+    n_patients = len(set(patients))
+    hd = np.full((n_patients, len(classes)), np.nan)
+    asd = np.full((n_patients, len(classes)), np.nan)
     vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
-    for i, pid in enumerate(ids):
-        rows = np.flatnonzero(pats == pid)
-        rows = rows[np.argsort(nums[rows], kind="stable")]
+    volumes = patient_volumes(pred.cpu().numpy(), gt.cpu().numpy(), patients, slice_numbers)
+    for i, (_, p, g) in enumerate(volumes):
         for j, k in enumerate(classes):
-            hd[i, j], asd[i, j] = hd95_assd(pred_np[rows] == k, gt_np[rows] == k, vol_spacing)
+            hd[i, j], asd[i, j] = hd95_assd(p == k, g == k, vol_spacing)
     return {"hd95": hd, "assd": asd}
 
 

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Box plot of the per-patient validation 3D Dice of each run (best epoch), points overlaid.
+"""Distributions per run: box plots (prostate) and violins per budget (CC359, paper Fig. 3).
 
     moustache.py --runs results/prostate/noadapt results/prostate/sfda ... --out results/prostate/boxplot.png
+    moustache.py --scores results/cc359/scores.csv --out results/cc359/violin.png
+
+``--runs``: per-patient validation 3D Dice of each run (best epoch), points overlaid.
+``--scores``: per-volume test surface Dice of every method over the test pairs, one panel per
+budget; methods without a budget (baseline, hm, SFDA chain, oracle) appear in every panel.
 """
 import argparse
 import sys
@@ -12,16 +17,46 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from report import read_per_patient  # noqa: E402
+from report import FINETUNING, NO_BUDGET, read_per_patient  # noqa: E402
 from utils import save_figure  # noqa: E402
+
+
+def violins(scores: pd.DataFrame, out: Path) -> None:
+    tested = scores[scores["method"] != "oracle"]
+    targets = set(tested["target"])
+    budgets = sorted(tested["budget"].dropna().unique())
+    methods = [m for m in [*NO_BUDGET, *FINETUNING, "oracle"] if m in set(scores["method"])]
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(1.0 * len(methods) + 2, 3.3 * len(budgets)), squeeze=False)
+    for ax, n in zip(axes[:, 0], budgets):
+        values = []
+        for m in methods:
+            rows = scores[scores["method"] == m]
+            if m in FINETUNING:
+                rows = rows[rows["budget"] == n]
+            elif m == "oracle":
+                rows = rows[rows["target"].isin(targets)]
+            values.append(rows["sdice"].dropna().to_numpy())
+        ax.violinplot(values, showmeans=True, showextrema=True)
+        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"N = {n:g} annotated target slices", fontsize=9)
+        ax.set_ylabel("surface Dice per test volume")
+        ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--runs", nargs="+", type=Path)
+    parser.add_argument("--scores", type=Path, help="CC359 scores.csv (report.py collect)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if (args.runs is None) == (args.scores is None):
+        parser.error("give --runs or --scores")
+    if args.scores is not None:
+        violins(pd.read_csv(args.scores), args.out)
+        return 0
     values = [read_per_patient(run) for run in args.runs]
     fig, ax = plt.subplots(figsize=(1.2 * len(args.runs) + 2, 4.5))
     ax.boxplot(values, showmeans=True)

@@ -20,9 +20,19 @@ class BlockNet(nn.Module):
 
     block_order: List[str]
     init_kwargs: Dict[str, Any]
+    n_first = n_last = 1     # how many blocks "the first / last layers" are (fine-tuning baselines)
 
     def blocks(self) -> List[Tuple[str, nn.Module]]:
         return [(name, self.get_submodule(name)) for name in self.block_order]   # names may be dotted
+
+    def block_group(self, name: str) -> List[str]:
+        """Block names of ``first`` or ``last`` (the layers fine-tuned by ft_first / ft_last)."""
+        if name == "first":
+            return self.block_order[:self.n_first]
+        if name == "last":
+            decoder = [b for b in self.block_order if not b.startswith("shortcut")]
+            return decoder[-self.n_last:]
+        raise KeyError(name)
 
 
 def conv_bn_relu(n_in: int, n_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -229,6 +239,7 @@ class ResUNet(BlockNet):
     "First layers" (fine-tuning as in the paper's ref. [12]) = init_path.0 and init_path.1;
     "last layers" = out_path.2 and out_path.3.
     """
+    n_first = n_last = 2
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 16):
         super().__init__()
@@ -344,6 +355,7 @@ class SpotTUnet(nn.Module):
             self.units.append(routed)
         self.policy = PolicyNet(in_dim, len(self.units))
         self.tau = tau
+        self.init_kwargs = {"backbone": type(backbone).__name__, **getattr(backbone, "init_kwargs", {}), "tau": tau}
         self.force: Optional[str] = None
         self.last_actions: Optional[Tensor] = None
 
@@ -367,6 +379,9 @@ NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, 
 
 def build_network(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> BlockNet:
     """Instantiate a network by name; unknown names raise ValueError listing the known ones."""
+    if name == "SpotTUnet":      # as saved by a SpotTUnet checkpoint: the backbone's name and kwargs, and tau
+        tau = kwargs.pop("tau", 0.1)
+        return SpotTUnet(build_network(kwargs.pop("backbone", "ResUNet"), in_dim, out_dim, **kwargs), in_dim, tau)
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
     net = NETWORKS[name](in_dim, out_dim, **kwargs)

@@ -1,27 +1,112 @@
 #!/usr/bin/env python3
-"""Validation 3D Dice over epochs for several runs, one curve each (evaluation-only runs: a level line).
+"""Curves and pictures of runs.
 
     plot.py --runs results/prostate/cesource results/prostate/sfda ... --out results/prostate/val_dice_3d.png
+    plot.py --lambda_runs results/cc359/spottune_val/... --out results/cc359/lambda_val.png
+    plot.py --policy_runs results/cc359/spottune/... --out results/cc359/policy.png
+
+``--runs``: validation 3D Dice over epochs, one curve per run (evaluation-only runs: a level line).
+``--lambda_runs``: SpotTUnet's validation curves (paper Fig. 2): mean test surface Dice of the
+validation pairs against lambda, one line per tau, one panel per budget.
+``--policy_runs``: SpotTUnet's policy (paper Fig. 4): per unit, the share of test slices that chose
+the fine-tuned copy, averaged over pairs, drawn where the unit sits in the U-Net; one panel per budget.
 """
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
-from report import read_metrics  # noqa: E402
+from report import collect, experiment_scores, parse_run, read_metrics  # noqa: E402
 from utils import save_figure  # noqa: E402
+
+
+def lambda_curves(runs: Sequence[Path], out: Path) -> None:
+    per_run = experiment_scores(collect(runs))
+    grid = per_run.groupby(["budget", "tau", "lam"])["sdice"].mean().reset_index()
+    budgets = sorted(grid["budget"].unique())
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 3.6), squeeze=False, sharey=True)
+    for ax, n in zip(axes[0], budgets):
+        for i, (tau, curve) in enumerate(grid[grid["budget"] == n].groupby("tau")):
+            ax.plot(curve["lam"], 100 * curve["sdice"], marker="o", color=f"C{i}", label=f"tau = {tau:g}")
+        ax.set_title(f"N = {n:g} slices")
+        ax.set_xlabel("lambda (cost per fine-tuned unit)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("surface Dice x100, validation pairs")
+    axes[0, -1].legend(fontsize=8)
+    save_figure(fig, out)
+
+
+# where each unit of the residual U-Net sits in the picture: (column, row); a path's units go left to right
+UNET_LAYOUT: Dict[str, Tuple[float, float]] = {"init_path": (0, 3), "down1": (1, 2), "down2": (2, 1), "bottleneck": (4.5, 0),
+                                               "up2": (8, 1), "up1": (9, 2), "out_path": (10, 3)}
+
+
+def unit_position(name: str, index: int) -> Tuple[float, float]:
+    """(x, y) of a unit: ResUNet names go in the U (shortcuts bridge the middle); other networks form one row."""
+    path, _, k = name.rpartition(".")
+    if path in UNET_LAYOUT and k.isdigit():
+        x, y = UNET_LAYOUT[path]
+        return x + int(k), y
+    if name.startswith("shortcut") and name[8:].isdigit():
+        return 6.5, 3 - int(name[8:])
+    return index, 0
+
+
+def policy_picture(runs: Sequence[Path], out: Path) -> None:
+    frames = []
+    for run in runs:
+        df = pd.read_csv(run / "policy.csv")
+        df["budget"] = parse_run(run)["budget"]
+        frames.append(df)
+    table = pd.concat(frames)
+    units = list(dict.fromkeys(table["unit"]))
+    mean = table.groupby(["budget", "unit"])["p_finetuned"].mean()
+    budgets = sorted(table["budget"].unique())
+    cmap = plt.get_cmap("magma", 256)
+    fig, axes = plt.subplots(len(budgets), 1, figsize=(10, 3.2 * len(budgets)), squeeze=False)
+    for ax, n in zip(axes[:, 0], budgets):
+        for i, unit in enumerate(units):
+            x, y = unit_position(unit, i)
+            value = mean[(n, unit)]
+            ax.add_patch(plt.Rectangle((x - 0.45, y - 0.4), 0.9, 0.8, color=cmap(value), ec="k", lw=0.5))
+            ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=6.5, color="w" if value < 0.6 else "k")
+            ax.text(x, y - 0.52, unit.replace("_path", "").replace("bottleneck", "bn").replace("shortcut", "sc"),
+                    ha="center", va="top", fontsize=5)
+        ax.set_xlim(-1, max(unit_position(u, i)[0] for i, u in enumerate(units)) + 1)
+        ax.set_ylim(-1, 4)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(f"N = {n:g} slices: share of test slices using the fine-tuned unit ({len(runs) // len(budgets)} pairs)",
+                     fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=axes[:, 0].tolist(), shrink=0.6,
+                 label="P(fine-tuned)")
+    tmp = out.with_name(out.stem + "_tmp" + out.suffix)
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--runs", nargs="+", type=Path, help="curves over epochs")
+    parser.add_argument("--lambda_runs", nargs="+", type=Path, help="SpotTUnet validation runs")
+    parser.add_argument("--policy_runs", nargs="+", type=Path, help="SpotTUnet test runs")
     parser.add_argument("--column", default="val_dice_3d")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if sum(x is not None for x in (args.runs, args.lambda_runs, args.policy_runs)) != 1:
+        parser.error("give exactly one of --runs, --lambda_runs, --policy_runs")
+    if args.lambda_runs:
+        lambda_curves(args.lambda_runs, args.out)
+        return 0
+    if args.policy_runs:
+        policy_picture(args.policy_runs, args.out)
+        return 0
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n_max = max(len(read_metrics(run)) for run in args.runs)
     for i, run in enumerate(args.runs):

@@ -2,12 +2,22 @@
 """Markdown results table of a set of runs, every number read from the runs' own files.
 
     report.py --runs results/prostate/cesource ... --out results/prostate/report.md [--title ...]
+    report.py collect --runs results/cc359/ft_all/2_5_n8 ... --out results/cc359/scores.csv
+    report.py choose --runs results/cc359/spottune_val/... --out results/cc359/spottune_params.csv
+    report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv --out report.md
 
-Per run: best validation 3D Dice (mean ± sd over patients, at the epoch chosen by validation 3D
-Dice), last-epoch 3D Dice, 2D Dice and HD95/ASSD at the best epoch, epochs and wall time. When
-the SFDA runs are present, the seed's claims are checked on these numbers.
+Prostate: per run, best validation 3D Dice (mean ± sd over patients, at the epoch chosen by
+validation 3D Dice), last-epoch 3D Dice, 2D Dice and HD95/ASSD at the best epoch, epochs and wall
+time. When the SFDA runs are present, the seed's claims are checked on these numbers.
+
+CC359: ``collect`` gathers every run's test_metrics.csv (one row per test volume) with the method,
+pair, budget, tau and lambda its directory name encodes; ``choose`` picks SpotTUnet's (tau,
+lambda) per budget on the validation pairs; ``cc359`` writes the method x budget table of mean
+surface Dice ± sd over test pairs (each pair's score: the mean over its test volumes, as in the
+paper), baseline and oracle, and checks the issue's targets on these numbers.
 """
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -77,7 +87,189 @@ def claims(rows: List[Dict[str, object]]) -> str:
     return ("\n## The seed's claims on this run\n\n| claim | measured | holds |\n|---|---|---|\n" + lines)
 
 
+# ---------------------------------------------------------------- CC359
+
+RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+)_lam(?P<lam>[\d.e-]+))?$")
+FINETUNING = ["ft_all", "ft_first", "ft_last", "spottune"]
+NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
+
+
+def parse_run(run: Path) -> Dict[str, object]:
+    """method, source, target, budget, tau, lambda, fold from ``<method>/<s>_<t>[_n<N>][_tau<T>_lam<L>]`` or ``oracle/<t>/fold<k>``."""
+    if run.parent.parent.name == "oracle" or run.parent.name.isdigit() and run.name.startswith("fold"):
+        return {"method": "oracle", "source": np.nan, "target": int(run.parent.name), "budget": np.nan,
+                "tau": np.nan, "lam": np.nan, "fold": int(run.name[4:])}
+    match = RUN_NAME.match(run.name)
+    if match is None:
+        raise ValueError(f"{run}: not a CC359 run name (<s>_<t>[_n<N>][_tau<T>_lam<L>] or oracle/<t>/fold<k>)")
+    g = match.groupdict()
+    return {"method": run.parent.name, "source": int(g["source"]), "target": int(g["target"]),
+            "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": float(g["tau"]) if g["tau"] else np.nan,
+            "lam": float(g["lam"]) if g["lam"] else np.nan, "fold": np.nan}
+
+
+def collect(runs: Sequence[Path]) -> pd.DataFrame:
+    """One row per (run, test volume): the run's coordinates, patient, dice, sdice."""
+    frames = []
+    for run in runs:
+        path = run / "test_metrics.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (is the run complete, and was it given --test_folder?)")
+        df = pd.read_csv(path)[["patient", "dice", "sdice"]]
+        for key, value in parse_run(run).items():
+            df.insert(0, key, value)
+        df.insert(0, "run", str(run))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def experiment_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """The paper's experiment score: mean over the run's test volumes (one row per run)."""
+    keys = ["run", "method", "source", "target", "budget", "tau", "lam", "fold"]
+    return scores.groupby(keys, dropna=False)[["dice", "sdice"]].mean().reset_index()
+
+
+def choose(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per budget: the (tau, lambda) with the best mean surface Dice over the validation pairs (first of ties)."""
+    per_run = experiment_scores(scores)
+    grid = per_run.groupby(["budget", "tau", "lam"], sort=True)["sdice"].mean().reset_index()
+    best = grid.loc[grid.groupby("budget")["sdice"].idxmax()]
+    return pd.DataFrame({"budget": best["budget"].astype(int), "tau": best["tau"], "lambda": best["lam"],
+                         "val_sdice": best["sdice"].round(4)})
+
+
+def mean_sd(values: pd.Series) -> str:
+    v = 100 * values.dropna()
+    if v.empty:
+        return "–"
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+
+
+def cc359_table(per_run: pd.DataFrame, metric: str, pairs: Sequence[str], budgets: Sequence[int]) -> str:
+    """Method x budget: mean ± sd over the test pairs of the pair scores (x100); budget-free rows repeat across."""
+    head = "| method | " + " | ".join(f"N = {n}" for n in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
+    lines = []
+    oracle = per_run[per_run["method"] == "oracle"].groupby("target")[metric].mean()   # CV folds -> domain score
+    for method in ["noadapt", "hm", "adabn", "sfda", "sfda_truesize", *FINETUNING, "oracle"]:
+        if method == "oracle":
+            values = pd.Series([oracle.get(int(p.split("_")[1]), np.nan) for p in pairs])
+            cells = [mean_sd(values)] * len(budgets)
+        else:
+            rows = per_run[per_run["method"] == method]
+            if rows.empty:
+                continue
+            if method in NO_BUDGET:
+                cells = [mean_sd(rows[metric])] * len(budgets)
+            else:
+                cells = [mean_sd(rows.loc[rows["budget"] == n, metric]) for n in budgets]
+        label = {"noadapt": "baseline (no adaptation)"}.get(method, method)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |\n")
+    return head + "".join(lines)
+
+
+def budget_equivalent(value: float, curve: pd.Series) -> str:
+    """Where ``value`` falls on a method's budget curve (linear in log N between measured budgets)."""
+    n, s = np.log(curve.index.to_numpy(float)), curve.to_numpy(float)
+    if value < s[0]:
+        return f"below N = {curve.index[0]:g}"
+    if value > s.max():
+        return f"above N = {curve.index[np.argmax(s)]:g}"
+    for i in range(len(s) - 1):
+        lo, hi = sorted((s[i], s[i + 1]))
+        if lo <= value <= hi and s[i + 1] != s[i]:
+            return f"≈ {np.exp(n[i] + (value - s[i]) / (s[i + 1] - s[i]) * (n[i + 1] - n[i])):.0f} slices"
+    return f"≈ {curve.index[int(np.argmin(np.abs(s - value)))]:g} slices"
+
+
+def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[int]) -> str:
+    """The issue's targets, on the mean surface Dice over test pairs (points = 100 x surface Dice)."""
+    mean = lambda m, n=None: 100 * per_run.loc[(per_run["method"] == m) & ((per_run["budget"] == n) if n else True), "sdice"].mean()  # noqa: E731
+    oracle = 100 * np.mean([per_run[(per_run["method"] == "oracle") & (per_run["target"] == int(p.split("_")[1]))]["sdice"].mean()
+                            for p in pairs])
+    lines = [("baseline below the oracle", f"{mean('noadapt'):.1f} vs {oracle:.1f}", mean("noadapt") < oracle)]
+    for m in ["ft_all", "ft_first", "ft_last", "spottune"]:
+        curve = [mean(m, n) for n in budgets]
+        if len(budgets) > 1 and all(np.isfinite(curve)):
+            lines.append((f"{m} improves as N grows", " → ".join(f"{c:.1f}" for c in curve),
+                          all(b > a for a, b in zip(curve, curve[1:]))))
+    for n in budgets:
+        best_ft = max(mean(m, n) for m in ["ft_all", "ft_first", "ft_last"])
+        gap = mean("spottune", n) - best_ft
+        lines.append((f"SpotTUnet within 1 point of the best fine-tuning, N = {n}", f"{gap:+.1f}", gap >= -1))
+    lines.append(("histogram matching vs baseline", f"{mean('hm') - mean('noadapt'):+.1f}", mean("hm") >= mean("noadapt")))
+    body = "".join(f"| {name} | {value} | {'yes' if ok else '**no**'} |\n" for name, value, ok in lines)
+    text = "\n## Targets checked on this run\n\n| target | measured (surface Dice x 100) | holds |\n|---|---|---|\n" + body
+    ft = pd.Series({n: mean("ft_all", n) for n in budgets})
+    worth = [f"- {m}: {mean(m):.1f}, on ft_all's budget axis {budget_equivalent(mean(m), ft)}\n"
+             for m in ["adabn", "sfda", "sfda_truesize"] if np.isfinite(mean(m))]
+    if worth:
+        text += ("\n## What the label-free adaptation is worth in annotated slices\n\n"
+                 "Mean surface Dice x 100 over the test pairs, placed on the fine-tune-all curve "
+                 "(linear in log N between the measured budgets):\n\n" + "".join(worth))
+    return text
+
+
+def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str) -> str:
+    per_run = experiment_scores(scores)
+    tested = per_run[per_run["method"] != "oracle"]
+    pairs = sorted({f"{int(s)}_{int(t)}" for s, t in zip(tested["source"], tested["target"])})
+    budgets = sorted(int(n) for n in tested["budget"].dropna().unique())
+    n_volumes = scores[scores["method"] == "noadapt"].groupby("run").size()
+    intro = (f"# {title}\n\nTest pairs (source_target): {', '.join(pairs)}; {int(n_volumes.mean()) if len(n_volumes) else 0} "
+             f"test volumes per pair. Each cell: mean ± sd over the test pairs of the pair's score, the mean over its "
+             f"test volumes (x100, last-epoch weights, no model selection, as in the paper). Budget-free methods repeat "
+             f"across columns; the oracle is the target domain's 3-fold cross-validation. Per-volume values: scores.csv.\n")
+    chosen = "".join(f"| {int(r.budget)} | {r.tau:g} | {r['lambda']:g} | {100 * r.val_sdice:.1f} |\n" for _, r in params.iterrows())
+    return (intro + "\n## Surface Dice\n\n" + cc359_table(per_run, "sdice", pairs, budgets)
+            + "\n## Dice\n\n" + cc359_table(per_run, "dice", pairs, budgets)
+            + "\n## SpotTUnet's tau and lambda, chosen on the validation pairs\n\n| N | tau | lambda | val surface Dice |\n"
+              "|---|---|---|---|\n" + chosen + cc359_checks(per_run, pairs, budgets))
+
+
+def write_text_atomic(text: str, out: Path) -> None:
+    tmp = out.with_name(out.name + "_tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
+def cc359_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description="CC359 tables: collect, choose, cc359")
+    parser.add_argument("command", choices=["collect", "choose", "cc359"])
+    parser.add_argument("--runs", nargs="+", type=Path)
+    parser.add_argument("--scores", type=Path)
+    parser.add_argument("--params", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="CC359 domain adaptation")
+    args = parser.parse_args(argv)
+    if args.command in ("collect", "choose") and not args.runs:
+        parser.error(f"{args.command} needs --runs")
+    if args.command == "cc359" and not (args.scores and args.params):
+        parser.error("cc359 needs --scores and --params")
+    try:
+        if args.command == "collect":
+            table_ = collect(args.runs)
+            table_.to_csv(args.out.with_name(args.out.name + "_tmp"), index=False, float_format="%.4f")
+            args.out.with_name(args.out.name + "_tmp").replace(args.out)
+            print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
+        elif args.command == "choose":
+            chosen = choose(collect(args.runs))
+            chosen.to_csv(args.out.with_name(args.out.name + "_tmp"), index=False)
+            args.out.with_name(args.out.name + "_tmp").replace(args.out)
+            print(chosen.to_string(index=False))
+        else:
+            text = cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title)
+            write_text_atomic(text, args.out)
+            print(text)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("collect", "choose", "cc359"):
+        return cc359_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -90,9 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"over the patients where both prediction and GT are non-empty (their number in brackets; an empty "
             f"prediction has no surface distance).\n\n"
             + table(rows) + claims(rows))
-    tmp = args.out.with_name(args.out.name + "_tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    write_text_atomic(text, args.out)
     print(text)
     return 0
 

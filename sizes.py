@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Class-ratio prior: write the size csv of every target train and val slice.
+r"""Class-ratio prior: write the size csv of every target train and val slice.
 
     sizes.py --source data/prostate_source --target data/prostate_target --out sizes/prostate.csv
+    sizes.py --gt_dir data/cc359_prep/slices/GT --volume_ml 1883 --spacing 3,2.85,2.85 \
+        --grp_regex 'CC\d+_\d+' --out sizes/cc359.csv
 
 Columns (seed 004): ``val_ids`` (the slice file name, the key the loader looks up),
 ``val_gt_size`` (true pixel count per class, for the SFDA_TrueSize upper bound),
@@ -12,6 +14,11 @@ and ``dumbprednotags`` (the constant on every slice, no tags). Each cell sums to
 The constant per class defaults to the mean positive size of that class in the *source* training
 labels: a statistic the provider of a source model can publish without sharing images.
 ``--constant`` overrides it (the seed's prostate value is 8000 px at 385 x 385).
+
+``--volume_ml`` (CC359) derives the constant from a published organ volume instead: each tagged
+slice of a volume gets volume / (number of tagged slices of that volume x slice thickness),
+in pixels of the slice's ``--spacing``. It reads every slice of ``--gt_dir`` (the preprocessed
+cache), so one csv serves every experiment drawn from it.
 """
 import argparse
 import sys
@@ -21,7 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dataloader import DataError, gt_transform, list_slices
+from dataloader import DataError, gt_transform, list_slices, parse_slice_name
 
 
 def read_labels(folder: Path) -> List[np.ndarray]:
@@ -71,16 +78,51 @@ def size_table(target: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame
     return table
 
 
+def volume_prior_table(gt_dir: Path, volume_ml: float, spacing: Sequence[float], grp_regex: str) -> pd.DataFrame:
+    """Tag prior from a published volume (binary task): volume spread evenly over each volume's tagged slices."""
+    paths = list_slices(gt_dir)
+    counts = np.stack([class_counts(gt_transform(p), 2) for p in paths])
+    patients = pd.Series([parse_slice_name(p.name, grp_regex)[0] for p in paths])
+    tagged = counts[:, 1] > 0
+    n_tagged = pd.Series(tagged).groupby(patients).transform("sum").to_numpy()
+    pixel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0          # one voxel of a slice, in mL
+    area = np.where(tagged, volume_ml / np.maximum(n_tagged, 1) / pixel_ml, 0.0)
+    total = counts.sum(axis=1)
+    area = np.minimum(np.round(area), total)
+    rows = [{"val_ids": p.name, "val_gt_size": fmt(c), "dumbpredwtags": fmt(np.array([t - a, a])),
+             "dumbprednotags": fmt(np.array([t - a_all, a_all]))}
+            for p, c, t, a, a_all in zip(paths, counts, total, area,
+                                         np.minimum(np.round(volume_ml / len(paths) * patients.nunique() / pixel_ml), total))]
+    return pd.DataFrame(rows)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", type=Path, help="source dataset root (for the published mean size)")
-    parser.add_argument("--target", type=Path, required=True, help="target dataset root with train/ and val/")
+    parser.add_argument("--target", type=Path, help="target dataset root with train/ and val/")
+    parser.add_argument("--gt_dir", type=Path, help="a folder of GT slices (instead of --target)")
+    parser.add_argument("--volume_ml", type=float, help="published organ volume in mL (with --gt_dir)")
+    parser.add_argument("--spacing", help="voxel spacing row,column,slice in mm (with --volume_ml)")
+    parser.add_argument("--grp_regex", default=r"CC\d+_\d+", help="slice name -> volume (with --volume_ml)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n_class", type=int, default=2)
     parser.add_argument("--constant", type=float, nargs="*", help="foreground sizes in pixels, one per class > 0")
     args = parser.parse_args(argv)
     try:
-        if args.constant:
+        if args.volume_ml is not None:
+            if args.gt_dir is None or not args.spacing:
+                raise DataError("--volume_ml needs --gt_dir and --spacing")
+            try:
+                spacing = [float(v) for v in args.spacing.split(",")]
+            except ValueError:
+                raise DataError(f"--spacing {args.spacing!r}: expected three numbers") from None
+            if len(spacing) != 3 or min(spacing) <= 0 or args.volume_ml <= 0:
+                raise DataError("--spacing needs three positive numbers and --volume_ml a positive volume")
+            table = volume_prior_table(args.gt_dir, args.volume_ml, spacing, args.grp_regex)
+            constant = np.array([0.0, args.volume_ml])
+        elif args.target is None:
+            raise DataError("give --target (a dataset root) or --gt_dir with --volume_ml")
+        elif args.constant:
             if len(args.constant) != args.n_class - 1:
                 raise DataError(f"--constant needs {args.n_class - 1} values, got {len(args.constant)}")
             constant = np.array([0.0, *args.constant])
@@ -88,7 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             constant = np.round(mean_positive_sizes(read_labels(args.source / "train" / "GT"), args.n_class))
         else:
             raise DataError("give --source (to publish its mean organ size) or --constant")
-        table = size_table(args.target, constant, args.n_class)
+        if args.volume_ml is None:
+            table = size_table(args.target, constant, args.n_class)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -96,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tmp = args.out.with_name(args.out.name + "_tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(args.out)
-    print(f"wrote {args.out}: {len(table)} slices, tag prior foreground {constant[1:].tolist()} px")
+    unit = "mL per volume" if args.volume_ml is not None else "px"
+    print(f"wrote {args.out}: {len(table)} slices, tag prior foreground {constant[1:].tolist()} {unit}")
     return 0
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Embedded data: deterministic synthetic pelvic MRI in the SFDA layout, one folder per scanner.
+"""Embedded data: deterministic synthetic MRI in the real layouts (prostate for SFDA, CC359 brains).
 
     synth.py prostate --domain source --out data/prostate_source [--seed 0]
+    synth.py cc359 --out data/cc359 [--seed 0 --n_per_domain 8]
+
+Prostate (SFDA layout, seed 004):
 
 Each patient is a stack of axial slices rendered from a tissue map: body outline with
 subcutaneous fat and textured muscle, femoral heads, a fluid-filled bladder, a rectum with wall
@@ -11,17 +14,28 @@ deformed smoothly per patient. A *scanner* turns tissue into intensity: its cont
 target scanner is fat-suppressed with a steeper T2 curve), a smooth multiplicative bias field,
 blur and Rician noise. Each volume is scaled so that the median intensity of its body sits at 30%
 of the range (bright fluid may saturate, as in a clinical window) and stored as 8-bit PNG;
-GT gray level = class index (0 background, 1 prostate). An existing, non-empty output folder is
-never touched, so real data dropped into ``data/`` is used as is.
+GT gray level = class index (0 background, 1 prostate).
+
+CC359 (seed 000): T1 head volumes with brain masks in the release layout (``Original/``,
+``Silver-standard/``, ``meta.csv``), six vendor x field-strength domains. Anatomy is real: the
+MNI152 ICBM 2009a template and its GM/WM maps shipped in nilearn's wheel, deformed smoothly per
+subject (affine + random displacement field), wrapped in CSF, skull (cortical bone and diploe),
+scalp fat and skin layers whose thicknesses vary per subject, so the task is skull stripping. A
+scanner gives tissue contrast, a bias field, blur, Rician noise and its own voxel spacing.
+
+An existing, non-empty output folder is never touched, so real data dropped into ``data/`` is
+used as is.
 """
 import argparse
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
@@ -161,19 +175,184 @@ def write_prostate(out: Path, domain: str, seed: int, size: int, n_train: int, n
     tmp.replace(out)
 
 
+# ---------------------------------------------------------------- CC359-like brains (seed 000)
+
+@dataclass(frozen=True)
+class MRScanner:
+    """T1 contrast of one vendor x field strength: tissue intensities, then bias, blur, noise, spacing."""
+    vendor: str
+    tesla: int              # 15 (1.5 T) or 3, as in CC359's meta.csv
+    wm: float
+    gm: float
+    csf: float
+    bone: float
+    diploe: float
+    fat: float
+    skin: float
+    gamma: float            # intensity curve applied to the tissue mixture
+    bias: float             # amplitude of the log bias field
+    blur: float             # Gaussian PSF sigma in voxels
+    noise: float            # Rician sigma relative to white matter
+    spacing: Tuple[float, float, float]   # mm of the array axes (x, y, z), slices along z
+
+
+# the embedded default works at 3x CC359's voxel size (CPU budget); fold 1 has thick x voxels and
+# folds 4/5 slightly finer y/z voxels, as in the real release (methods/spottunet.md)
+CC_SCANNERS: List[MRScanner] = [
+    MRScanner("siemens", 15, wm=1.00, gm=0.62, csf=0.20, bone=0.05, diploe=0.55, fat=0.95, skin=0.50,
+              gamma=1.0, bias=0.10, blur=0.5, noise=0.045, spacing=(3.0, 3.0, 3.0)),
+    MRScanner("siemens", 3, wm=1.00, gm=0.52, csf=0.12, bone=0.04, diploe=0.45, fat=0.80, skin=0.45,
+              gamma=1.0, bias=0.35, blur=0.4, noise=0.030, spacing=(4.0, 3.0, 3.0)),
+    MRScanner("ge", 15, wm=0.95, gm=0.72, csf=0.32, bone=0.08, diploe=0.70, fat=1.00, skin=0.60,
+              gamma=1.35, bias=0.15, blur=0.7, noise=0.055, spacing=(3.0, 3.0, 3.0)),
+    MRScanner("ge", 3, wm=1.00, gm=0.58, csf=0.10, bone=0.06, diploe=0.40, fat=0.65, skin=0.40,
+              gamma=0.75, bias=0.40, blur=0.4, noise=0.030, spacing=(3.0, 3.0, 3.0)),
+    MRScanner("philips", 15, wm=0.90, gm=0.68, csf=0.38, bone=0.15, diploe=0.75, fat=1.00, skin=0.70,
+              gamma=1.15, bias=0.20, blur=0.8, noise=0.050, spacing=(3.0, 2.7, 2.7)),
+    MRScanner("philips", 3, wm=1.00, gm=0.48, csf=0.08, bone=0.04, diploe=0.35, fat=0.55, skin=0.35,
+              gamma=0.85, bias=0.45, blur=0.5, noise=0.035, spacing=(3.0, 2.95, 2.95)),
+]
+# head layers outside the brain surface (mm): CSF, then skull with diploe in its middle, fat, skin
+CSF_MM, SKULL_MM, FAT_MM, SKIN_MM = 2.5, 6.0, 4.0, 2.5
+FOV_MARGIN_MM = 18.0     # field of view = brain box + margin; axially cut just above the template's bottom
+FOV_Z_FROM = 10          # template slice index where the field of view starts (the neck is cut)
+
+
+@dataclass
+class Template:
+    """MNI152 2009a maps (1 mm) with the distance outside the brain, and the world box to image."""
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray       # float mask
+    outside_mm: np.ndarray  # distance to the brain (0 inside)
+    lo: np.ndarray          # field-of-view corners, template voxel coordinates
+    hi: np.ndarray
+
+
+def load_template() -> Template:
+    """Load the MNI152 maps from nilearn's package data (no download) and derive the head geometry."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn import datasets
+        gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
+        wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+        brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    brain = ndimage.binary_fill_holes(brain)
+    pad = int(FOV_MARGIN_MM) + 4
+    gm, wm, brain = (np.pad(a, pad) for a in (gm, wm, brain))
+    outside = ndimage.distance_transform_edt(~brain).astype(np.float32)
+    where = np.nonzero(brain)
+    lo = np.array([w.min() for w in where], float) - FOV_MARGIN_MM
+    hi = np.array([w.max() for w in where], float) + FOV_MARGIN_MM
+    lo[2] = FOV_Z_FROM + pad
+    return Template(gm, wm, brain.astype(np.float32), outside, lo, hi)
+
+
+def subject_coordinates(rng: np.random.Generator, tpl: Template, spacing: Tuple[float, float, float]) -> np.ndarray:
+    """Template voxel coordinates (3, X, Y, Z) of a subject's image grid: random affine + smooth warp."""
+    shape = tuple(int(np.ceil((h - l) / s)) for l, h, s in zip(tpl.lo, tpl.hi, spacing))
+    centre = (tpl.lo + tpl.hi) / 2
+    axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]   # mm around the centre
+    grid = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
+    angles = np.deg2rad(rng.uniform(-6, 6, 3))
+    rot = np.eye(3)
+    for k, a in enumerate(angles):
+        i, j = [m for m in range(3) if m != k]
+        r = np.eye(3)
+        r[i, i] = r[j, j] = np.cos(a)
+        r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+        rot = rot @ r
+    scale = rng.uniform(0.9, 1.08) * rng.uniform(0.96, 1.04, 3)     # head size, then shape
+    coords = (rot / scale[:, None]) @ grid
+    # smooth displacement: Gaussian noise on a coarse lattice, upsampled to the grid (sigma ~ 3 mm)
+    coarse = rng.normal(0, 3.0, (3, 5, 5, 5))
+    warp = np.stack([ndimage.zoom(c, [n / 5 for n in shape], order=3, mode="nearest") for c in coarse])
+    coords = coords + warp.reshape(3, -1) + (centre + rng.normal(0, 2.0, 3))[:, None]
+    return coords.reshape(3, *shape)
+
+
+def render_head(rng: np.random.Generator, tpl: Template, scanner: MRScanner) -> Tuple[np.ndarray, np.ndarray]:
+    """One subject seen by one scanner: (T1 image int16, brain mask uint8), array axes x, y, z."""
+    coords = subject_coordinates(rng, tpl, scanner.spacing)
+
+    def sample(volume: np.ndarray, fill: float) -> np.ndarray:
+        return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=fill)
+
+    gm, wm, brain = sample(tpl.gm, 0.0), sample(tpl.wm, 0.0), sample(tpl.brain, 0.0)
+    d = sample(tpl.outside_mm, 100.0)
+    thick = rng.uniform(0.8, 1.25, 4) * np.array([CSF_MM, SKULL_MM, FAT_MM, SKIN_MM])
+    edges = np.cumsum(thick)
+
+    def band(lo: float, hi: float) -> np.ndarray:   # soft 0..1 indicator of lo < d <= hi (1 mm ramps)
+        return np.clip(d - lo + 0.5, 0, 1) - np.clip(d - hi + 0.5, 0, 1)
+
+    csf_in = np.clip(brain - gm - wm, 0, 1)
+    skull = band(edges[0], edges[1])
+    diploe = band(edges[0] + 0.35 * thick[1], edges[1] - 0.35 * thick[1])
+    tissue = (wm * scanner.wm + gm * scanner.gm + csf_in * scanner.csf
+              + band(0.0, edges[0]) * (1 - brain) * scanner.csf
+              + (skull - diploe) * scanner.bone + diploe * scanner.diploe
+              + band(edges[1], edges[2]) * scanner.fat + band(edges[2], edges[3]) * scanner.skin)
+    tissue = tissue * (1 + 0.03 * smooth_noise(rng, tissue.shape, (1.5, 1.5, 1.5)))    # tissue texture
+    signal = np.clip(tissue, 0, None) ** scanner.gamma
+    bias = np.exp(scanner.bias * smooth_noise(rng, tuple(max(n // 6, 2) for n in signal.shape), (1, 1, 1)))
+    signal = signal * ndimage.zoom(bias, [a / b for a, b in zip(signal.shape, bias.shape)], order=1)[
+        tuple(slice(0, n) for n in signal.shape)]
+    signal = ndimage.gaussian_filter(signal, scanner.blur)
+    real = signal + rng.normal(0, scanner.noise, signal.shape)
+    image = np.sqrt(real ** 2 + rng.normal(0, scanner.noise, signal.shape) ** 2)     # Rician magnitude
+    return np.round(image * 1000).astype(np.int16), (brain >= 0.5).astype(np.uint8)
+
+
+def write_cc359(out: Path, seed: int, n_per_domain: int) -> None:
+    """Write ``out/{Original,Silver-standard}/CCnnnn_<vendor>_<tesla>_<age>_<sex>[_ss].nii.gz`` and ``meta.csv``."""
+    tmp = out.with_name(out.name + "_tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "Original").mkdir(parents=True)
+    (tmp / "Silver-standard").mkdir()
+    tpl = load_template()
+    rows = []
+    for fold, scanner in enumerate(CC_SCANNERS):
+        for k in range(n_per_domain):
+            rng = np.random.default_rng([seed, fold, k])
+            image, mask = render_head(rng, tpl, scanner)
+            number = fold * n_per_domain + k + 1
+            stem = f"CC{number:04d}_{scanner.vendor}_{scanner.tesla}_{int(rng.integers(29, 80))}_{'MF'[k % 2]}"
+            affine = np.diag([*scanner.spacing, 1.0])
+            nib.save(nib.Nifti1Image(image, affine), tmp / "Original" / f"{stem}.nii.gz")
+            nib.save(nib.Nifti1Image(mask, affine), tmp / "Silver-standard" / f"{stem}_ss.nii.gz")
+            rows.append({"id": f"CC{number:04d}", "MRI": f"Original/{stem}.nii.gz",
+                         "brain_mask": f"Silver-standard/{stem}_ss.nii.gz", "fold": fold,
+                         "tomograph_model": scanner.vendor, "tesla_value": scanner.tesla,
+                         "x": scanner.spacing[0], "y": scanner.spacing[1], "z": scanner.spacing[2]})
+    pd.DataFrame(rows).to_csv(tmp / "meta.csv", index=False)
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", choices=["prostate"])
-    parser.add_argument("--domain", required=True, choices=sorted(SCANNERS))
+    parser.add_argument("dataset", choices=["prostate", "cc359"])
+    parser.add_argument("--domain", choices=sorted(SCANNERS), help="prostate: source or target scanner")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=96, help="slice width and height in pixels")
-    parser.add_argument("--n_train", type=int, default=None, help="training patients")
-    parser.add_argument("--n_val", type=int, default=None, help="validation patients")
+    parser.add_argument("--size", type=int, default=96, help="prostate: slice width and height in pixels")
+    parser.add_argument("--n_train", type=int, default=None, help="prostate: training patients")
+    parser.add_argument("--n_val", type=int, default=None, help="prostate: validation patients")
+    parser.add_argument("--n_per_domain", type=int, default=8, help="cc359: subjects per scanner domain")
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         print(f"{args.out} exists: kept as is (delete it to regenerate)")
         return 0
+    if args.dataset == "cc359":
+        if args.n_per_domain < 1:
+            parser.error("--n_per_domain must be >= 1")
+        write_cc359(args.out, args.seed, args.n_per_domain)
+        print(f"wrote {args.out}: {len(CC_SCANNERS)} domains x {args.n_per_domain} subjects")
+        return 0
+    if args.domain is None:
+        parser.error("prostate needs --domain")
     n_train = args.n_train if args.n_train is not None else SPLITS[args.domain]["train"]
     n_val = args.n_val if args.n_val is not None else SPLITS[args.domain]["val"]
     write_prostate(args.out, args.domain, args.seed, args.size, n_train, n_val)

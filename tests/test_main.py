@@ -129,3 +129,63 @@ def test_adabn_sets_running_statistics_to_the_data_statistics():
     assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(bn.running_var, features.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
     assert bn.momentum == 0.1 and not bn.training
+
+
+# ---------------------------------------------------------------- CC359 protocol options (seed 000)
+
+def test_test_folder_writes_dice_and_surface_dice_per_volume(nii_data, tmp_path):
+    """The val split doubles as the test split here: one volume, Case02, 4 slices of 12 x 12."""
+    data = tmp_path / "data"
+    write_nii_dataset(data)
+    (data / "test").symlink_to(data / "val")
+    workdir = tmp_path / "run"
+    args = base_args(data, workdir, L_OR) + ["--n_epoch", "0", "--model_weights", str(nii_data / "src" / "last.pkl"),
+                                             "--test_folder", "test", "--sdice_tol", "1"]
+    assert main.main(args) == 0
+    table = pd.read_csv(workdir / "test_metrics.csv")
+    assert table["patient"].tolist() == ["Case02"] and set(table.columns) >= {"dice", "sdice", "dice_c1", "sdice_c1"}
+    # the same numbers from the predictions saved by a second, identical evaluation
+    net = main.network_from_checkpoint(nii_data / "src" / "last.pkl", "Dimwit", 2)
+    val = main.load_slices(data / "val", main.parse_folders(TT_DATA, "t"), 2, r"Case\d+_\d+")
+    with main.torch.no_grad():
+        pred = net.eval()(val.images).argmax(dim=1).numpy()
+    volume, gt = pred[np.argsort(val.slice_numbers)], val.labels.numpy()[np.argsort(val.slice_numbers)]
+    dice = 2 * ((volume == 1) & (gt == 1)).sum() / ((volume == 1).sum() + (gt == 1).sum())
+    assert table["dice"].iloc[0] == pytest.approx(dice, abs=1e-4)
+    expected = main.surface_dice(gt == 1, volume == 1, (3.0, 0.5, 0.5), 1.0)   # (slice, row, column) spacing
+    assert table["sdice"].iloc[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_trainable_first_freezes_every_other_block_and_bad_names_are_refused(nii_data):
+    args = main.get_args(base_args(nii_data / "data", nii_data / "x", L_OR) + ["--network", "ResUNet", "--trainable", "first"])
+    net = main.build_model(args)
+    trainable = {n.split(".weight")[0].split(".bias")[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("init_path.0", "init_path.1")) for n in trainable)
+    assert any(n.startswith("init_path.1.body") for n in trainable)
+    args.trainable = "init_path.9"
+    with pytest.raises(main.OptionError, match="ResUNet has no block 'init_path.9'"):
+        main.build_model(args)
+
+
+def test_spottune_trains_the_policy_and_writes_the_policy_table(nii_data, tmp_path):
+    workdir = tmp_path / "spot"
+    data = tmp_path / "data"
+    write_nii_dataset(data)
+    (data / "test").symlink_to(data / "val")
+    args = base_args(data, workdir, L_OR) + [
+        "--model_weights", str(nii_data / "src" / "last.pkl"), "--spottune", "--k_reg", "0.5", "--tau", "0.5",
+        "--optimizer", "sgd", "--n_epoch", "2", "--iterations", "3", "--batch_size", "4", "--test_folder", "test"]
+    assert main.main(args) == 0
+    policy = pd.read_csv(workdir / "policy.csv")
+    assert policy["unit"].tolist() == ["conv", "head"]
+    assert ((policy["p_finetuned"] >= 0) & (policy["p_finetuned"] <= 1)).all()
+    ckpt = main.network_from_checkpoint(workdir / "last.pkl", "SpotTUnet", 2)      # a checkpoint that rebuilds
+    assert isinstance(ckpt, main.SpotTUnet) and ckpt.tau == 0.5
+    metrics = pd.read_csv(workdir / "IMG_target_metrics.csv")
+    assert (metrics["tra_loss_cons"] >= 0).all()       # lambda x share of fine-tuned units, logged as the cons term
+
+
+def test_spottune_needs_weights(nii_data, capsys):
+    with pytest.raises(SystemExit):
+        main.get_args(base_args(nii_data / "data", nii_data / "y", L_OR) + ["--spottune"])
+    assert "--spottune needs --model_weights" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+# Supervised domain adaptation across CC359's six scanner domains, with SpotTUnet (seed 000), and the
+# source-free chain of prostate.make on the same pairs: make -f cc359.make
+# Variables: those of common.mk, plus CCDATA SPACING TOL NPD VAL NADD VAL_PAIRS TEST_PAIRS BUDGETS TAUS LAMBDAS
+# E_BASE IT_BASE E_FT IT_FT LR BRAIN_ML (see README). Domains: 0 Siemens 1.5T, 1 Siemens 3T, 2 GE 1.5T,
+# 3 GE 3T, 4 Philips 1.5T, 5 Philips 3T; a pair s_t adapts the baseline of domain s to domain t.
+NET ?= ResUNet
+include common.mk
+.DEFAULT_GOAL := all
+.PHONY: all pack report plot runs
+.SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
+
+# ---------------------------------------------------------------- data and protocol
+CCDATA ?= $(DATA)/cc359# meta.csv + volumes; point it at the real release (cc359.py meta writes its meta.csv)
+NPD ?= 8# embedded subjects per domain
+SPACING ?= 3,2.85,2.85# mm after resampling; the paper's is 1,0.95,0.95 (3x coarser here for the CPU)
+TOL ?= 3# surface Dice tolerance (mm): one voxel here, as the paper's 1 mm is at its spacing
+VAL ?= 2# validation scans per split
+NADD ?= 3# scans in a target's annotation pool; the others are its test scans
+VAL_PAIRS ?= 0_3# source Siemens 1.5T: these pairs choose SpotTUnet's tau and lambda
+TEST_PAIRS ?= 2_5 4_1
+BUDGETS ?= 8 45# annotated target slices; the paper's list: 8 12 24 45 90 270 800
+TAUS ?= 0.1 1# paper's grid: .01 .1 .5 1 2 5
+LAMBDAS ?= 0 0.01# paper's grid: 0 .001 .003 .005 .007 .01 .012 .015 .02
+E_BASE ?= 10# baseline / oracle: epochs x iterations of batch BS (paper 100 x 100 x 16)
+IT_BASE ?= 20
+LRD_BASE ?= 7# lr x0.1 after this epoch (paper: for the last 20%)
+E_FT ?= 8# fine-tuning: epochs x iterations (paper 60 x 100)
+IT_FT ?= 10
+LRD_FT ?= 5# lr x0.1 after this epoch (paper: for the last 25%)
+LR ?= 1e-2# SGD lr (paper 1e-3 over 50x more iterations)
+BRAIN_ML ?= 1883# published brain volume for the SFDA prior: the MNI152 2009a brain mask (nilearn), in mL
+
+G_RGX = CC\d+_\d+
+TT_DATA = [('IMG', npy_transform, False), ('GT', gt_transform, False)]
+PREP = $(DATA)/cc359_prep
+SETS = $(DATA)/cc359_sets
+SIZEFILE = $(SIZES)/cc359.csv
+CR = $(RD)/cc359
+PARAMS = $(CR)/spottune_params.csv
+
+src = $(word 1,$(subst _, ,$(1)))
+tgt = $(word 2,$(subst _, ,$(1)))
+epochs = $(or $(EPC),$(1))
+PAIRS = $(VAL_PAIRS) $(TEST_PAIRS)
+SOURCES = $(sort $(foreach p,$(PAIRS),$(call src,$(p))))
+TARGETS = $(sort $(foreach p,$(TEST_PAIRS),$(call tgt,$(p))))
+FT_METHODS = ft_all ft_first ft_last
+SF_METHODS = noadapt adabn sfda sfda_truesize
+
+BASELINES = $(addprefix $(CR)/baseline/,$(SOURCES))
+ORACLES = $(foreach t,$(TARGETS),$(foreach k,0 1 2,$(CR)/oracle/$(t)/fold$(k)))
+FT_RUNS = $(foreach m,$(FT_METHODS) spottune,$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(CR)/$(m)/$(p)_n$(n))))
+VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach t,$(TAUS),$(foreach l,$(LAMBDAS),\
+	$(CR)/spottune_val/$(p)_n$(n)_tau$(t)_lam$(l)))))
+SF_RUNS = $(foreach m,hm $(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
+TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS)
+PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
+REPORT = $(CR)/report.md
+PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359.tar.gz
+
+all: pack report
+runs: $(TESTED) $(VAL_RUNS)
+pack: $(PACK)
+report: $(REPORT)
+plot: $(PLT)
+
+$(CCDATA)/meta.csv: | $(PYDEP)
+	$(CC) $(CFLAGS) synth.py cc359 --out $(CCDATA) --seed $(SEED) --n_per_domain $(NPD)
+
+$(PREP): $(CCDATA)/meta.csv | $(PYDEP)
+	$(CC) $(CFLAGS) cc359.py prep --meta $< --spacing $(SPACING) --out $@
+
+$(SIZEFILE): $(PREP) | $(PYDEP)
+	$(CC) $(CFLAGS) sizes.py --gt_dir $(PREP)/slices/GT --volume_ml $(BRAIN_ML) --spacing $(SPACING) \
+		--grp_regex "$(G_RGX)" --out $@
+
+# slice sets (symlinks into the cache): baseline_<s>, oracle_<t>_f<k>, target_<t>_n<N> / _all, hm_<s>_<t>
+SPLIT = $(CC) $(CFLAGS) cc359.py split --prep $(PREP) --n_val $(VAL) --n_add $(NADD) --out $@
+$(SETS)/baseline_%: $(PREP) | $(PYDEP)
+	$(SPLIT) --kind baseline --source $*
+$(SETS)/oracle_%: $(PREP) | $(PYDEP)
+	$(SPLIT) --kind oracle --target $(call src,$*) --fold $(subst f,,$(call tgt,$*))
+$(SETS)/target_%: $(PREP) | $(PYDEP)
+	$(SPLIT) --kind pair --target $(call src,$*) --budget $(subst n,,$(call tgt,$*))
+$(SETS)/hm_%: $(PREP) | $(PYDEP)
+	$(SPLIT) --kind hm --source $(call src,$*) --target $(call tgt,$*)
+
+# ---------------------------------------------------------------- runs
+# $(1) run dir, $(2) slice set; OPT = what differs. Every run tests its last-epoch weights on the set's test/.
+define RUN
+	rm -rf $(1)_tmp
+	$(CC) $(CFLAGS) main.py --workdir $(1)_tmp --target_dataset $(2) --network $(NET) --n_class 2 --metric_axis 1 \
+		--grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" --batch_size $(BS) \
+		--spacing $(SPACING) --sdice_tol $(TOL) --precision $(PREC) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
+	rm -rf $(1) && mv $(1)_tmp $(1)
+endef
+SGD = --optimizer sgd --weight_decay 0 --l_rate $(LR) --lr_decay 0.1 --target_losses="$(L_OR)"
+TRAIN_BASE = $(SGD) --n_epoch $(call epochs,$(E_BASE)) --iterations $(IT_BASE) --lr_decay_epoch $(LRD_BASE)
+TRAIN_FT = $(SGD) --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --lr_decay_epoch $(LRD_FT) \
+	--val_every $(call epochs,$(E_FT))
+
+$(CR)/baseline/%: OPT = $(TRAIN_BASE)
+$(CR)/baseline/%: $(SETS)/baseline_% | $(PYDEP)
+	$(call RUN,$@,$<)
+
+# oracle: 3-fold cross-validation inside the target domain
+define ORACLE
+$(CR)/oracle/$(1)/fold$(2): OPT = $(TRAIN_BASE) --test_folder test
+$(CR)/oracle/$(1)/fold$(2): $(SETS)/oracle_$(1)_f$(2) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach t,$(TARGETS),$(foreach k,0 1 2,$(eval $(call ORACLE,$(t),$(k)))))
+
+# fine-tuning from the source's baseline with N annotated target slices: $(1) method, $(2) pair, $(3) N
+OPT_ft_all =
+OPT_ft_first = --trainable first
+OPT_ft_last = --trainable last
+define FINETUNE
+$(CR)/$(1)/$(2)_n$(3): OPT = $(TRAIN_FT) --test_folder test --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl $(OPT_$(1))
+$(CR)/$(1)/$(2)_n$(3): $(SETS)/target_$(call tgt,$(2))_n$(3) $(CR)/baseline/$(call src,$(2)) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach m,$(FT_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call FINETUNE,$(m),$(p),$(n))))))
+
+# SpotTUnet: validation pairs over the tau x lambda grid; the test pairs read the chosen values from $(PARAMS)
+define SPOT_VAL
+$(CR)/spottune_val/$(1)_n$(2)_tau$(3)_lam$(4): OPT = $(TRAIN_FT) --test_folder test --spottune --tau $(3) --k_reg $(4) \
+	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
+$(CR)/spottune_val/$(1)_n$(2)_tau$(3)_lam$(4): $(SETS)/target_$(call tgt,$(1))_n$(2) $(CR)/baseline/$(call src,$(1)) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach t,$(TAUS),$(foreach l,$(LAMBDAS),\
+	$(eval $(call SPOT_VAL,$(p),$(n),$(t),$(l)))))))
+
+$(PARAMS): $(VAL_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose --runs $^ --out $@
+
+# (the shell reads columns 2 and 3, tau and lambda, of the budget's row when the recipe runs)
+define SPOT_TEST
+$(CR)/spottune/$(1)_n$(2): OPT = $(TRAIN_FT) --test_folder test --spottune \
+	--tau $$$$(awk -F, '$$$$1 == $(2) {print $$$$2}' $(PARAMS)) --k_reg $$$$(awk -F, '$$$$1 == $(2) {print $$$$3}' $(PARAMS)) \
+	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
+$(CR)/spottune/$(1)_n$(2): $(SETS)/target_$(call tgt,$(1))_n$(2) $(CR)/baseline/$(call src,$(1)) $(PARAMS) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call SPOT_TEST,$(p),$(n)))))
+
+# no training: histogram matching to the source's training voxels, then the baseline predicts
+# source-free (prostate.make's chain): the target's unlabelled pool, the baseline, the size prior
+M_EVAL = --n_epoch 0 --test_folder test --target_losses="$(L_OR)"
+OPT_hm = $(M_EVAL)
+OPT_noadapt = $(M_EVAL)
+OPT_adabn = $(M_EVAL) --adabn
+SFDA_OPT = --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --val_every $(call epochs,$(E_FT)) --test_folder test \
+	--l_rate 5e-4 --lr_decay 1
+OPT_sfda = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,dumbpredwtags)"
+OPT_sfda_truesize = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,val_gt_size)"
+define SOURCE_FREE
+$(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl
+$(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/target_$(call tgt,$(2))_all) $(CR)/baseline/$(call src,$(2)) \
+		$(if $(filter sfda%,$(1)),$(SIZEFILE)) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach m,hm $(SF_METHODS),$(foreach p,$(TEST_PAIRS),$(eval $(call SOURCE_FREE,$(m),$(p)))))
+
+# ---------------------------------------------------------------- report, plots, archive
+$(CR)/scores.csv: $(TESTED) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py collect --runs $^ --out $@
+$(CR)/violin.png: $(CR)/scores.csv | $(PYDEP)
+	$(CC) $(CFLAGS) moustache.py --scores $< --out $@
+$(CR)/lambda_val.png: $(VAL_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) plot.py --lambda_runs $^ --out $@
+$(CR)/policy.png: $(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
+	$(CC) $(CFLAGS) plot.py --policy_runs $^ --out $@
+$(REPORT): $(CR)/scores.csv $(PARAMS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --out $@ \
+		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
+
+# the archive keeps every file of every run but the checkpoints, except the baselines' final weights
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(PARAMS) $(CR)/scores.csv $(PLT) $(REPORT) $(SIZEFILE)
+	mkdir -p $(@D)
+	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
+	mv $@_tmp $@

@@ -1,0 +1,167 @@
+"""CC359: meta.csv reader, preprocessing, splits, histogram matching, the volume prior, the report's arithmetic."""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+import cc359
+import report
+import sizes
+from dataloader import DataError
+
+
+def write_case(root: Path, case: str, vendor: str, tesla: int, shape=(6, 8, 5), mask_shape=None) -> dict:
+    """A tiny NIfTI image + mask pair in the release layout; returns its meta.csv row."""
+    (root / "Original").mkdir(exist_ok=True)
+    (root / "Silver-standard").mkdir(exist_ok=True)
+    rng = np.random.default_rng(len(case))
+    image = rng.uniform(0, 100, shape).astype(np.float32)
+    mask = np.zeros(mask_shape or shape, np.uint8)
+    mask[1:-1, 1:-1, 1:-1] = 1
+    stem = f"{case}_{vendor}_{tesla}_50_M"
+    nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 1.0, 1.0])), root / "Original" / f"{stem}.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.diag([1.0, 1.0, 1.0, 1.0])), root / "Silver-standard" / f"{stem}_ss.nii.gz")
+    return {"id": case, "MRI": f"Original/{stem}.nii.gz", "brain_mask": f"Silver-standard/{stem}_ss.nii.gz",
+            "fold": cc359.DOMAINS.index((vendor, tesla)), "tomograph_model": vendor, "tesla_value": tesla}
+
+
+@pytest.fixture
+def release(tmp_path):
+    rows = [write_case(tmp_path, "CC0001", "siemens", 15), write_case(tmp_path, "CC0002", "philips", 3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    return tmp_path
+
+
+def test_meta_reader_reads_domains_and_header_spacing(release):
+    meta = cc359.read_meta(release / "meta.csv")
+    assert meta["fold"].tolist() == [0, 5]
+    assert meta[["x", "y", "z"]].to_numpy().tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_meta_from_release_names_matches_the_written_csv(release):
+    derived = cc359.meta_from_release(release)
+    written = pd.read_csv(release / "meta.csv")
+    assert derived[["id", "MRI", "brain_mask", "fold"]].to_dict("records") == \
+        written[["id", "MRI", "brain_mask", "fold"]].to_dict("records")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, root: m.assign(MRI=m["MRI"].str.replace("CC0002", "CC9999")), "CC9999_philips_3_50_M.nii.gz does not exist"),
+    (lambda m, root: m.assign(tomograph_model=["siemens", "toshiba"]), "unknown domain 'toshiba'"),
+    (lambda m, root: m.assign(tesla_value=[15, 7]), "unknown domain"),
+    (lambda m, root: m.assign(fold=[0, 4]), "fold 4 does not match philips 3"),
+    (lambda m, root: m.drop(columns=["brain_mask"]), "missing column(s) brain_mask"),
+    (lambda m, root: pd.concat([m, m.iloc[:1]]), "CC0001 appears twice"),
+])
+def test_meta_reader_rejects_bad_rows(release, edit, message):
+    meta = edit(pd.read_csv(release / "meta.csv"), release)
+    meta.to_csv(release / "meta.csv", index=False)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        cc359.read_meta(release / "meta.csv")
+    assert "meta.csv" in str(e.value)
+
+
+def test_meta_reader_rejects_a_mask_of_another_shape(tmp_path):
+    rows = [write_case(tmp_path, "CC0001", "ge", 3, shape=(6, 8, 5), mask_shape=(6, 8, 4))]
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    with pytest.raises(DataError, match=r"mask .* has shape \(6, 8, 4\) but image .* has \(6, 8, 5\)"):
+        cc359.read_meta(tmp_path / "meta.csv")
+
+
+def test_meta_reader_rejects_a_missing_csv(tmp_path):
+    with pytest.raises(DataError, match="meta.csv does not exist"):
+        cc359.read_meta(tmp_path / "meta.csv")
+
+
+def test_preprocess_resamples_to_the_spacing_and_scales_to_unit_range():
+    image = np.arange(8 * 12 * 20, dtype=np.float32).reshape(8, 12, 20)
+    mask = np.zeros((8, 12, 20), np.uint8)
+    mask[2:6, 3:9, 4:16] = 1
+    out, out_mask = cc359.preprocess(image, mask, (2.0, 1.0, 1.0), (1.0, 1.0, 2.0))
+    assert out.shape == out_mask.shape == (16, 12, 10)        # x doubled, z halved
+    assert out.min() == 0.0 and out.max() == 1.0 and out.dtype == np.float32
+    assert set(np.unique(out_mask)) == {0, 1}
+    assert out_mask.sum() == pytest.approx(mask.sum(), rel=0.15)   # same volume in mm^3 (2x voxels in x, 1/2 in z)
+
+
+def test_preprocess_clips_the_percentiles():
+    image = np.zeros((10, 10, 10), np.float32)
+    image[0, 0, 0] = 1e6                                      # one hot voxel must not set the scale
+    image[5:, :, :] = 10.0
+    out, _ = cc359.preprocess(image, np.zeros_like(image, np.uint8), (1, 1, 1), (1, 1, 1))
+    assert out[0, 0, 0] == 1.0 and out[7, 3, 3] == 1.0 and out[1, 1, 1] == 0.0
+
+
+def test_budget_slices_spread_evenly_and_refuse_too_many():
+    n_slices = {"A": 4, "B": 4}
+    assert cc359.budget_slices(["A", "B"], n_slices, 3) == ["A_0", "B_0", "B_3"]   # indices 0, 3.5 -> 4, 7
+    assert cc359.budget_slices(["A"], n_slices, None) == ["A_0", "A_1", "A_2", "A_3"]
+    with pytest.raises(DataError, match="budget 9 slices: the annotation pool \\(2 scans\\) holds 8 slices"):
+        cc359.budget_slices(["A", "B"], n_slices, 9)
+
+
+def test_splits_are_disjoint_and_validation_scans_are_test_scans_in_pairs():
+    cases = pd.DataFrame({"id": [f"C{i:02d}" for i in range(9)], "fold": [2] * 9, "n_slices": [5] * 9})
+    pair = cc359.split_ids(cases, "pair", None, 2, 0, n_val=2, n_add=3)
+    assert len(pair["train"]) == 3 and len(pair["test"]) == 6
+    assert set(pair["val"]) <= set(pair["test"]) and not set(pair["train"]) & set(pair["test"])
+    folds = [cc359.split_ids(cases, "oracle", None, 2, k, n_val=2, n_add=3) for k in range(3)]
+    assert sorted(i for f in folds for i in f["test"]) == sorted(cases["id"])       # the folds partition the domain
+    for f in folds:
+        assert not set(f["train"]) & set(f["test"]) and not set(f["val"]) & set(f["test"])
+    assert cc359.split_ids(cases, "pair", None, 2, 0, 2, 3) == pair                  # seeded: the same every time
+    with pytest.raises(DataError, match="no case of domain 4"):
+        cc359.split_ids(cases, "baseline", 4, None, 0, 2, 3)
+
+
+def test_histogram_matching_maps_ranks_to_reference_quantiles():
+    values = np.array([[3.0, 1.0], [2.0, 1.0]])
+    reference = np.array([10.0, 20.0, 30.0, 40.0])
+    # ranks: 1 -> quantile 0.5, 2 -> 0.75, 3 -> 1.0 of the reference (quantiles .25 .5 .75 1)
+    assert cc359.match_histogram(values, reference).tolist() == [[40.0, 20.0], [30.0, 20.0]]
+
+
+def test_volume_prior_spreads_the_published_volume_over_tagged_slices(tmp_path):
+    gt = tmp_path / "GT"
+    gt.mkdir()
+    slices = {"CC0001_0": 0, "CC0001_1": 3, "CC0001_2": 1, "CC0002_0": 2}       # foreground pixels per 4x4 slice
+    for name, n in slices.items():
+        a = np.zeros(16, np.uint8)
+        a[:n] = 1
+        np.save(gt / f"{name}.npy", a.reshape(4, 4))
+    table = sizes.volume_prior_table(gt, volume_ml=0.012, spacing=(1, 1, 1), grp_regex=r"CC\d+_\d+")
+    prior = dict(zip(table["val_ids"], table["dumbpredwtags"]))
+    # 12 voxels of 1 mm^3 spread over CC0001's 2 tagged slices -> 6 each; CC0002's single slice -> 12
+    assert prior == {"CC0001_0.npy": "[16.0, 0.0]", "CC0001_1.npy": "[10.0, 6.0]", "CC0001_2.npy": "[10.0, 6.0]",
+                     "CC0002_0.npy": "[4.0, 12.0]"}
+    assert dict(zip(table["val_ids"], table["val_gt_size"]))["CC0001_1.npy"] == "[13.0, 3.0]"
+
+
+def test_run_names_parse():
+    got = report.parse_run(Path("r/cc359/spottune_val/0_3_n8_tau0.1_lam0.005"))
+    assert (got["method"], got["source"], got["target"], got["budget"], got["tau"], got["lam"]) == \
+        ("spottune_val", 0, 3, 8.0, 0.1, 0.005)
+    got = report.parse_run(Path("r/cc359/oracle/5/fold2"))
+    assert (got["method"], got["target"], got["fold"]) == ("oracle", 5, 2)
+    assert np.isnan(report.parse_run(Path("r/cc359/sfda/2_5"))["budget"])
+    with pytest.raises(ValueError, match="not a CC359 run name"):
+        report.parse_run(Path("r/cc359/ft_all/whatever"))
+
+
+def test_choose_takes_the_best_mean_over_validation_pairs():
+    rows = []
+    for pair, (a, b) in {"0_1": (0.8, 0.9), "0_2": (0.8, 0.6)}.items():
+        for lam, value in ((0.0, a), (0.01, b)):
+            rows.append({"run": f"{pair}_{lam}", "method": "spottune_val", "source": 0, "target": int(pair[-1]),
+                         "budget": 8.0, "tau": 0.1, "lam": lam, "fold": np.nan, "patient": "x", "dice": 1.0, "sdice": value})
+    chosen = report.choose(pd.DataFrame(rows))
+    assert chosen.to_dict("records") == [{"budget": 8, "tau": 0.1, "lambda": 0.0, "val_sdice": 0.8}]   # 0.8 > 0.75
+
+
+def test_budget_equivalent_interpolates_in_log_budget():
+    curve = pd.Series({8: 80.0, 32: 90.0})
+    assert report.budget_equivalent(85.0, curve) == "≈ 16 slices"          # halfway in log2: 8 * 2
+    assert report.budget_equivalent(70.0, curve) == "below N = 8"
+    assert report.budget_equivalent(95.0, curve) == "above N = 32"

@@ -1,0 +1,102 @@
+"""cc359.make end to end: the recipe chain (make -n) and a tiny real run with the dummy network."""
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "NPD=4", "VAL=1", "NADD=1", "VAL_PAIRS=0_3", "TEST_PAIRS=2_5",
+        "BUDGETS=8 45", "TAUS=0.1", "LAMBDAS=0 0.01", "IT_BASE=2", "IT_FT=2"]
+TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noadapt/2_5", "adabn/2_5", "sfda/2_5",
+          "sfda_truesize/2_5"] + [f"{m}/2_5_n{n}" for m in ("ft_all", "ft_first", "ft_last", "spottune") for n in (8, 45)]
+
+
+def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    paths = [f"RD={tmp}/results", f"DATA={tmp}/data", f"SIZES={tmp}/sizes", f"ARCH={tmp}/archives"]
+    return subprocess.run(["make", "-f", "cc359.make", f"CC={sys.executable}", *paths, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_dry_run_shows_the_protocol(tmp_path):
+    out = make(tmp_path, "-n")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    cr = f"{tmp_path}/results/cc359"
+    for run in ["baseline/0", "baseline/2", "baseline/4", "oracle/5/fold2", "oracle/1/fold0", "ft_first/2_5_n8",
+                "ft_last/4_1_n45", "spottune/4_1_n45", "spottune_val/0_3_n8_tau1_lam0.01", "hm/2_5", "sfda_truesize/4_1"]:
+        assert f"--workdir {cr}/{run}_tmp" in text, run
+    assert "--trainable first" in text and "--trainable last" in text
+    # test runs read the validation's choice when they run; the baselines come before what starts from them
+    assert f"--tau $(awk -F, '$1 == 45 {{print $2}}' {cr}/spottune_params.csv)" in text
+    assert text.index(f"{cr}/baseline/2_tmp") < text.index(f"{cr}/ft_all/2_5_n8_tmp")
+    assert text.index("report.py choose") < text.index(f"{cr}/spottune/2_5_n8_tmp")
+    for piece in ["synth.py cc359", "cc359.py prep", "sizes.py --gt_dir", "moustache.py --scores", "plot.py --lambda_runs",
+                  "plot.py --policy_runs", "report.py cc359", "-cc359.tar.gz"]:
+        assert piece in text, piece
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cc359")
+    out = make(tmp, *TINY, "CFLAGS=-O")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp
+
+
+def test_every_run_tests_its_volumes(tiny_run):
+    cr = tiny_run / "results" / "cc359"
+    for run in TESTED:
+        table = pd.read_csv(cr / run / "test_metrics.csv")
+        assert list(table.columns[:1]) == ["patient"] and {"dice", "sdice"} <= set(table.columns), run
+        assert table["dice"].between(0, 1).all(), run
+        assert not (cr / f"{run}_tmp").exists()
+    assert (cr / "spottune" / "2_5_n8" / "policy.csv").is_file()
+    params = pd.read_csv(cr / "spottune_params.csv")
+    assert params["budget"].tolist() == [8, 45] and set(params["lambda"]) <= {0, 0.01}
+    scores = pd.read_csv(cr / "scores.csv")
+    assert set(scores["method"]) == {"oracle", "hm", "noadapt", "adabn", "sfda", "sfda_truesize",
+                                     "ft_all", "ft_first", "ft_last", "spottune"}
+
+
+def test_report_plots_and_archive(tiny_run):
+    cr = tiny_run / "results" / "cc359"
+    text = (cr / "report.md").read_text()
+    for piece in ["## Surface Dice", "| method | N = 8 | N = 45 |", "| baseline (no adaptation) |", "| oracle |",
+                  "| spottune |", "## Targets checked on this run", "What the label-free adaptation is worth"]:
+        assert piece in text, piece
+    for png in ["violin.png", "lambda_val.png", "policy.png"]:
+        assert (cr / png).stat().st_size > 1000
+    archives = list((tiny_run / "archives").glob("*-cc359.tar.gz"))
+    assert len(archives) == 1
+    with tarfile.open(archives[0]) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("report.md") for n in names) and any(n.endswith("spottune_params.csv") for n in names)
+    assert all("/results/" in n or "/sizes/" in n for n in names)
+    checkpoints = sorted(n for n in names if n.endswith(".pkl"))      # only the baselines' final weights
+    assert len(checkpoints) == 2 and all("/baseline/" in n and n.endswith("/last.pkl") for n in checkpoints)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.assign(MRI=m["MRI"].str.replace("CC0002", "CC0999")), "CC0999_ge_3_50_M.nii.gz does not exist"),
+    (lambda m: m.assign(tomograph_model=["siemens", "hitachi"]), "unknown domain 'hitachi'"),
+])
+def test_a_bad_meta_csv_stops_make_with_one_message_and_no_cache(tmp_path, edit, message):
+    from test_cc359 import write_case
+    release = tmp_path / "release"
+    release.mkdir()
+    rows = [write_case(release, "CC0001", "siemens", 15), write_case(release, "CC0002", "ge", 3)]
+    edit(pd.DataFrame(rows)).to_csv(release / "meta.csv", index=False)
+    out = make(tmp_path, f"CCDATA={release}", "NET=Dimwit", "EPC=1")
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "meta.csv line 3 (case CC0002)" in errors[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "data" / "cc359_prep").exists() and not (tmp_path / "results").exists()
+
+
+def test_second_make_has_nothing_to_do(tiny_run):
+    out = make(tiny_run, *TINY, "-n")
+    assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]
