@@ -198,7 +198,8 @@ def write_prep(meta_path: Path, new_spacing: Sequence[float], out: Path) -> None
         for k in range(image.shape[2]):
             np.save(tmp / "slices" / "IMG" / f"{row.id}_{k}.npy", image[:, :, k].astype(np.float16))
             np.save(tmp / "slices" / "GT" / f"{row.id}_{k}.npy", mask[:, :, k])
-        cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": float(mask.sum()) * float(np.prod(new_spacing)) / 1000})
+        brain_ml = float(mask.sum()) * float(np.prod(new_spacing)) / 1000
+        cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": brain_ml})
     pd.DataFrame(cases).to_csv(tmp / "cases.csv", index=False)
     (tmp / "spacing.txt").write_text(",".join(str(s) for s in new_spacing) + "\n")
     tmp.replace(out)

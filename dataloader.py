@@ -202,7 +202,10 @@ def load_slices(root: Path, folders: Sequence[Tuple[str, Callable, bool]], n_cla
         raise DataError(f"{img_dir}: slices of different shapes {sorted(shapes)}; resample them to one shape")
 
     names = [p.name for p in img_files]
-    parsed = [parse_slice_name(n, grp_regex) for n in names]
+    try:
+        parsed = [parse_slice_name(n, grp_regex) for n in names]
+    except DataError as e:
+        raise DataError(f"{img_dir}: {e}") from None
     return SliceSet(root=root, filenames=names,
                     images=torch.from_numpy(np.stack(images)).unsqueeze(1),
                     labels=torch.from_numpy(np.stack(labels)),

@@ -437,8 +437,9 @@ def run(args: argparse.Namespace) -> None:
     train = load_slices(root / "train", train_folders, args.n_class, args.grp_regex, args.debug)
     val = load_slices(root / "val", val_folders, args.n_class, args.grp_regex, args.debug)
     check_disjoint_patients(train, val)
-    test = load_slices(root / args.test_folder, val_folders, args.n_class, args.grp_regex, args.debug) if args.test_folder else None
-    if test is not None:
+    test = None
+    if args.test_folder:
+        test = load_slices(root / args.test_folder, val_folders, args.n_class, args.grp_regex, args.debug)
         check_disjoint_patients(train, test)
     for data in (train, val, test):
         if data is not None:

@@ -19,7 +19,6 @@ from typing import Dict, Optional, Sequence, Tuple
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from report import collect, experiment_scores, parse_run, read_metrics  # noqa: E402

@@ -95,8 +95,11 @@ NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
 
 
 def parse_run(run: Path) -> Dict[str, object]:
-    """method, source, target, budget, tau, lambda, fold from ``<method>/<s>_<t>[_n<N>][_tau<T>_lam<L>]`` or ``oracle/<t>/fold<k>``."""
-    if run.parent.parent.name == "oracle" or run.parent.name.isdigit() and run.name.startswith("fold"):
+    """method, source, target, budget, tau, lambda, fold of a run directory.
+
+    Names: ``<method>/<s>_<t>[_n<N>][_tau<T>_lam<L>]`` or ``oracle/<t>/fold<k>``.
+    """
+    if run.parent.parent.name == "oracle":
         return {"method": "oracle", "source": np.nan, "target": int(run.parent.name), "budget": np.nan,
                 "tau": np.nan, "lam": np.nan, "fold": int(run.name[4:])}
     match = RUN_NAME.match(run.name)
@@ -152,6 +155,8 @@ def cc359_table(per_run: pd.DataFrame, metric: str, pairs: Sequence[str], budget
     oracle = per_run[per_run["method"] == "oracle"].groupby("target")[metric].mean()   # CV folds -> domain score
     for method in ["noadapt", "hm", "adabn", "sfda", "sfda_truesize", *FINETUNING, "oracle"]:
         if method == "oracle":
+            if oracle.empty:
+                continue
             values = pd.Series([oracle.get(int(p.split("_")[1]), np.nan) for p in pairs])
             cells = [mean_sd(values)] * len(budgets)
         else:
@@ -165,6 +170,17 @@ def cc359_table(per_run: pd.DataFrame, metric: str, pairs: Sequence[str], budget
         label = {"noadapt": "baseline (no adaptation)"}.get(method, method)
         lines.append(f"| {label} | " + " | ".join(cells) + " |\n")
     return head + "".join(lines)
+
+
+def relative_scores(per_run: pd.DataFrame) -> pd.DataFrame:
+    """The paper's relative score per run: (s - s_baseline) / (s_oracle - s_baseline), surface Dice, same pair."""
+    base = per_run[per_run["method"] == "noadapt"].set_index(["source", "target"])["sdice"]
+    oracle = per_run[per_run["method"] == "oracle"].groupby("target")["sdice"].mean()
+    runs = per_run[~per_run["method"].isin(["noadapt", "oracle"])].copy()
+    b = np.array([base.get((s, t), np.nan) for s, t in zip(runs["source"], runs["target"])])
+    o = oracle.reindex(runs["target"]).to_numpy()
+    runs["sdice"] = (runs["sdice"].to_numpy() - b) / (o - b)
+    return runs
 
 
 def budget_equivalent(value: float, curve: pd.Series) -> str:
@@ -183,7 +199,10 @@ def budget_equivalent(value: float, curve: pd.Series) -> str:
 
 def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[int]) -> str:
     """The issue's targets, on the mean surface Dice over test pairs (points = 100 x surface Dice)."""
-    mean = lambda m, n=None: 100 * per_run.loc[(per_run["method"] == m) & ((per_run["budget"] == n) if n else True), "sdice"].mean()  # noqa: E731
+    def mean(method: str, budget: Optional[int] = None) -> float:
+        rows = per_run[per_run["method"] == method]
+        return 100 * (rows[rows["budget"] == budget] if budget else rows)["sdice"].mean()
+
     oracle = 100 * np.mean([per_run[(per_run["method"] == "oracle") & (per_run["target"] == int(p.split("_")[1]))]["sdice"].mean()
                             for p in pairs])
     lines = [("baseline below the oracle", f"{mean('noadapt'):.1f} vs {oracle:.1f}", mean("noadapt") < oracle)]
@@ -219,9 +238,12 @@ def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str) -> str:
              f"test volumes per pair. Each cell: mean ± sd over the test pairs of the pair's score, the mean over its "
              f"test volumes (x100, last-epoch weights, no model selection, as in the paper). Budget-free methods repeat "
              f"across columns; the oracle is the target domain's 3-fold cross-validation. Per-volume values: scores.csv.\n")
-    chosen = "".join(f"| {int(r.budget)} | {r.tau:g} | {r['lambda']:g} | {100 * r.val_sdice:.1f} |\n" for _, r in params.iterrows())
+    chosen = "".join(f"| {int(r.budget)} | {r.tau:g} | {r['lambda']:g} | {100 * r.val_sdice:.1f} |\n"
+                     for _, r in params.iterrows())
     return (intro + "\n## Surface Dice\n\n" + cc359_table(per_run, "sdice", pairs, budgets)
             + "\n## Dice\n\n" + cc359_table(per_run, "dice", pairs, budgets)
+            + "\n## Relative surface Dice (paper): 100 x (s - baseline) / (oracle - baseline), per pair\n\n"
+            + cc359_table(relative_scores(per_run), "sdice", pairs, budgets)
             + "\n## SpotTUnet's tau and lambda, chosen on the validation pairs\n\n| N | tau | lambda | val surface Dice |\n"
               "|---|---|---|---|\n" + chosen + cc359_checks(per_run, pairs, budgets))
 

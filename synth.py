@@ -251,7 +251,7 @@ def load_template() -> Template:
 
 def subject_coordinates(rng: np.random.Generator, tpl: Template, spacing: Tuple[float, float, float]) -> np.ndarray:
     """Template voxel coordinates (3, X, Y, Z) of a subject's image grid: random affine + smooth warp."""
-    shape = tuple(int(np.ceil((h - l) / s)) for l, h, s in zip(tpl.lo, tpl.hi, spacing))
+    shape = tuple(int(np.ceil((hi - lo) / s)) for lo, hi, s in zip(tpl.lo, tpl.hi, spacing))
     centre = (tpl.lo + tpl.hi) / 2
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]   # mm around the centre
     grid = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)

@@ -165,3 +165,15 @@ def test_budget_equivalent_interpolates_in_log_budget():
     assert report.budget_equivalent(85.0, curve) == "≈ 16 slices"          # halfway in log2: 8 * 2
     assert report.budget_equivalent(70.0, curve) == "below N = 8"
     assert report.budget_equivalent(95.0, curve) == "above N = 32"
+
+
+def test_relative_score_is_the_share_of_the_gap_to_the_oracle_closed():
+    runs = pd.DataFrame([
+        {"run": "a", "method": "noadapt", "source": 2, "target": 5, "budget": np.nan, "sdice": 0.2},
+        {"run": "b", "method": "ft_all", "source": 2, "target": 5, "budget": 8.0, "sdice": 0.6},
+        {"run": "c", "method": "oracle", "source": np.nan, "target": 5, "budget": np.nan, "sdice": 0.7},
+        {"run": "d", "method": "oracle", "source": np.nan, "target": 5, "budget": np.nan, "sdice": 0.9},
+    ])
+    rel = report.relative_scores(runs)
+    assert rel["method"].tolist() == ["ft_all"]
+    assert rel["sdice"].iloc[0] == pytest.approx((0.6 - 0.2) / (0.8 - 0.2))     # oracle = mean of its folds

@@ -1,13 +1,12 @@
 """cc359.make end to end: the recipe chain (make -n) and a tiny real run with the dummy network."""
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_make
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "NPD=4", "VAL=1", "NADD=1", "VAL_PAIRS=0_3", "TEST_PAIRS=2_5",
         "BUDGETS=8 45", "TAUS=0.1", "LAMBDAS=0 0.01", "IT_BASE=2", "IT_FT=2"]
 TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noadapt/2_5", "adabn/2_5", "sfda/2_5",
@@ -15,9 +14,7 @@ TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noada
 
 
 def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    paths = [f"RD={tmp}/results", f"DATA={tmp}/data", f"SIZES={tmp}/sizes", f"ARCH={tmp}/archives"]
-    return subprocess.run(["make", "-f", "cc359.make", f"CC={sys.executable}", *paths, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return run_make("cc359.make", tmp, *extra)
 
 
 def test_dry_run_shows_the_protocol(tmp_path):

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_make
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ["cesource", "noadapt", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
 
 
 def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    paths = [f"RD={tmp}/results", f"DATA={tmp}/data", f"SIZES={tmp}/sizes", f"ARCH={tmp}/archives"]
-    return subprocess.run(["make", "-f", "prostate.make", f"CC={sys.executable}", *paths, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_make("prostate.make", tmp, *extra)
 
 
 def test_dry_run_shows_the_whole_chain(tmp_path):
