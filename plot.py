@@ -85,9 +85,7 @@ def policy_picture(runs: Sequence[Path], out: Path) -> None:
                      fontsize=9)
     fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=axes[:, 0].tolist(), shrink=0.6,
                  label="P(fine-tuned)")
-    tmp = out.with_name(out.stem + "_tmp" + out.suffix)
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(out)
+    save_figure(fig, out, tight=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -254,6 +254,12 @@ def write_text_atomic(text: str, out: Path) -> None:
     tmp.replace(out)
 
 
+def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
+    tmp = out.with_name(out.name + "_tmp")
+    table.to_csv(tmp, index=False, **kwargs)
+    tmp.replace(out)
+
+
 def cc359_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description="CC359 tables: collect, choose, cc359")
     parser.add_argument("command", choices=["collect", "choose", "cc359"])
@@ -270,13 +276,11 @@ def cc359_main(argv: Sequence[str]) -> int:
     try:
         if args.command == "collect":
             table_ = collect(args.runs)
-            table_.to_csv(args.out.with_name(args.out.name + "_tmp"), index=False, float_format="%.4f")
-            args.out.with_name(args.out.name + "_tmp").replace(args.out)
+            write_csv_atomic(table_, args.out, float_format="%.4f")
             print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
         elif args.command == "choose":
             chosen = choose(collect(args.runs))
-            chosen.to_csv(args.out.with_name(args.out.name + "_tmp"), index=False)
-            args.out.with_name(args.out.name + "_tmp").replace(args.out)
+            write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))
         else:
             text = cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title)

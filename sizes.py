@@ -89,10 +89,11 @@ def volume_prior_table(gt_dir: Path, volume_ml: float, spacing: Sequence[float],
     area = np.where(tagged, volume_ml / np.maximum(n_tagged, 1) / pixel_ml, 0.0)
     total = counts.sum(axis=1)
     area = np.minimum(np.round(area), total)
+    slices_per_volume = len(paths) / patients.nunique()
+    no_tags = np.minimum(np.round(volume_ml / slices_per_volume / pixel_ml), total)   # the same size on every slice
     rows = [{"val_ids": p.name, "val_gt_size": fmt(c), "dumbpredwtags": fmt(np.array([t - a, a])),
-             "dumbprednotags": fmt(np.array([t - a_all, a_all]))}
-            for p, c, t, a, a_all in zip(paths, counts, total, area,
-                                         np.minimum(np.round(volume_ml / len(paths) * patients.nunique() / pixel_ml), total))]
+             "dumbprednotags": fmt(np.array([t - n, n]))}
+            for p, c, t, a, n in zip(paths, counts, total, area, no_tags)]
     return pd.DataFrame(rows)
 
 

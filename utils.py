@@ -121,9 +121,10 @@ def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: flo
 
 # ---------------------------------------------------------------- outputs
 
-def save_figure(fig: Any, out: Path, dpi: int = 120) -> None:
+def save_figure(fig: Any, out: Path, dpi: int = 120, tight: bool = True) -> None:
     """Save a matplotlib figure atomically: to ``<stem>_tmp<suffix>``, then rename."""
-    fig.tight_layout()
+    if tight:               # not with a colorbar spanning several axes
+        fig.tight_layout()
     tmp = out.with_name(out.stem + "_tmp" + out.suffix)
     fig.savefig(tmp, dpi=dpi)
     tmp.replace(out)
