@@ -91,7 +91,7 @@ define RUN
 	rm -rf $(1)_tmp
 	$(CC) $(CFLAGS) main.py --workdir $(1)_tmp --target_dataset $(2) --network $(NET) --n_class 2 --metric_axis 1 \
 		--grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" --batch_size $(BS) \
-		--spacing $(SPACING) --sdice_tol $(TOL) --precision $(PREC) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
+		--spacing $(SPACING) --sdice_tol $(TOL) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $(1) && mv $(1)_tmp $(1)
 endef
 SGD = --optimizer sgd --weight_decay 0 --l_rate $(LR) --lr_decay 0.1 --target_losses="$(L_OR)"

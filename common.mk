@@ -15,6 +15,7 @@ EPC ?=
 DEBUG ?=
 BS ?= 16
 PREC ?= fp32
+CL ?= 0
 EXTRA ?=
 RD ?= results
 DATA ?= data
@@ -27,6 +28,9 @@ DATE := $(shell date +"%y%m%d")
 HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 HOSTNAME := $(shell hostname)
 ZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
+
+# what every main.py run gets from PREC and CL (CL=1: channels_last memory format)
+RUN_NUMERICS = --precision $(PREC) $(if $(filter 1,$(CL)),--channels_last)
 
 # losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1)
 L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]

@@ -59,7 +59,7 @@ $(TRN): | $(PYDEP)
 	$(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
 		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
 		--batch_size $(BS) --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --do_hd 90 --saveim True \
-		--precision $(PREC) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
+		$(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $@ && mv $@_tmp $@
 
 # ---------------------------------------------------------------- plots, report, archive

@@ -42,6 +42,13 @@ def test_cflags_and_debug_reach_every_command(tmp_path):
     assert text.count("--n_epoch 0") == 2
 
 
+def test_precision_and_layout_reach_every_command(tmp_path):
+    default = make(tmp_path, "-n").stdout
+    assert default.count("--precision fp32") == len(RUNS) and "--channels_last" not in default
+    fast = make(tmp_path, "-n", "PREC=bf16", "CL=1").stdout
+    assert fast.count("--precision bf16 --channels_last") == len(RUNS)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
