@@ -1,7 +1,7 @@
 # Environment, tests, benchmark. The experiments: make -f prostate.make, make -f cc359.make (see README).
 include common.mk
 .DEFAULT_GOAL := help
-.PHONY: help venv test bench clean
+.PHONY: help venv test bench compare clean
 
 help:
 	@echo "make venv                 create .venv from requirements.txt"
@@ -9,6 +9,8 @@ help:
 	@echo "make bench                machine peak, training throughput, epoch overhead, metric speed -> $(RD)/bench"
 	@echo "make -f prostate.make     the SFDA experiment on the embedded (or your) prostate data"
 	@echo "make -f cc359.make        fine-tuning / SpotTUnet / SFDA across the six CC359 scanner domains"
+	@echo "make compare REF=results/prostate CAND=results_bf16/prostate"
+	@echo "                          the same runs of two roots side by side (the 1-point rule) -> CAND/compare.md"
 	@echo "make clean                remove results, generated data, sizes and archives"
 
 venv: $(PYDEP)
@@ -20,6 +22,13 @@ test: | $(PYDEP)
 bench: | $(PYDEP)
 	$(CC) -m pip install --disable-pip-version-check -q medpy==0.5.2
 	$(CC) $(CFLAGS) bench.py --out $(RD)/bench
+
+# e.g. fp32 against bf16: make -f prostate.make PREC=bf16 RD=results_bf16, then make compare
+REF ?= $(RD)/prostate
+CAND ?= results_bf16/prostate
+TOLERANCE ?= 1
+compare: | $(PYDEP)
+	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(CAND)/compare.md
 
 clean:
 	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \

@@ -5,6 +5,7 @@
     report.py collect --runs results/cc359/ft_all/2_5_n8 ... --out results/cc359/scores.csv
     report.py choose --runs results/cc359/spottune_val/... --out results/cc359/spottune_params.csv
     report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv --out report.md
+    report.py compare --reference results/prostate --candidate results_bf16/prostate --out compare.md [--tolerance 1]
 
 Prostate: per run, best validation 3D Dice (mean ± sd over patients, at the epoch chosen by
 validation 3D Dice), last-epoch 3D Dice, 2D Dice and HD95/ASSD at the best epoch, epochs and wall
@@ -15,6 +16,11 @@ pair, budget, tau and lambda its directory name encodes; ``choose`` picks SpotTU
 lambda) per budget on the validation pairs; ``cc359`` writes the method x budget table of mean
 surface Dice ± sd over test pairs (each pair's score: the mean over its test volumes, as in the
 paper), baseline and oracle, and checks the issue's targets on these numbers.
+
+``compare`` puts the same runs of two result roots side by side (e.g. fp32 against bf16): per run
+its final score (CC359: mean test surface Dice and Dice; prostate: last-epoch and best validation
+3D Dice), the difference in points and the run times, and whether every run stays within
+``--tolerance`` points, the rule a faster mode must pass to become the default.
 """
 import argparse
 import re
@@ -248,6 +254,73 @@ def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str) -> str:
               "|---|---|---|---|\n" + chosen + cc359_checks(per_run, pairs, budgets))
 
 
+# ---------------------------------------------------------------- two result roots side by side
+
+def final_scores(run: Path) -> Dict[str, float]:
+    """A run's final scores x 100: tested runs (test_metrics.csv) sdice/dice, others last/best val 3D Dice."""
+    tested = run / "test_metrics.csv"
+    if tested.is_file():
+        df = pd.read_csv(tested)
+        return {"sdice": 100 * df["sdice"].mean(), "dice": 100 * df["dice"].mean()}
+    dice3d = read_metrics(run)["val_dice_3d"]
+    return {"last 3D Dice": 100 * dice3d.iloc[-1], "best 3D Dice": 100 * dice3d.max()}
+
+
+def find_runs(root: Path) -> Dict[str, Path]:
+    """Complete runs under ``root`` (directories holding a metrics csv), keyed by their path below it."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such results directory")
+    files = [*root.rglob("test_metrics.csv"), *root.rglob("*_target_metrics.csv")]
+    runs = {str(f.parent.relative_to(root)): f.parent for f in files if not f.parent.name.endswith("_tmp")}
+    if not runs:
+        raise FileNotFoundError(f"{root}: no complete run (no test_metrics.csv or *_target_metrics.csv below it)")
+    return runs
+
+
+def run_seconds(run: Path) -> float:
+    stats = run / "run_stats.csv"
+    return float(pd.read_csv(stats).set_index("name")["value"]["total"]) if stats.is_file() else float("nan")
+
+
+def compare(reference: Path, candidate: Path) -> pd.DataFrame:
+    """One row per (run, score): reference and candidate values x 100, their difference, both run times."""
+    ref, cand = find_runs(reference), find_runs(candidate)
+    if set(ref) != set(cand):
+        only = sorted(set(ref) ^ set(cand))
+        raise ValueError(f"{reference} and {candidate} hold different runs (in one only: {', '.join(only[:8])})")
+    rows = []
+    for name in sorted(ref):
+        a, b = final_scores(ref[name]), final_scores(cand[name])
+        for score in a:
+            rows.append({"run": name, "score": score, "reference": a[score], "candidate": b[score],
+                         "delta": b[score] - a[score], "reference_s": run_seconds(ref[name]),
+                         "candidate_s": run_seconds(cand[name])})
+    return pd.DataFrame(rows)
+
+
+def compare_report(table_: pd.DataFrame, reference: Path, candidate: Path, tolerance: float) -> str:
+    """Markdown: per-run table, the runs beyond ``tolerance`` points, total run time of each root."""
+    primary = table_.groupby("run", sort=False).head(1)          # sdice, or the last-epoch 3D Dice
+    beyond = table_[table_["delta"].abs() > tolerance]
+    moved = beyond["run"].nunique()
+    times = primary[["reference_s", "candidate_s"]].sum()
+    lines = [f"# {candidate} against {reference}\n",
+             f"Final scores x 100 (tested runs: mean test surface Dice / Dice; others: last-epoch / best "
+             f"validation 3D Dice); delta = candidate - reference, in points.\n",
+             "| run | score | reference | candidate | delta | reference s | candidate s |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.run} | {r.score} | {r.reference:.1f} | {r.candidate:.1f} | {r.delta:+.1f} | "
+              f"{r.reference_s:.0f} | {r.candidate_s:.0f} |" for r in table_.itertuples()]
+    lines += ["", f"- runs: {len(primary)}; runs with a score beyond {tolerance:g} point(s): **{moved}**"
+              + (f" (largest: {beyond.loc[beyond['delta'].abs().idxmax(), 'run']} "
+                 f"{beyond['delta'].abs().max():.1f} points)" if moved else ""),
+              f"- mean delta of the first score: {primary['delta'].mean():+.2f} points",
+              f"- run time, sum over runs: {times['reference_s']:.0f} s against {times['candidate_s']:.0f} s "
+              f"({times['reference_s'] / times['candidate_s']:.2f}x)",
+              f"- every run within {tolerance:g} point(s): **{'yes' if moved == 0 else 'no'}**", ""]
+    return "\n".join(lines)
+
+
 def write_text_atomic(text: str, out: Path) -> None:
     tmp = out.with_name(out.name + "_tmp")
     tmp.write_text(text)
@@ -261,11 +334,14 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
 
 
 def cc359_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description="CC359 tables: collect, choose, cc359")
-    parser.add_argument("command", choices=["collect", "choose", "cc359"])
+    parser = argparse.ArgumentParser(description="CC359 tables (collect, choose, cc359) and two roots compared")
+    parser.add_argument("command", choices=["collect", "choose", "cc359", "compare"])
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path)
     parser.add_argument("--params", type=Path)
+    parser.add_argument("--reference", type=Path)
+    parser.add_argument("--candidate", type=Path)
+    parser.add_argument("--tolerance", type=float, default=1.0, help="points of score (compare)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
@@ -273,6 +349,8 @@ def cc359_main(argv: Sequence[str]) -> int:
         parser.error(f"{args.command} needs --runs")
     if args.command == "cc359" and not (args.scores and args.params):
         parser.error("cc359 needs --scores and --params")
+    if args.command == "compare" and not (args.reference and args.candidate):
+        parser.error("compare needs --reference and --candidate")
     try:
         if args.command == "collect":
             table_ = collect(args.runs)
@@ -283,7 +361,9 @@ def cc359_main(argv: Sequence[str]) -> int:
             write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))
         else:
-            text = cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title)
+            text = (compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
+                                   args.tolerance) if args.command == "compare"
+                    else cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title))
             write_text_atomic(text, args.out)
             print(text)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -294,7 +374,7 @@ def cc359_main(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("collect", "choose", "cc359"):
+    if argv and argv[0] in ("collect", "choose", "cc359", "compare"):
         return cc359_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True)

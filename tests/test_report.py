@@ -1,0 +1,65 @@
+"""report.py compare: two result roots side by side, the 1-point rule a faster mode must pass."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import report
+
+
+def write_tested_run(root: Path, name: str, sdice: list, dice: list, seconds: float) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    pd.DataFrame({"patient": [f"CC{i:04d}" for i in range(len(sdice))], "dice": dice, "sdice": sdice}) \
+        .to_csv(run / "test_metrics.csv", index=False)
+    pd.DataFrame({"name": ["total"], "value": [seconds], "unit": ["s"]}).to_csv(run / "run_stats.csv", index=False)
+
+
+def write_trained_run(root: Path, name: str, val_dice_3d: list) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(len(val_dice_3d)), "val_dice_3d": val_dice_3d}) \
+        .to_csv(run / "IMG_target_metrics.csv", index=False)
+
+
+@pytest.fixture
+def roots(tmp_path):
+    ref, cand = tmp_path / "fp32", tmp_path / "bf16"
+    write_tested_run(ref, "ft_all/2_5_n8", [0.90, 0.80], [0.95, 0.97], 100)
+    write_tested_run(cand, "ft_all/2_5_n8", [0.91, 0.80], [0.95, 0.96], 40)      # sdice +0.5 points
+    write_tested_run(ref, "oracle/5/fold0", [0.50, 0.70], [0.9, 0.9], 60)
+    write_tested_run(cand, "oracle/5/fold0", [0.50, 0.64], [0.9, 0.9], 20)       # sdice -3 points
+    (cand / "oracle/5/fold1_tmp").mkdir(parents=True)                       # incomplete: ignored
+    return ref, cand
+
+
+def test_compare_gives_per_run_differences_in_points(roots):
+    table = report.compare(*roots)
+    sdice = table[table["score"] == "sdice"].set_index("run")
+    assert sdice.loc["ft_all/2_5_n8", "delta"] == pytest.approx(0.5)
+    assert sdice.loc["oracle/5/fold0", "delta"] == pytest.approx(-3.0)
+    assert table[table["score"] == "dice"].set_index("run").loc["ft_all/2_5_n8", "delta"] == pytest.approx(-0.5)
+    text = report.compare_report(table, *roots, tolerance=1.0)
+    assert "beyond 1 point(s): **1** (largest: oracle/5/fold0 3.0 points)" in text
+    assert "160 s against 60 s (2.67x)" in text
+    assert "every run within 1 point(s): **no**" in text
+    assert "every run within 5 point(s): **yes**" in report.compare_report(table, *roots, tolerance=5.0)
+
+
+def test_compare_reads_last_and_best_validation_dice_of_trained_runs(tmp_path):
+    write_trained_run(tmp_path / "a", "sfda", [0.5, 0.8, 0.7])
+    write_trained_run(tmp_path / "b", "sfda", [0.5, 0.75, 0.72])
+    table = report.compare(tmp_path / "a", tmp_path / "b").set_index("score")
+    assert table.loc["last 3D Dice", "delta"] == pytest.approx(2.0)
+    assert table.loc["best 3D Dice", "delta"] == pytest.approx(-5.0)
+
+
+def test_compare_refuses_roots_with_different_runs(roots, capsys):
+    ref, cand = roots
+    write_tested_run(cand, "hm/2_5", [0.9], [0.9], 1)
+    with pytest.raises(ValueError, match="in one only: hm/2_5"):
+        report.compare(ref, cand)
+    assert report.main(["compare", "--reference", str(ref), "--candidate", str(ref.parent / "nowhere"),
+                        "--out", str(ref.parent / "c.md")]) == 1
+    assert "nowhere: no such results directory" in capsys.readouterr().err
+    assert not (ref.parent / "c.md").exists()
