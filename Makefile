@@ -10,7 +10,8 @@ help:
 	@echo "make -f prostate.make     the SFDA experiment on the embedded (or your) prostate data"
 	@echo "make -f cc359.make        fine-tuning / SpotTUnet / SFDA across the six CC359 scanner domains"
 	@echo "make compare REF=results/prostate CAND=results_bf16/prostate"
-	@echo "                          the same runs of two roots side by side (the 1-point rule) -> CAND/compare.md"
+	@echo "                          the same runs of two roots side by side (the 1-point rule) -> CAND/compare.md;"
+	@echo "                          REF and CAND may list several roots (seeds), averaged run by run"
 	@echo "make clean                remove results, generated data, sizes and archives"
 
 venv: $(PYDEP)
@@ -23,12 +24,12 @@ bench: | $(PYDEP)
 	$(CC) -m pip install --disable-pip-version-check -q medpy==0.5.2
 	$(CC) $(CFLAGS) bench.py --out $(RD)/bench
 
-# e.g. fp32 against bf16: make -f prostate.make PREC=bf16 RD=results_bf16, then make compare
+# e.g. fp32 against bf16: make -f prostate.make PREC=bf16 RD=results_bf16, then make compare (REF, CAND: roots)
 REF ?= $(RD)/prostate
 CAND ?= results_bf16/prostate
 TOLERANCE ?= 1
 compare: | $(PYDEP)
-	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(CAND)/compare.md
+	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(firstword $(CAND))/compare.md
 
 clean:
 	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \

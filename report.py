@@ -5,7 +5,7 @@
     report.py collect --runs results/cc359/ft_all/2_5_n8 ... --out results/cc359/scores.csv
     report.py choose --runs results/cc359/spottune_val/... --out results/cc359/spottune_params.csv
     report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv --out report.md
-    report.py compare --reference results/prostate --candidate results_bf16/prostate --out compare.md [--tolerance 1]
+    report.py compare --reference results/prostate [more roots] --candidate results_bf16/prostate [...] --out c.md
 
 Prostate: per run, best validation 3D Dice (mean ± sd over patients, at the epoch chosen by
 validation 3D Dice), last-epoch 3D Dice, 2D Dice and HD95/ASSD at the best epoch, epochs and wall
@@ -20,7 +20,8 @@ paper), baseline and oracle, and checks the issue's targets on these numbers.
 ``compare`` puts the same runs of two result roots side by side (e.g. fp32 against bf16): per run
 its final score (CC359: mean test surface Dice and Dice; prostate: last-epoch and best validation
 3D Dice), the difference in points and the run times, and whether every run stays within
-``--tolerance`` points, the rule a faster mode must pass to become the default.
+``--tolerance`` points, the rule a faster mode must pass to become the default. Several roots per
+side (one per seed) are averaged run by run.
 """
 import argparse
 import re
@@ -282,35 +283,52 @@ def run_seconds(run: Path) -> float:
     return float(pd.read_csv(stats).set_index("name")["value"]["total"]) if stats.is_file() else float("nan")
 
 
-def compare(reference: Path, candidate: Path) -> pd.DataFrame:
-    """One row per (run, score): reference and candidate values x 100, their difference, both run times."""
-    ref, cand = find_runs(reference), find_runs(candidate)
-    if set(ref) != set(cand):
-        only = sorted(set(ref) ^ set(cand))
-        raise ValueError(f"{reference} and {candidate} hold different runs (in one only: {', '.join(only[:8])})")
-    rows = []
-    for name in sorted(ref):
-        a, b = final_scores(ref[name]), final_scores(cand[name])
-        for score in a:
-            rows.append({"run": name, "score": score, "reference": a[score], "candidate": b[score],
-                         "delta": b[score] - a[score], "reference_s": run_seconds(ref[name]),
-                         "candidate_s": run_seconds(cand[name])})
-    return pd.DataFrame(rows)
+def scores_over_roots(roots: Sequence[Path]) -> pd.DataFrame:
+    """Per (run, score): mean and sd over the roots (e.g. seeds) of the final score, mean run time."""
+    found = [find_runs(root) for root in roots]
+    for root, runs in zip(roots[1:], found[1:]):
+        if set(runs) != set(found[0]):
+            only = sorted(set(runs) ^ set(found[0]))
+            raise ValueError(f"{roots[0]} and {root} hold different runs (in one only: {', '.join(only[:8])})")
+    rows = [{"run": name, "score": score, "value": value, "seconds": run_seconds(runs[name])}
+            for runs in found for name in sorted(runs) for score, value in final_scores(runs[name]).items()]
+    grouped = pd.DataFrame(rows).groupby(["run", "score"], sort=False)
+    return pd.DataFrame({"mean": grouped["value"].mean(), "sd": grouped["value"].std(ddof=1),
+                         "seconds": grouped["seconds"].mean()}).reset_index()
 
 
-def compare_report(table_: pd.DataFrame, reference: Path, candidate: Path, tolerance: float) -> str:
-    """Markdown: per-run table, the runs beyond ``tolerance`` points, total run time of each root."""
+def compare(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
+    """One row per (run, score): reference and candidate means x 100 over their roots, the difference, run times."""
+    ref, cand = scores_over_roots(references), scores_over_roots(candidates)
+    if set(ref["run"]) != set(cand["run"]):
+        only = sorted(set(ref["run"]) ^ set(cand["run"]))
+        raise ValueError(f"{references[0]} and {candidates[0]} hold different runs (in one only: {', '.join(only[:8])})")
+    both = ref.merge(cand, on=["run", "score"], suffixes=("_ref", "_cand"))
+    return pd.DataFrame({"run": both["run"], "score": both["score"], "reference": both["mean_ref"],
+                         "reference_sd": both["sd_ref"], "candidate": both["mean_cand"], "candidate_sd": both["sd_cand"],
+                         "delta": both["mean_cand"] - both["mean_ref"], "reference_s": both["seconds_ref"],
+                         "candidate_s": both["seconds_cand"]})
+
+
+def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates: Sequence[Path],
+                   tolerance: float) -> str:
+    """Markdown: per-run table, the runs beyond ``tolerance`` points, total run time of each side."""
     primary = table_.groupby("run", sort=False).head(1)          # sdice, or the last-epoch 3D Dice
     beyond = table_[table_["delta"].abs() > tolerance]
     moved = beyond["run"].nunique()
     times = primary[["reference_s", "candidate_s"]].sum()
-    lines = [f"# {candidate} against {reference}\n",
+
+    def value(mean: float, sd: float) -> str:
+        return f"{mean:.1f}" if np.isnan(sd) else f"{mean:.1f} ± {sd:.1f}"
+
+    lines = [f"# {' '.join(map(str, candidates))} against {' '.join(map(str, references))}\n",
              f"Final scores x 100 (tested runs: mean test surface Dice / Dice; others: last-epoch / best "
-             f"validation 3D Dice); delta = candidate - reference, in points.\n",
+             f"validation 3D Dice), mean ± sd over the roots of each side ({len(references)} reference, "
+             f"{len(candidates)} candidate); delta = candidate - reference, in points.\n",
              "| run | score | reference | candidate | delta | reference s | candidate s |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.run} | {r.score} | {r.reference:.1f} | {r.candidate:.1f} | {r.delta:+.1f} | "
-              f"{r.reference_s:.0f} | {r.candidate_s:.0f} |" for r in table_.itertuples()]
+    lines += [f"| {r.run} | {r.score} | {value(r.reference, r.reference_sd)} | {value(r.candidate, r.candidate_sd)} | "
+              f"{r.delta:+.1f} | {r.reference_s:.0f} | {r.candidate_s:.0f} |" for r in table_.itertuples()]
     lines += ["", f"- runs: {len(primary)}; runs with a score beyond {tolerance:g} point(s): **{moved}**"
               + (f" (largest: {beyond.loc[beyond['delta'].abs().idxmax(), 'run']} "
                  f"{beyond['delta'].abs().max():.1f} points)" if moved else ""),
@@ -339,8 +357,8 @@ def cc359_main(argv: Sequence[str]) -> int:
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path)
     parser.add_argument("--params", type=Path)
-    parser.add_argument("--reference", type=Path)
-    parser.add_argument("--candidate", type=Path)
+    parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
+    parser.add_argument("--candidate", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=1.0, help="points of score (compare)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")

@@ -34,22 +34,23 @@ def roots(tmp_path):
 
 
 def test_compare_gives_per_run_differences_in_points(roots):
-    table = report.compare(*roots)
+    ref, cand = roots
+    table = report.compare([ref], [cand])
     sdice = table[table["score"] == "sdice"].set_index("run")
     assert sdice.loc["ft_all/2_5_n8", "delta"] == pytest.approx(0.5)
     assert sdice.loc["oracle/5/fold0", "delta"] == pytest.approx(-3.0)
     assert table[table["score"] == "dice"].set_index("run").loc["ft_all/2_5_n8", "delta"] == pytest.approx(-0.5)
-    text = report.compare_report(table, *roots, tolerance=1.0)
+    text = report.compare_report(table, [ref], [cand], tolerance=1.0)
     assert "beyond 1 point(s): **1** (largest: oracle/5/fold0 3.0 points)" in text
     assert "160 s against 60 s (2.67x)" in text
     assert "every run within 1 point(s): **no**" in text
-    assert "every run within 5 point(s): **yes**" in report.compare_report(table, *roots, tolerance=5.0)
+    assert "every run within 5 point(s): **yes**" in report.compare_report(table, [ref], [cand], tolerance=5.0)
 
 
 def test_compare_reads_last_and_best_validation_dice_of_trained_runs(tmp_path):
     write_trained_run(tmp_path / "a", "sfda", [0.5, 0.8, 0.7])
     write_trained_run(tmp_path / "b", "sfda", [0.5, 0.75, 0.72])
-    table = report.compare(tmp_path / "a", tmp_path / "b").set_index("score")
+    table = report.compare([tmp_path / "a"], [tmp_path / "b"]).set_index("score")
     assert table.loc["last 3D Dice", "delta"] == pytest.approx(2.0)
     assert table.loc["best 3D Dice", "delta"] == pytest.approx(-5.0)
 
@@ -58,8 +59,22 @@ def test_compare_refuses_roots_with_different_runs(roots, capsys):
     ref, cand = roots
     write_tested_run(cand, "hm/2_5", [0.9], [0.9], 1)
     with pytest.raises(ValueError, match="in one only: hm/2_5"):
-        report.compare(ref, cand)
+        report.compare([ref], [cand])
     assert report.main(["compare", "--reference", str(ref), "--candidate", str(ref.parent / "nowhere"),
                         "--out", str(ref.parent / "c.md")]) == 1
     assert "nowhere: no such results directory" in capsys.readouterr().err
     assert not (ref.parent / "c.md").exists()
+
+
+def test_compare_averages_several_roots_per_side(roots, tmp_path):
+    ref, cand = roots
+    write_tested_run(tmp_path / "fp32_seed1", "ft_all/2_5_n8", [0.80, 0.70], [0.9, 0.9], 100)   # sdice 75
+    write_tested_run(tmp_path / "fp32_seed1", "oracle/5/fold0", [0.50, 0.70], [0.9, 0.9], 60)
+    table = report.compare([ref, tmp_path / "fp32_seed1"], [cand])
+    row = table[table["score"] == "sdice"].set_index("run").loc["ft_all/2_5_n8"]
+    assert row["reference"] == pytest.approx(80.0) and row["reference_sd"] == pytest.approx(5 * 2 ** 0.5)
+    assert row["delta"] == pytest.approx(85.5 - 80.0)
+    assert "| ft_all/2_5_n8 | sdice | 80.0 ± 7.1 | 85.5 | +5.5 |" in report.compare_report(table, [ref], [cand], 1.0)
+    (tmp_path / "fp32_seed1" / "oracle").rename(tmp_path / "fp32_seed1" / "elsewhere")
+    with pytest.raises(ValueError, match="hold different runs"):
+        report.compare([ref, tmp_path / "fp32_seed1"], [cand])
