@@ -27,7 +27,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -283,13 +283,17 @@ def run_seconds(run: Path) -> float:
     return float(pd.read_csv(stats).set_index("name")["value"]["total"]) if stats.is_file() else float("nan")
 
 
+def check_same_runs(root_a: Path, runs_a: Iterable[str], root_b: Path, runs_b: Iterable[str]) -> None:
+    only = sorted(set(runs_a) ^ set(runs_b))
+    if only:
+        raise ValueError(f"{root_a} and {root_b} hold different runs (in one only: {', '.join(only[:8])})")
+
+
 def scores_over_roots(roots: Sequence[Path]) -> pd.DataFrame:
     """Per (run, score): mean and sd over the roots (e.g. seeds) of the final score, mean run time."""
     found = [find_runs(root) for root in roots]
     for root, runs in zip(roots[1:], found[1:]):
-        if set(runs) != set(found[0]):
-            only = sorted(set(runs) ^ set(found[0]))
-            raise ValueError(f"{roots[0]} and {root} hold different runs (in one only: {', '.join(only[:8])})")
+        check_same_runs(roots[0], found[0], root, runs)
     rows = [{"run": name, "score": score, "value": value, "seconds": run_seconds(runs[name])}
             for runs in found for name in sorted(runs) for score, value in final_scores(runs[name]).items()]
     grouped = pd.DataFrame(rows).groupby(["run", "score"], sort=False)
@@ -300,9 +304,7 @@ def scores_over_roots(roots: Sequence[Path]) -> pd.DataFrame:
 def compare(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
     """One row per (run, score): reference and candidate means x 100 over their roots, the difference, run times."""
     ref, cand = scores_over_roots(references), scores_over_roots(candidates)
-    if set(ref["run"]) != set(cand["run"]):
-        only = sorted(set(ref["run"]) ^ set(cand["run"]))
-        raise ValueError(f"{references[0]} and {candidates[0]} hold different runs (in one only: {', '.join(only[:8])})")
+    check_same_runs(references[0], ref["run"], candidates[0], cand["run"])
     both = ref.merge(cand, on=["run", "score"], suffixes=("_ref", "_cand"))
     return pd.DataFrame({"run": both["run"], "score": both["score"], "reference": both["mean_ref"],
                          "reference_sd": both["sd_ref"], "candidate": both["mean_cand"], "candidate_sd": both["sd_cand"],
@@ -351,8 +353,8 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
     tmp.replace(out)
 
 
-def cc359_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description="CC359 tables (collect, choose, cc359) and two roots compared")
+def subcommand_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description="CC359 tables (collect, choose, cc359); two result roots compared (compare)")
     parser.add_argument("command", choices=["collect", "choose", "cc359", "compare"])
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path)
@@ -393,7 +395,7 @@ def cc359_main(argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("collect", "choose", "cc359", "compare"):
-        return cc359_main(argv)
+        return subcommand_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
