@@ -29,7 +29,7 @@ def roots(tmp_path):
     write_tested_run(cand, "ft_all/2_5_n8", [0.91, 0.80], [0.95, 0.96], 40)      # sdice +0.5 points
     write_tested_run(ref, "oracle/5/fold0", [0.50, 0.70], [0.9, 0.9], 60)
     write_tested_run(cand, "oracle/5/fold0", [0.50, 0.64], [0.9, 0.9], 20)       # sdice -3 points
-    (cand / "oracle/5/fold1_tmp").mkdir(parents=True)                       # incomplete: ignored
+    write_tested_run(cand, "oracle/5/fold1_tmp", [0.1], [0.1], 5)           # incomplete run: ignored
     return ref, cand
 
 
