@@ -87,11 +87,21 @@ IMAGE_TRANSFORMS = {png_transform, nii_transform, nii_transform2}
 
 
 def pixel_spacing(path: Path) -> Tuple[float, float, float]:
-    """In-plane spacing and slice thickness (mm) from a NIfTI header; (1, 1, 1) voxels otherwise."""
-    if path.name.endswith((".nii", ".nii.gz")):
-        zooms = tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
-        return (zooms + (1.0, 1.0, 1.0))[:3]
-    return (1.0, 1.0, 1.0)
+    """In-plane spacing and slice thickness (mm) from a NIfTI header's pixdim[1:4]; (1, 1, 1) otherwise.
+
+    pixdim, not get_zooms(): a 2D slice's zooms have two values, so its slice thickness (pixdim[3])
+    would be lost. A 0 (unset) entry counts as 1 mm; a negative one by its magnitude.
+    """
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return (1.0, 1.0, 1.0)
+    try:
+        pixdim = np.asarray(nib.load(str(path)).header["pixdim"][1:4], dtype=np.float64)
+    except Exception as e:  # nibabel raises several types for non-NIfTI files
+        raise DataError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from None
+    if not np.isfinite(pixdim).all():
+        raise DataError(f"{path}: pixdim[1:4] {pixdim.tolist()} holds NaN or Inf; the voxel spacing is unknown")
+    pixdim = np.abs(pixdim)
+    return tuple(float(v) for v in np.where(pixdim > 0, pixdim, 1.0))
 
 
 # ---------------------------------------------------------------- patients

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from dataloader import (DataError, check_disjoint_patients, gt_transform, load_slices, nii_transform2,
-                        parse_slice_name, png_transform)
+                        parse_slice_name, pixel_spacing, png_transform)
 
 PNG = [("IMG", png_transform, False), ("GT", gt_transform, False)]
 RGX = r"Case\d+_\d+"
@@ -35,13 +35,27 @@ def test_capture_group_names_the_patient():
 
 
 def test_nifti_spacing_and_scaling(tmp_path):
+    """2D slices (the seed's NIfTI layout): the slice thickness is pixdim[3], not lost with the 2-value zooms."""
     for folder in ("IMG", "GT"):
         (tmp_path / folder).mkdir()
-    affine = np.diag([0.7, 0.8, 2.5, 1])
-    nib.save(nib.Nifti1Image(np.full((4, 4, 1), 50, np.float32), affine), tmp_path / "IMG" / "Case00_0.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 1), np.uint8), affine), tmp_path / "GT" / "Case00_0.nii.gz")
+    affine = np.diag([0.5, 0.5, 3.0, 1])
+    for folder, data in (("IMG", np.full((4, 4), 50, np.float32)), ("GT", np.zeros((4, 4), np.uint8))):
+        img = nib.Nifti1Image(data, affine)
+        assert tuple(img.header["pixdim"][1:4]) == (0.5, 0.5, 3.0) and len(img.header.get_zooms()) == 2
+        nib.save(img, tmp_path / folder / "Case00_0.nii.gz")
     data = load_slices(tmp_path, [("IMG", nii_transform2, False), ("GT", gt_transform, False)], 2, RGX)
-    assert data.spacing == pytest.approx((0.7, 0.8, 2.5)) and data.images.max().item() == 1.0
+    assert data.spacing == pytest.approx((0.5, 0.5, 3.0)) and data.images.max().item() == 1.0
+
+
+def test_nifti_spacing_unset_pixdim_is_one_mm_and_nan_is_refused(tmp_path):
+    img = nib.Nifti1Image(np.zeros((4, 4), np.uint8), None)
+    img.header["pixdim"][1:4] = [0.7, 0.8, 0.0]
+    nib.save(img, tmp_path / "a.nii")
+    assert pixel_spacing(tmp_path / "a.nii") == pytest.approx((0.7, 0.8, 1.0))
+    img.header["pixdim"][1:4] = [0.7, np.nan, 2.0]
+    nib.save(img, tmp_path / "b.nii")
+    with pytest.raises(DataError, match=r"b.nii: pixdim\[1:4\] .* NaN or Inf"):
+        pixel_spacing(tmp_path / "b.nii")
 
 
 @pytest.mark.parametrize("setup, message", [
