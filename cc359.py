@@ -5,7 +5,7 @@
     cc359.py prep  --meta data/cc359/meta.csv --spacing 3,2.85,2.85 --out data/cc359_prep
     cc359.py split --prep data/cc359_prep --kind baseline --source 0 --out data/cc359_sets/baseline_0
     cc359.py split --prep data/cc359_prep --kind oracle --target 3 --fold 0 --out ...
-    cc359.py split --prep data/cc359_prep --kind pair --target 3 --budget 24 --out ...
+    cc359.py split --prep data/cc359_prep --kind pair --source 0 --target 3 --budget 24 --out ...
     cc359.py split --prep data/cc359_prep --kind hm --source 0 --target 3 --out ...
 
 meta.csv (the columns of the paper's code): ``id, MRI, brain_mask, fold, tomograph_model,
@@ -21,18 +21,23 @@ never reads NIfTI again.
 
 ``split`` writes an experiment's ``{train,val,test}/{IMG,GT}`` folders of relative symlinks into
 the cache (histogram-matched test images are real files), in the SFDA layout main.py reads.
-Splits are drawn with the paper's seed 0xBadCafe, per domain, from the ids sorted:
-- baseline (one2all): VAL scans of the source for validation, the rest for training;
-- oracle (single_cv): 3 folds of the target; fold k is the test set, VAL scans of the rest
-  validate, the others train;
-- pair (one2one): the first NADD scans of the target's permutation are the annotation pool, the
-  others the test set, and VAL test scans double as validation scans (as in the paper's code).
-  Budget N trains on N slices spread evenly over the pool's slices; ``--budget all`` takes every
-  pool slice (the unlabelled set of source-free adaptation);
-- hm: the pair's test (and validation) images histogram-matched to the source's training voxels.
+Splits are drawn as the paper's code draws them (scikit-learn's train_test_split / KFold, seed
+0xBadCafe, each domain's ids in meta.csv order), so real CC359 gets the paper's own scans:
+- baseline (one2all): VAL scans of the source for validation (the paper's 4), the rest for training;
+- oracle (single_cv): 3 shuffled folds of the target; fold k is the test set, VAL scans of the rest
+  validate (the paper's 2), the others train;
+- pair (one2one): NADD scans of the target drawn as the annotation pool, the others the test set, and
+  VAL test scans double as validation scans (random.sample, as in the paper's code). Budget N (with
+  ``--budget_from scan``, the paper's): N slices evenly spaced over the pool's first scan, or whole
+  scans then the rest when N exceeds one scan; ``--budget_from pool`` (a deviation) spreads N over all
+  the pool's slices. ``--budget all`` takes every pool slice (the unlabelled set of source-free
+  adaptation);
+- hm: the pair's test (and validation) images histogram-matched, image voxels only (not the
+  padding), to the image voxels of the source baseline's training scans.
 """
 import argparse
 import os
+import random
 import re
 import shutil
 import sys
@@ -43,6 +48,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from sklearn.model_selection import KFold, train_test_split
 
 from dataloader import DataError
 
@@ -194,58 +200,112 @@ def write_prep(meta_path: Path, new_spacing: Sequence[float], out: Path) -> None
         (tmp / "slices" / folder).mkdir(parents=True)
     cases = []
     for row, (image, mask) in zip(meta.itertuples(index=False), volumes):
+        unpadded = image.shape[:2]                    # the image region inside the padding (histogram matching)
         image, mask = pad_slices(image, shape), pad_slices(mask, shape)
         for k in range(image.shape[2]):
             np.save(tmp / "slices" / "IMG" / f"{row.id}_{k}.npy", image[:, :, k].astype(np.float16))
             np.save(tmp / "slices" / "GT" / f"{row.id}_{k}.npy", mask[:, :, k])
         brain_ml = float(mask.sum()) * float(np.prod(new_spacing)) / 1000
-        cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": brain_ml})
+        cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": brain_ml,
+                      "h": unpadded[0], "w": unpadded[1]})
     pd.DataFrame(cases).to_csv(tmp / "cases.csv", index=False)
     (tmp / "spacing.txt").write_text(",".join(str(s) for s in new_spacing) + "\n")
     tmp.replace(out)
 
 
 # ---------------------------------------------------------------- experiment splits
+# The paper's code (neuro-ml/domain_shift_anatomy, spottunet/split.py) draws every split with
+# scikit-learn and the seed 0xBadCafe from the domain's ids in meta.csv order (its DataFrame index):
+# one2all  train, val = train_test_split(ids, test_size=VAL)
+# single_cv  KFold(3, shuffle=True) for the test folds, then train_test_split(rest, test_size=VAL)
+# one2one  ids_test, ids_add = train_test_split(target ids, test_size=NADD); val = random.sample(ids_test,
+#          VAL) with Python's random seeded once and drawn for the 30 pairs in order (s ascending, t != s
+#          ascending), so a pair's validation scans depend on the pairs drawn before it.
 
-def domain_order(cases: pd.DataFrame, fold: int) -> List[str]:
-    """The domain's ids in the split's random order (seed 0xBadCafe, per domain)."""
-    ids = sorted(cases.loc[cases["fold"] == fold, "id"])
+def domain_ids(cases: pd.DataFrame, fold: int) -> List[str]:
+    """The domain's ids in meta.csv order (cases.csv keeps it)."""
+    ids = cases.loc[cases["fold"] == fold, "id"].tolist()
     if not ids:
         raise DataError(f"no case of domain {fold} ({DOMAIN_NAMES[fold]}) in the cache")
-    return [ids[i] for i in np.random.default_rng([SPLIT_SEED, fold]).permutation(len(ids))]
+    return ids
 
 
-def budget_slices(ids: Sequence[str], n_slices: Dict[str, int], budget: Optional[int]) -> List[str]:
-    """``budget`` slice names spread evenly over the concatenated slices of ``ids`` (all when None)."""
+def _draw(ids: List[str], n: int, what: str, name: str) -> Tuple[List[str], List[str]]:
+    """train_test_split(ids, test_size=n, random_state=0xBadCafe): (the rest, the n drawn), both in draw order."""
+    if not 1 <= n < len(ids):
+        raise DataError(f"{what}: {name}={n} scans must leave at least one of the {len(ids)} scans")
+    rest, drawn = train_test_split(ids, test_size=n, random_state=SPLIT_SEED)
+    return list(rest), list(drawn)
+
+
+def pair_validation(cases: pd.DataFrame, source: int, target: int, n_val: int, n_add: int) -> List[str]:
+    """The pair's validation scans: random.sample(ids_test, n_val) at the pair's place in the paper's sequence."""
+    folds = sorted(int(f) for f in cases["fold"].unique())
+    if source not in folds:
+        domain_ids(cases, source)                               # raises: the domain is not cached
+    draws = random.Random(SPLIT_SEED)
+    for fb in folds:
+        for fo in (f for f in folds if f != fb):
+            ids_test, _ = _draw(domain_ids(cases, fo), n_add, f"pair {fb}_{fo}", "NADD")
+            if not 1 <= n_val <= len(ids_test):
+                raise DataError(f"pair {fb}_{fo}: VAL={n_val} validation scans but only {len(ids_test)} test scans")
+            val = draws.sample(ids_test, n_val)
+            if (fb, fo) == (source, target):
+                return val
+    raise DataError(f"pair {source}_{target}: source and target must be two different cached domains")
+
+
+def split_ids(cases: pd.DataFrame, kind: str, source: Optional[int], target: Optional[int], fold: int,
+              n_val: int, n_add: int) -> Dict[str, List[str]]:
+    """Case ids of train / val / test for one experiment, drawn as the paper's code does (see above)."""
+    if kind == "baseline":
+        train, val = _draw(domain_ids(cases, source), n_val, f"baseline {source}", "VAL")
+        parts = {"train": train, "val": val, "test": []}
+    elif kind == "oracle":
+        ids = domain_ids(cases, target)
+        if len(ids) < 3:
+            raise DataError(f"oracle {target}: 3-fold cross-validation needs 3 scans, the domain has {len(ids)}")
+        rest, test = list(KFold(3, shuffle=True, random_state=SPLIT_SEED).split(ids))[fold]
+        train, val = _draw([ids[i] for i in rest], n_val, f"oracle {target} fold {fold}", "VAL")
+        parts = {"train": train, "val": val, "test": [ids[i] for i in test]}
+    else:
+        test, add = _draw(domain_ids(cases, target), n_add, f"pair {source}_{target}", "NADD")
+        parts = {"train": add, "val": pair_validation(cases, source, target, n_val, n_add), "test": test}
+    return parts
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """k of n indices at the stride n / k from 0 (the paper's slice_sampling_interval when n / k is whole)."""
+    return np.floor(np.arange(k) * n / k).astype(int)
+
+
+def budget_slices(ids: Sequence[str], n_slices: Dict[str, int], budget: Optional[int], mode: str = "scan") -> List[str]:
+    """The annotated slices of a budget (all slices of ``ids`` when None).
+
+    mode "scan" (the paper's code): a budget within one scan takes that many slices evenly spaced over
+    the pool's first scan (the scan the paper's 1-scan experiments annotate); a larger one whole scans
+    in pool order, then the rest evenly spaced over the next. mode "pool" (a deviation, kept as an
+    option): the budget spread evenly over the pool's concatenated slices, which lets small budgets see
+    several subjects.
+    """
     names = [f"{i}_{k}" for i in ids for k in range(n_slices[i])]
     if budget is None:
         return names
     if not 1 <= budget <= len(names):
         raise DataError(f"budget {budget} slices: the annotation pool ({len(ids)} scans) holds {len(names)} slices; "
                         f"raise NADD or the subjects per domain, or lower the budget")
-    return [names[i] for i in np.linspace(0, len(names) - 1, budget).round().astype(int)]
-
-
-def split_ids(cases: pd.DataFrame, kind: str, source: Optional[int], target: Optional[int], fold: int,
-              n_val: int, n_add: int) -> Dict[str, List[str]]:
-    """Case ids of train / val / test for one experiment (see the module docstring)."""
-    if kind == "baseline":
-        order = domain_order(cases, source)
-        parts = {"train": order[n_val:], "val": order[:n_val], "test": []}
-    elif kind == "oracle":
-        folds = np.array_split(np.array(domain_order(cases, target)), 3)
-        rest = [i for k, f in enumerate(folds) if k != fold for i in f]
-        parts = {"train": rest[n_val:], "val": rest[:n_val], "test": list(folds[fold])}
-    else:
-        order = domain_order(cases, target)
-        parts = {"train": order[:n_add], "val": order[n_add:n_add + n_val], "test": order[n_add:]}
-    for split, ids in parts.items():
-        if split != "test" and not ids:
-            raise DataError(f"{kind} split: no {split} scans left (domain sizes {cases.groupby('fold').size().to_dict()}, "
-                            f"VAL={n_val}, NADD={n_add})")
-    if kind != "baseline" and not parts["test"]:
-        raise DataError(f"{kind} split: no test scans left (NADD={n_add})")
-    return parts
+    if mode == "pool":
+        return [names[i] for i in np.linspace(0, len(names) - 1, budget).round().astype(int)]
+    if mode != "scan":
+        raise ValueError(f"budget mode {mode!r}: scan or pool")
+    ends = np.cumsum([n_slices[i] for i in ids])
+    whole = int(np.searchsorted(ends, budget, side="right"))      # scans that fit entirely
+    taken = names[:ends[whole - 1]] if whole else []
+    rest = budget - len(taken)
+    if rest:
+        scan = ids[whole]
+        taken += [f"{scan}_{k}" for k in _spread(n_slices[scan], rest)]
+    return taken
 
 
 def link_slices(prep: Path, names: Sequence[str], out: Path, folders: Sequence[str] = ("IMG", "GT")) -> None:
@@ -257,6 +317,25 @@ def link_slices(prep: Path, names: Sequence[str], out: Path, folders: Sequence[s
             os.symlink(os.path.relpath(target, out / folder), out / folder / f"{name}.npy")
 
 
+def image_region(shape: Tuple[int, int], h: int, w: int) -> Tuple[slice, slice]:
+    """Where pad_slices put an (h, w) slice inside ``shape``: the voxels that are image, not padding."""
+    top, left = (shape[0] - h) // 2, (shape[1] - w) // 2
+    return slice(top, top + h), slice(left, left + w)
+
+
+def case_region(cases: pd.DataFrame, case: str, shape: Tuple[int, int], prep: Path) -> Tuple[slice, slice]:
+    if not {"h", "w"} <= set(cases.columns):
+        raise DataError(f"{prep}/cases.csv: no h, w columns (the unpadded slice shape), written by cc359.py prep "
+                        f"since histogram matching skips the padding; delete {prep} and run prep again")
+    row = cases.loc[cases["id"] == case].iloc[0]
+    return image_region(shape, int(row["h"]), int(row["w"]))
+
+
+def load_volume_slices(prep: Path, names: Sequence[str]) -> np.ndarray:
+    """(k, H, W) float32 stack of cached image slices."""
+    return np.stack([np.load(prep / "slices" / "IMG" / f"{n}.npy") for n in names]).astype(np.float32)
+
+
 def match_histogram(values: np.ndarray, reference_sorted: np.ndarray) -> np.ndarray:
     """Map ``values`` onto the reference distribution by quantiles (skimage.exposure.match_histograms, 1D)."""
     uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
@@ -266,29 +345,39 @@ def match_histogram(values: np.ndarray, reference_sorted: np.ndarray) -> np.ndar
 
 
 def write_split(prep: Path, kind: str, source: Optional[int], target: Optional[int], fold: int,
-                budget: Optional[int], n_val: int, n_add: int, out: Path) -> None:
+                budget: Optional[int], n_val: int, n_add: int, out: Path, budget_from: str = "scan",
+                n_val_source: Optional[int] = None) -> None:
+    """An experiment's folders; hm's reference is the source baseline's training scans (``n_val_source``
+    of the source validate the baseline; the paper's 4, where pairs and folds take 2)."""
     cases = pd.read_csv(prep / "cases.csv", dtype={"id": str})
     n_slices = dict(zip(cases["id"], cases["n_slices"]))
     parts = split_ids(cases, "pair" if kind == "hm" else kind, source, target, fold, n_val, n_add)
     tmp = out.with_name(out.name + "_tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    train = budget_slices(parts["train"], n_slices, budget if kind == "pair" else None)
+    train = budget_slices(parts["train"], n_slices, budget if kind == "pair" else None, budget_from)
     link_slices(prep, train, tmp / "train")
     if kind != "hm":
         link_slices(prep, budget_slices(parts["val"], n_slices, None), tmp / "val")
         if parts["test"]:
             link_slices(prep, budget_slices(parts["test"], n_slices, None), tmp / "test")
     else:
-        src = split_ids(cases, "baseline", source, None, 0, n_val, n_add)["train"]
-        reference = np.sort(np.concatenate([np.load(prep / "slices" / "IMG" / f"{n}.npy").ravel()
-                                            for n in budget_slices(src, n_slices, None)]).astype(np.float32))
+        # the reference: every image voxel of the source's training scans; the padding that gives all
+        # slices one shape is neither part of the reference nor mapped (it stays at its cached value)
+        src = split_ids(cases, "baseline", source, None, 0, n_val if n_val_source is None else n_val_source, n_add)["train"]
+        voxels = []
+        for case in src:
+            volume = load_volume_slices(prep, budget_slices([case], n_slices, None))
+            voxels.append(volume[(slice(None), *case_region(cases, case, volume.shape[1:], prep))].ravel())
+        reference = np.sort(np.concatenate(voxels))
         for split in ("val", "test"):
             (tmp / split / "IMG").mkdir(parents=True)
             for case in parts[split]:                    # each volume matched as a whole
                 names = budget_slices([case], n_slices, None)
-                volume = np.stack([np.load(prep / "slices" / "IMG" / f"{n}.npy") for n in names]).astype(np.float32)
-                for name, image in zip(names, match_histogram(volume, reference).astype(np.float16)):
+                volume = load_volume_slices(prep, names)
+                region = (slice(None), *case_region(cases, case, volume.shape[1:], prep))
+                volume[region] = match_histogram(volume[region], reference)
+                for name, image in zip(names, volume.astype(np.float16)):
                     np.save(tmp / split / "IMG" / f"{name}.npy", image)
                 link_slices(prep, names, tmp / split, folders=("GT",))
     (tmp / "split.csv").write_text("split,id\n" + "".join(f"{s},{i}\n" for s, ids in parts.items() for i in ids))
@@ -327,6 +416,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_split.add_argument("--fold", type=int, default=0, choices=range(3), help="oracle: the held-out fold")
     p_split.add_argument("--budget", default="all", help="pair: annotated target slices (a number, or all)")
     p_split.add_argument("--n_val", type=int, default=2, help="validation scans")
+    p_split.add_argument("--n_val_source", type=int, help="hm: validation scans of the source baseline (default --n_val)")
+    p_split.add_argument("--budget_from", choices=["scan", "pool"], default="scan",
+                         help="pair: a budget's slices from one scan (the paper) or spread over the pool (deviation)")
     p_split.add_argument("--n_add", type=int, default=3, help="pair: scans in the target's annotation pool")
     p_split.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -338,7 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_prep(args.meta, args.spacing, args.out)
             print(f"wrote {args.out} at spacing {args.spacing} mm")
         else:
-            need = {"baseline": ["source"], "oracle": ["target"], "pair": ["target"], "hm": ["source", "target"]}
+            need = {"baseline": ["source"], "oracle": ["target"], "pair": ["source", "target"], "hm": ["source", "target"]}
             for name in need[args.kind]:
                 if getattr(args, name) is None:
                     parser.error(f"--kind {args.kind} needs --{name}")
@@ -347,7 +439,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             budget = None if args.budget == "all" else int(args.budget)
             if not (args.prep / "cases.csv").is_file():
                 raise DataError(f"{args.prep}: no cases.csv (run cc359.py prep first)")
-            write_split(args.prep, args.kind, args.source, args.target, args.fold, budget, args.n_val, args.n_add, args.out)
+            write_split(args.prep, args.kind, args.source, args.target, args.fold, budget, args.n_val, args.n_add, args.out,
+                        args.budget_from, args.n_val_source)
             print(f"wrote {args.out}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -94,26 +94,95 @@ def test_preprocess_clips_the_percentiles():
     assert out[0, 0, 0] == 1.0 and out[7, 3, 3] == 1.0 and out[1, 1, 1] == 0.0
 
 
-def test_budget_slices_spread_evenly_and_refuse_too_many():
+def test_budget_pool_mode_spreads_over_the_pool_and_refuses_too_many():
     n_slices = {"A": 4, "B": 4}
-    assert cc359.budget_slices(["A", "B"], n_slices, 3) == ["A_0", "B_0", "B_3"]   # indices 0, 3.5 -> 4, 7
+    assert cc359.budget_slices(["A", "B"], n_slices, 3, "pool") == ["A_0", "B_0", "B_3"]   # indices 0, 3.5 -> 4, 7
     assert cc359.budget_slices(["A"], n_slices, None) == ["A_0", "A_1", "A_2", "A_3"]
     with pytest.raises(DataError, match="budget 9 slices: the annotation pool \\(2 scans\\) holds 8 slices"):
         cc359.budget_slices(["A", "B"], n_slices, 9)
 
 
+def test_budget_within_a_scan_comes_from_one_scan_evenly_spaced():
+    """The paper's code: a budget below one scan annotates one scan, at the stride n / N (its slice interval)."""
+    n_slices = {"A": 12, "B": 12, "C": 12}
+    assert cc359.budget_slices(["A", "B", "C"], n_slices, 4) == ["A_0", "A_3", "A_6", "A_9"]
+    assert cc359.budget_slices(["A", "B", "C"], n_slices, 5) == ["A_0", "A_2", "A_4", "A_7", "A_9"]
+    assert cc359.budget_slices(["A", "B", "C"], n_slices, 12) == [f"A_{k}" for k in range(12)]
+
+
+def test_budget_beyond_a_scan_takes_whole_scans_then_the_rest():
+    n_slices = {"A": 12, "B": 10, "C": 12}
+    got = cc359.budget_slices(["A", "B", "C"], n_slices, 25)
+    assert got == [f"A_{k}" for k in range(12)] + [f"B_{k}" for k in range(10)] + ["C_0", "C_4", "C_8"]
+    assert len(cc359.budget_slices(["A", "B", "C"], n_slices, 34)) == 34
+    with pytest.raises(DataError, match="budget 35 slices"):
+        cc359.budget_slices(["A", "B", "C"], n_slices, 35)
+
+
+def six_domains(sizes=(7, 6, 8, 6, 7, 9)) -> pd.DataFrame:
+    """cases.csv of six domains whose ids are interleaved in meta.csv order (as the release lists them)."""
+    rows = [(f"CC{1000 - 13 * i:04d}", fold) for fold, n in enumerate(sizes) for i in range(n)]
+    rows = [rows[i] for i in np.random.default_rng(3).permutation(len(rows))]
+    return pd.DataFrame({"id": [r[0] for r in rows], "fold": [r[1] for r in rows], "n_slices": 5})
+
+
+def reference_splits(cases: pd.DataFrame, val_one2all: int, val_cv: int, val_pair: int, n_add: int):
+    """The paper's spottunet/split.py (one2all, single_cv via dpipe, one2one), restated on a DataFrame indexed by id."""
+    import random as pyrandom
+    from sklearn.model_selection import KFold, ShuffleSplit, train_test_split
+    seed = 0xBadCafe
+    df = cases.set_index("id")
+    folds = sorted(df.fold.unique())
+    one2all = {}
+    for f in folds:
+        train, val = train_test_split(df[df.fold == f].index.tolist(), test_size=val_one2all, random_state=seed)
+        one2all[f] = (train, val)
+    single_cv = {}
+    for f in folds:
+        ids = df[df.fold == f].index.tolist()
+        for k, (train_val, test) in enumerate(KFold(3, shuffle=True, random_state=seed).split(X=ids)):
+            tr, va = next(ShuffleSplit(test_size=val_cv, random_state=seed).split(X=train_val))
+            single_cv[f, k] = ([ids[i] for i in train_val[tr]], [ids[i] for i in train_val[va]], [ids[i] for i in test])
+    pyrandom.seed(seed)
+    one2one = {}
+    for fb in folds:
+        for fo in set(folds) - {fb}:
+            ids_test, ids_add = train_test_split(df[df.fold == fo].index.tolist(), test_size=n_add, random_state=seed)
+            one2one[fb, fo] = (ids_add, pyrandom.sample(ids_test, val_pair), ids_test)
+    return one2all, single_cv, one2one
+
+
+def test_splits_are_the_papers_own():
+    """Same scans, in the same order, as spottunet/split.py draws them with seed 0xBadCafe."""
+    cases = six_domains()
+    one2all, single_cv, one2one = reference_splits(cases, 4, 2, 2, 3)
+    for f, (train, val) in one2all.items():
+        assert cc359.split_ids(cases, "baseline", f, None, 0, 4, 3) == {"train": train, "val": val, "test": []}
+    for (f, k), (train, val, test) in single_cv.items():
+        assert cc359.split_ids(cases, "oracle", None, f, k, 2, 3) == {"train": train, "val": val, "test": test}
+    for (s, t), (add, val, test) in one2one.items():
+        assert cc359.split_ids(cases, "pair", s, t, 0, 2, 3) == {"train": add, "val": val, "test": test}, (s, t)
+    # one scan of a budget below a scan is the one the paper's n_add_ids = 1 experiments annotate
+    add1 = reference_splits(cases, 4, 2, 2, 1)[2]
+    assert all(one2one[p][0][0] == add1[p][0][0] for p in one2one)
+
+
 def test_splits_are_disjoint_and_validation_scans_are_test_scans_in_pairs():
-    cases = pd.DataFrame({"id": [f"C{i:02d}" for i in range(9)], "fold": [2] * 9, "n_slices": [5] * 9})
-    pair = cc359.split_ids(cases, "pair", None, 2, 0, n_val=2, n_add=3)
-    assert len(pair["train"]) == 3 and len(pair["test"]) == 6
+    cases = six_domains()
+    pair = cc359.split_ids(cases, "pair", 0, 2, 0, n_val=2, n_add=3)
+    assert len(pair["train"]) == 3 and len(pair["test"]) == 5
     assert set(pair["val"]) <= set(pair["test"]) and not set(pair["train"]) & set(pair["test"])
     folds = [cc359.split_ids(cases, "oracle", None, 2, k, n_val=2, n_add=3) for k in range(3)]
-    assert sorted(i for f in folds for i in f["test"]) == sorted(cases["id"])       # the folds partition the domain
+    assert sorted(i for f in folds for i in f["test"]) == sorted(cases.loc[cases["fold"] == 2, "id"])
     for f in folds:
         assert not set(f["train"]) & set(f["test"]) and not set(f["val"]) & set(f["test"])
-    assert cc359.split_ids(cases, "pair", None, 2, 0, 2, 3) == pair                  # seeded: the same every time
+    assert cc359.split_ids(cases, "pair", 0, 2, 0, 2, 3) == pair                  # seeded: the same every time
     with pytest.raises(DataError, match="no case of domain 4"):
-        cc359.split_ids(cases, "baseline", 4, None, 0, 2, 3)
+        cc359.split_ids(cases[cases["fold"] != 4], "baseline", 4, None, 0, 2, 3)
+    with pytest.raises(DataError, match="pair 0_1: NADD=6 scans must leave at least one of the 6 scans"):
+        cc359.split_ids(cases, "pair", 0, 1, 0, 2, 6)
+    with pytest.raises(DataError, match="VAL=5 validation scans but only 3 test scans"):
+        cc359.split_ids(cases, "pair", 0, 1, 0, 5, 3)
 
 
 def test_histogram_matching_maps_ranks_to_reference_quantiles():
@@ -121,6 +190,45 @@ def test_histogram_matching_maps_ranks_to_reference_quantiles():
     reference = np.array([10.0, 20.0, 30.0, 40.0])
     # ranks: 1 -> quantile 0.5, 2 -> 0.75, 3 -> 1.0 of the reference (quantiles .25 .5 .75 1)
     assert cc359.match_histogram(values, reference).tolist() == [[40.0, 20.0], [30.0, 20.0]]
+
+
+def fake_prep(root: Path, values: dict, shape=(4, 4), region=(2, 2)) -> Path:
+    """A cache of 2-slice cases whose (2, 2) image sits in zero padding; values: id -> (fold, image values)."""
+    for folder in ("IMG", "GT"):
+        (root / "slices" / folder).mkdir(parents=True)
+    top, left = (shape[0] - region[0]) // 2, (shape[1] - region[1]) // 2
+    for case, (fold, image) in values.items():
+        for k in range(2):
+            slice_ = np.zeros(shape, np.float16)
+            slice_[top:top + region[0], left:left + region[1]] = np.asarray(image[k], np.float16).reshape(region)
+            np.save(root / "slices" / "IMG" / f"{case}_{k}.npy", slice_)
+            np.save(root / "slices" / "GT" / f"{case}_{k}.npy", np.zeros(shape, np.uint8))
+    pd.DataFrame({"id": list(values), "fold": [f for f, _ in values.values()], "n_slices": 2, "brain_ml": 1.0,
+                  "h": region[0], "w": region[1]}).to_csv(root / "cases.csv", index=False)
+    return root
+
+
+def test_histogram_matching_maps_image_voxels_not_the_padding(tmp_path):
+    bright = [np.linspace(0.5, 1.0, 4), np.linspace(0.6, 0.9, 4)]          # source scans: image voxels in [0.5, 1]
+    dark = [[0.0, 0.0, 0.1, 0.2], [0.0, 0.05, 0.15, 0.2]]                  # target scans: real zeros inside the image
+    values = {**{f"S{i}": (0, bright) for i in range(4)}, **{f"T{i}": (1, dark) for i in range(4)}}
+    prep = fake_prep(tmp_path / "prep", values)
+    cc359.write_split(prep, "hm", 0, 1, 0, None, n_val=1, n_add=1, out=tmp_path / "hm", n_val_source=1)
+    for f in (tmp_path / "hm" / "test" / "IMG").iterdir():
+        matched = np.load(f).astype(np.float32)
+        assert (matched[1:3, 1:3] >= 0.5).all(), f       # the target's zeros map into the source's image range
+        matched[1:3, 1:3] = 0
+        assert not matched.any(), f                      # the padding stays as cached
+    (prep / "cases.csv").write_text(pd.read_csv(prep / "cases.csv").drop(columns=["h", "w"]).to_csv(index=False))
+    with pytest.raises(DataError, match="cases.csv: no h, w columns"):
+        cc359.write_split(prep, "hm", 0, 1, 0, None, n_val=1, n_add=1, out=tmp_path / "hm2", n_val_source=1)
+
+
+def test_prep_records_the_unpadded_slice_shape(release, tmp_path):
+    cc359.write_prep(release / "meta.csv", (1.0, 1.0, 1.0), tmp_path / "prep")
+    cases = pd.read_csv(tmp_path / "prep" / "cases.csv")
+    assert cases[["h", "w", "n_slices"]].to_numpy().tolist() == [[6, 8, 5], [6, 8, 5]]
+    assert np.load(tmp_path / "prep" / "slices" / "IMG" / "CC0001_0.npy").shape == (8, 8)
 
 
 def test_volume_prior_spreads_the_published_volume_over_tagged_slices(tmp_path):
