@@ -3,8 +3,10 @@
 
     report.py --runs results/prostate/cesource ... --out results/prostate/report.md [--title ...]
     report.py collect --runs results/cc359/ft_all/2_5_n8 ... --out results/cc359/scores.csv
-    report.py choose --runs results/cc359/spottune_val/... --out results/cc359/spottune_params.csv
-    report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv --out report.md
+    report.py choose_tau --runs results/cc359/spottune_val/..._tau*_lam0 --budget 45 --out results/cc359/spottune_tau.csv
+    report.py choose --runs results/cc359/spottune_val/... --tau_file results/cc359/spottune_tau.csv --out spottune_params.csv
+    report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv
+        [--val_scores results/cc359/val_scores.csv --tau_file results/cc359/spottune_tau.csv] --out report.md
     report.py compare --reference results/prostate [more roots] --candidate results_bf16/prostate [...] --out c.md
 
 Prostate: per run, best validation 3D Dice (mean ± sd over patients, at the epoch chosen by
@@ -12,10 +14,12 @@ validation 3D Dice), last-epoch 3D Dice, 2D Dice and HD95/ASSD at the best epoch
 time. When the SFDA runs are present, the seed's claims are checked on these numbers.
 
 CC359: ``collect`` gathers every run's test_metrics.csv (one row per test volume) with the method,
-pair, budget, tau and lambda its directory name encodes; ``choose`` picks SpotTUnet's (tau,
-lambda) per budget on the validation pairs; ``cc359`` writes the method x budget table of mean
-surface Dice ± sd over test pairs (each pair's score: the mean over its test volumes, as in the
-paper), baseline and oracle, and checks the issue's targets on these numbers.
+pair, budget, tau and lambda its directory name (or, for SpotTUnet, its command.txt) gives;
+``choose_tau`` picks SpotTUnet's tau once, at one budget with lambda = 0, and ``choose`` then the
+lambda per budget with that tau, both on the validation pairs (the paper's order); ``cc359`` writes
+the method x budget table of mean surface Dice ± sd over test pairs (each pair's score: the mean
+over its test volumes, as in the paper), baseline and oracle, the paper's one-sided Wilcoxon tests
+with n and p, and checks the issue's targets on these numbers.
 
 ``compare`` puts the same runs of two result roots side by side (e.g. fp32 against bf16): per run
 its final score (CC359: mean test surface Dice and Dice; prostate: last-epoch and best validation
@@ -25,12 +29,14 @@ side (one per seed) are averaged run by run.
 """
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 
 def metrics_file(run: Path) -> Path:
@@ -79,24 +85,48 @@ def table(rows: List[Dict[str, object]]) -> str:
     return head + body
 
 
+COLLAPSE = 0.05   # a run whose last-epoch 3D Dice is below this predicts (almost) empty masks: a collapse
+
+
+def collapsed(rows: List[Dict[str, object]]) -> List[str]:
+    """Names of the trained target runs (not the source model) whose last-epoch 3D Dice is below COLLAPSE."""
+    return [str(r["run"]) for r in rows if r["run"] != "cesource" and int(r["epochs"]) > 0
+            and float(r["last_dice3d"]) < COLLAPSE]
+
+
 def claims(rows: List[Dict[str, object]]) -> str:
-    """The seed's claims, checked on the best validation 3D Dice (points = 100 x Dice)."""
-    d = {r["run"]: 100 * float(r["dice3d"]) for r in rows}
-    need = {"noadapt", "sfda", "sfda_truesize", "fs"}
-    if not need <= set(d):
+    """The seed's claims (and this project's no-collapse claims), checked on the best and on the last epoch.
+
+    "Best" is the epoch chosen with the target's validation labels (the seed's protocol: optimistic for
+    a trained run, which gets 20-30 chances, against one for noadapt/adabn); "last" is what a
+    label-free user gets. Points = 100 x 3D Dice.
+    """
+    runs = {str(r["run"]): r for r in rows}
+    if not {"noadapt", "adabn", "sfda", "sfda_truesize", "fs"} <= set(runs):
         return ""
-    checks = [("fs - noadapt >= 15 points", d["fs"] - d["noadapt"], d["fs"] - d["noadapt"] >= 15),
-              ("sfda - noadapt >= 5 points", d["sfda"] - d["noadapt"], d["sfda"] - d["noadapt"] >= 5),
-              ("sfda_truesize - sfda >= -1 point", d["sfda_truesize"] - d["sfda"], d["sfda_truesize"] - d["sfda"] >= -1),
-              ("fs highest of the target runs", d["fs"] - max(v for k, v in d.items() if k not in {"fs", "cesource"}),
-               all(d["fs"] >= v for k, v in d.items() if k != "cesource"))]
-    lines = "".join(f"| {name} | {value:+.1f} | {'yes' if ok else '**no**'} |\n" for name, value, ok in checks)
-    return ("\n## The seed's claims on this run\n\n| claim | measured | holds |\n|---|---|---|\n" + lines)
+
+    def check(column: str) -> List[tuple]:
+        d = {k: 100 * float(r[column]) for k, r in runs.items() if k != "cesource"}
+        return [("fs - noadapt >= 15 points", d["fs"] - d["noadapt"], d["fs"] - d["noadapt"] >= 15),
+                ("sfda - noadapt >= 5 points", d["sfda"] - d["noadapt"], d["sfda"] - d["noadapt"] >= 5),
+                ("sfda - adabn >= 5 points", d["sfda"] - d["adabn"], d["sfda"] - d["adabn"] >= 5),
+                ("sfda_truesize - sfda >= -1 point", d["sfda_truesize"] - d["sfda"], d["sfda_truesize"] - d["sfda"] >= -1),
+                ("fs highest of the target runs", d["fs"] - max(v for k, v in d.items() if k != "fs"),
+                 all(d["fs"] >= v for v in d.values()))]
+    best, last = check("dice3d"), check("last_dice3d")
+    lines = "".join(f"| {name} | {b:+.1f} | {'yes' if ok_b else '**no**'} | {l:+.1f} | {'yes' if ok_l else '**no**'} |\n"
+                    for (name, b, ok_b), (_, l, ok_l) in zip(best, last))
+    down = collapsed(rows)
+    collapse_line = (f"| no collapse (last-epoch 3D Dice >= {100 * COLLAPSE:g} points) | | | "
+                     f"{len(down)} collapsed{': ' + ', '.join(down) if down else ''} | {'**no**' if down else 'yes'} |\n")
+    return ("\n## Claims on this run\n\nBest epoch: chosen with the target validation labels (the seed's protocol, "
+            "optimistic for trained runs); last epoch: what a label-free user gets.\n\n"
+            "| claim | best epoch | holds | last epoch | holds |\n|---|---|---|---|---|\n" + lines + collapse_line)
 
 
 # ---------------------------------------------------------------- CC359
 
-RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+)_lam(?P<lam>[\d.e-]+))?$")
+RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+))?(?:_lam(?P<lam>[\d.e-]+))?$")
 FINETUNING = ["ft_all", "ft_first", "ft_last", "spottune"]
 NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
 
@@ -104,18 +134,36 @@ NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
 def parse_run(run: Path) -> Dict[str, object]:
     """method, source, target, budget, tau, lambda, fold of a run directory.
 
-    Names: ``<method>/<s>_<t>[_n<N>][_tau<T>_lam<L>]`` or ``oracle/<t>/fold<k>``.
+    Names: ``<method>/<s>_<t>[_n<N>][_tau<T>][_lam<L>]`` or ``oracle/<t>/fold<k>``. SpotTUnet runs
+    whose name lacks tau or lambda (the lambda grid, the test runs: both read them from a csv when they
+    run) get them from the run's command.txt.
     """
     if run.parent.parent.name == "oracle":
         return {"method": "oracle", "source": np.nan, "target": int(run.parent.name), "budget": np.nan,
                 "tau": np.nan, "lam": np.nan, "fold": int(run.name[4:])}
     match = RUN_NAME.match(run.name)
     if match is None:
-        raise ValueError(f"{run}: not a CC359 run name (<s>_<t>[_n<N>][_tau<T>_lam<L>] or oracle/<t>/fold<k>)")
+        raise ValueError(f"{run}: not a CC359 run name (<s>_<t>[_n<N>][_tau<T>][_lam<L>] or oracle/<t>/fold<k>)")
     g = match.groupdict()
+    tau, lam = (float(g[k]) if g[k] else np.nan for k in ("tau", "lam"))
+    if run.parent.name.startswith("spottune") and (np.isnan(tau) or np.isnan(lam)):
+        given = command_options(run)
+        tau = float(given.get("--tau", tau)) if np.isnan(tau) else tau
+        lam = float(given.get("--k_reg", lam)) if np.isnan(lam) else lam
     return {"method": run.parent.name, "source": int(g["source"]), "target": int(g["target"]),
-            "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": float(g["tau"]) if g["tau"] else np.nan,
-            "lam": float(g["lam"]) if g["lam"] else np.nan, "fold": np.nan}
+            "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": tau, "lam": lam, "fold": np.nan}
+
+
+def command_options(run: Path) -> Dict[str, str]:
+    """``--option value`` pairs of the run's command.txt (empty when the run has none)."""
+    path = run / "command.txt"
+    if not path.is_file():
+        return {}
+    try:
+        words = shlex.split(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot parse the command ({e})") from None
+    return {w: v for w, v in zip(words, words[1:]) if w.startswith("--") and not v.startswith("--")}
 
 
 def collect(runs: Sequence[Path]) -> pd.DataFrame:
@@ -139,13 +187,49 @@ def experiment_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return scores.groupby(keys, dropna=False)[["dice", "sdice"]].mean().reset_index()
 
 
-def choose(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per budget: the (tau, lambda) with the best mean surface Dice over the validation pairs (first of ties)."""
+def validation_grid(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean surface Dice over the validation pairs per (budget, tau, lambda); a run listed twice counts once."""
     per_run = experiment_scores(scores)
-    grid = per_run.groupby(["budget", "tau", "lam"], sort=True)["sdice"].mean().reset_index()
-    best = grid.loc[grid.groupby("budget")["sdice"].idxmax()]
+    if per_run[["tau", "lam"]].isna().any().any():
+        bad = per_run.loc[per_run[["tau", "lam"]].isna().any(axis=1), "run"].iloc[0]
+        raise ValueError(f"{bad}: SpotTUnet validation run without tau or lambda (name or command.txt)")
+    per_run = per_run.drop_duplicates(["source", "target", "budget", "tau", "lam"])
+    return per_run.groupby(["budget", "tau", "lam"], sort=True)["sdice"].mean().reset_index()
+
+
+def choose_tau(scores: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """The paper's tau: chosen once, at ``budget`` slices with lambda = 0 (best mean surface Dice, first of ties)."""
+    grid = validation_grid(scores)
+    at = grid[(grid["budget"] == budget) & (grid["lam"] == 0)]
+    if at.empty:
+        raise ValueError(f"no SpotTUnet validation run at TAU_BUDGET = {budget} slices with lambda 0")
+    best = at.loc[at["sdice"].idxmax()]
+    return pd.DataFrame({"budget": [int(budget)], "tau": [best["tau"]], "val_sdice": [round(best["sdice"], 4)]})
+
+
+def choose(scores: pd.DataFrame, tau: float) -> pd.DataFrame:
+    """Per budget, with tau fixed: the lambda with the best mean surface Dice over the validation pairs (first of ties).
+
+    Runs of other taus (the tau grid at TAU_BUDGET) do not compete; a budget without a run at ``tau``
+    means the lambda grid ran with a tau that is no longer the chosen one.
+    """
+    grid = validation_grid(scores)
+    fixed = grid[np.isclose(grid["tau"], tau)]
+    missing = sorted(set(grid["budget"]) - set(fixed["budget"]))
+    if missing:
+        raise ValueError(f"no SpotTUnet validation run with the chosen tau {tau:g} at budget(s) "
+                         f"{', '.join(f'{n:g}' for n in missing)} (rerun the lambda grid)")
+    best = fixed.loc[fixed.groupby("budget")["sdice"].idxmax()]
     return pd.DataFrame({"budget": best["budget"].astype(int), "tau": best["tau"], "lambda": best["lam"],
                          "val_sdice": best["sdice"].round(4)})
+
+
+def read_tau(path: Path) -> float:
+    """The tau of spottune_tau.csv (one row: budget, tau, val_sdice)."""
+    table = pd.read_csv(path)
+    if "tau" not in table.columns or len(table) != 1:
+        raise ValueError(f"{path}: expected one row with a tau column (written by report.py choose_tau)")
+    return float(table["tau"].iloc[0])
 
 
 def mean_sd(values: pd.Series) -> str:
@@ -235,7 +319,108 @@ def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[
     return text
 
 
-def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str) -> str:
+ALPHA = 0.05
+VOLUME = ["source", "target", "patient"]
+
+
+def wilcoxon_greater(x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
+    """One-sided Wilcoxon signed-rank test of x > y on paired values (scipy; zero differences dropped).
+
+    n is the number of non-zero differences, the test's real sample size.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    diff = x - y
+    n = int(np.count_nonzero(diff))
+    if n == 0:
+        return {"n": 0, "W": np.nan, "p": np.nan, "mean_diff": float(diff.mean()) if diff.size else np.nan}
+    result = stats.wilcoxon(x, y, alternative="greater")
+    return {"n": n, "W": float(result.statistic), "p": float(result.pvalue), "mean_diff": float(diff.mean())}
+
+
+def reading(n: int, p: float) -> str:
+    """What a one-sided test on n non-zero pairs can say: below n = 5 even n wins out of n give p = 0.5^n >= 0.05."""
+    if n == 0:
+        return "no non-zero difference: nothing to test"
+    if 0.5 ** n >= ALPHA:
+        return f"**n too small**: the smallest one-sided p with n = {n} is 0.5^{n} = {0.5 ** n:.3f}, so no result can reach p < {ALPHA:g}"
+    return f"significant (p < {ALPHA:g})" if p < ALPHA else f"not significant (p >= {ALPHA:g})"
+
+
+def paired(scores: pd.DataFrame, a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    """Per-volume surface Dice of the rows ``a`` and ``b`` of scores, matched on (source, target, patient)."""
+    left = scores.loc[a].drop_duplicates(VOLUME)[[*VOLUME, "sdice"]]
+    right = scores.loc[b].drop_duplicates(VOLUME)[[*VOLUME, "sdice"]]
+    return left.merge(right, on=VOLUME, suffixes=("_a", "_b"))
+
+
+def test_row(label: str, budget: int, other: str, pairs: pd.DataFrame) -> str:
+    r = wilcoxon_greater(pairs["sdice_a"], pairs["sdice_b"])
+    stat = "–" if np.isnan(r["W"]) else f"{r['W']:g}"
+    p = "–" if np.isnan(r["p"]) else f"{r['p']:.3g}"
+    return (f"| {budget} | {label} | {other} | {len(pairs)} | {r['n']} | {100 * r['mean_diff']:+.2f} | {stat} | {p} | "
+            f"{reading(r['n'], r['p'])} |\n")
+
+
+def cc359_statistics(scores: pd.DataFrame, params: pd.DataFrame, val_scores: Optional[pd.DataFrame],
+                     budgets: Sequence[int]) -> str:
+    """The paper's statistics: one-sided Wilcoxon of the chosen lambda against lambda = 0 (validation grid), and
+    of SpotTUnet against the better of ft_all / ft_first (test volumes), per budget, with n and p."""
+    head = ("| N | compared | against | volumes | n (non-zero) | mean difference x100 | W | p (one-sided) | reading |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    text = ("\n## Statistics (the paper's one-sided Wilcoxon signed-rank tests)\n\n"
+            "`scipy.stats.wilcoxon(x, y, alternative='greater')` on per-volume surface Dice paired by (pair, volume); "
+            "zero differences are dropped, so n counts the non-zero ones. With n non-zero pairs the smallest "
+            f"one-sided p is 0.5^n: n <= 4 cannot reach p < {ALPHA:g} whatever the data, and a few volumes of one "
+            "or two pairs are not independent samples of scanners. The paper's TOST (equivalence when Wilcoxon is "
+            "not significant) is not computed.\n")
+    if val_scores is None or val_scores.empty:
+        text += "\nChosen lambda against lambda = 0: no validation scores given.\n"
+    else:
+        rows = ""
+        for r in params.to_dict("records"):
+            n, tau, lam = int(r["budget"]), float(r["tau"]), float(r["lambda"])
+            if lam == 0:
+                rows += f"| {n} | lambda = 0 | lambda = 0 | – | – | – | – | – | lambda = 0 chosen: nothing to test |\n"
+                continue
+            at = (val_scores["budget"] == n) & np.isclose(val_scores["tau"], tau)
+            pairs = paired(val_scores, at & np.isclose(val_scores["lam"], lam), at & (val_scores["lam"] == 0))
+            rows += test_row(f"lambda = {lam:g}", n, f"lambda = 0 (tau {tau:g})", pairs)
+        text += "\n### Chosen lambda > lambda = 0, validation pairs\n\n" + head + rows
+    per_run = experiment_scores(scores)
+    rows = ""
+    for n in budgets:
+        means = {m: per_run[(per_run["method"] == m) & (per_run["budget"] == n)]["sdice"].mean() for m in ("ft_all", "ft_first")}
+        means = {m: v for m, v in means.items() if np.isfinite(v)}
+        spot = (scores["method"] == "spottune") & (scores["budget"] == n)
+        if not means or not spot.any():
+            continue
+        better = max(means, key=means.get)
+        pairs = paired(scores, spot, (scores["method"] == better) & (scores["budget"] == n))
+        rows += test_row("spottune", n, f"{better} (the better of ft_all / ft_first)", pairs)
+    if rows:
+        text += "\n### SpotTUnet > the better of ft_all / ft_first, test volumes\n\n" + head + rows
+    return text
+
+
+def tau_section(params: pd.DataFrame, tau: Optional[pd.DataFrame], val_scores: Optional[pd.DataFrame]) -> str:
+    """tau chosen once (at TAU_BUDGET, lambda = 0), then lambda per budget with that tau."""
+    text = "\n## SpotTUnet's tau and lambda, chosen on the validation pairs\n\n"
+    if tau is not None and not tau.empty:
+        tb = int(tau["budget"].iloc[0])
+        text += (f"tau chosen once, at N = {tb} with lambda = 0: **{tau['tau'].iloc[0]:g}** (mean validation "
+                 f"surface Dice {100 * tau['val_sdice'].iloc[0]:.1f}); then lambda per budget with tau fixed.\n\n")
+        if val_scores is not None and not val_scores.empty:
+            grid = validation_grid(val_scores)
+            at = grid[(grid["budget"] == tb) & (grid["lam"] == 0)]
+            text += ("| tau (N = %d, lambda = 0) | val surface Dice |\n|---|---|\n" % tb
+                     + "".join(f"| {r.tau:g} | {100 * r.sdice:.1f} |\n" for r in at.itertuples()) + "\n")
+    return (text + "| N | tau | lambda | val surface Dice |\n|---|---|---|---|\n"
+            + "".join(f"| {int(r['budget'])} | {r['tau']:g} | {r['lambda']:g} | {100 * r['val_sdice']:.1f} |\n"
+                      for r in params.to_dict("records")))
+
+
+def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str, val_scores: Optional[pd.DataFrame] = None,
+                 tau: Optional[pd.DataFrame] = None) -> str:
     per_run = experiment_scores(scores)
     tested = per_run[per_run["method"] != "oracle"]
     pairs = sorted({f"{int(s)}_{int(t)}" for s, t in zip(tested["source"], tested["target"])})
@@ -245,14 +430,12 @@ def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str) -> str:
              f"test volumes per pair. Each cell: mean ± sd over the test pairs of the pair's score, the mean over its "
              f"test volumes (x100, last-epoch weights, no model selection, as in the paper). Budget-free methods repeat "
              f"across columns; the oracle is the target domain's 3-fold cross-validation. Per-volume values: scores.csv.\n")
-    chosen = "".join(f"| {int(r.budget)} | {r.tau:g} | {r['lambda']:g} | {100 * r.val_sdice:.1f} |\n"
-                     for _, r in params.iterrows())
     return (intro + "\n## Surface Dice\n\n" + cc359_table(per_run, "sdice", pairs, budgets)
             + "\n## Dice\n\n" + cc359_table(per_run, "dice", pairs, budgets)
             + "\n## Relative surface Dice (paper): 100 x (s - baseline) / (oracle - baseline), per pair\n\n"
             + cc359_table(relative_scores(per_run), "sdice", pairs, budgets)
-            + "\n## SpotTUnet's tau and lambda, chosen on the validation pairs\n\n| N | tau | lambda | val surface Dice |\n"
-              "|---|---|---|---|\n" + chosen + cc359_checks(per_run, pairs, budgets))
+            + tau_section(params, tau, val_scores) + cc359_statistics(scores, params, val_scores, budgets)
+            + cc359_checks(per_run, pairs, budgets))
 
 
 # ---------------------------------------------------------------- two result roots side by side
@@ -353,20 +536,31 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
     tmp.replace(out)
 
 
+COMMANDS = ["collect", "choose_tau", "choose", "cc359", "compare"]
+
+
 def subcommand_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description="CC359 tables (collect, choose, cc359); two result roots compared (compare)")
-    parser.add_argument("command", choices=["collect", "choose", "cc359", "compare"])
+    parser = argparse.ArgumentParser(description="CC359 tables (collect, choose_tau, choose, cc359); "
+                                                 "two result roots compared (compare)")
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path)
+    parser.add_argument("--val_scores", type=Path, help="cc359: scores of the SpotTUnet validation runs (collect)")
     parser.add_argument("--params", type=Path)
+    parser.add_argument("--tau_file", type=Path, help="choose, cc359: the csv choose_tau wrote")
+    parser.add_argument("--budget", type=int, help="choose_tau: the budget tau is chosen at (TAU_BUDGET)")
     parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
     parser.add_argument("--candidate", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=1.0, help="points of score (compare)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
-    if args.command in ("collect", "choose") and not args.runs:
+    if args.command in ("collect", "choose_tau", "choose") and not args.runs:
         parser.error(f"{args.command} needs --runs")
+    if args.command == "choose_tau" and args.budget is None:
+        parser.error("choose_tau needs --budget")
+    if args.command == "choose" and not args.tau_file:
+        parser.error("choose needs --tau_file")
     if args.command == "cc359" and not (args.scores and args.params):
         parser.error("cc359 needs --scores and --params")
     if args.command == "compare" and not (args.reference and args.candidate):
@@ -376,14 +570,17 @@ def subcommand_main(argv: Sequence[str]) -> int:
             table_ = collect(args.runs)
             write_csv_atomic(table_, args.out, float_format="%.4f")
             print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
-        elif args.command == "choose":
-            chosen = choose(collect(args.runs))
+        elif args.command in ("choose_tau", "choose"):
+            chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
+                      else choose(collect(args.runs), read_tau(args.tau_file)))
             write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))
         else:
             text = (compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
                                    args.tolerance) if args.command == "compare"
-                    else cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title))
+                    else cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title,
+                                      pd.read_csv(args.val_scores) if args.val_scores else None,
+                                      pd.read_csv(args.tau_file) if args.tau_file else None))
             write_text_atomic(text, args.out)
             print(text)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -394,7 +591,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("collect", "choose", "cc359", "compare"):
+    if argv and argv[0] in COMMANDS:
         return subcommand_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
