@@ -34,6 +34,11 @@ class BlockNet(nn.Module):
             return decoder[-self.n_last:]
         raise KeyError(name)
 
+    def frozen_in_group(self, name: str) -> List[str]:
+        """Parameter names that stay frozen inside the blocks of ``block_group(name)`` (none by default)."""
+        self.block_group(name)                                    # KeyError for an unknown group
+        return []
+
 
 def conv_bn_relu(n_in: int, n_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(n_in, n_out, kernel, stride=stride, padding=kernel // 2, bias=False),
@@ -237,9 +242,15 @@ class ResUNet(BlockNet):
     out_path.0-3 (3 ResBlocks + the final 1x1 PreAct and BatchNorm), shortcut0-2. The reference
     routes the final BatchNorm with shortcut0's decision; here it belongs to the last out_path unit.
     "First layers" (fine-tuning as in the paper's ref. [12]) = init_path.0 and init_path.1;
-    "last layers" = out_path.2 and out_path.3.
+    "last layers" = out_path.2 and out_path.3, but the final BatchNorm's affine (frozen_in_group).
     """
     n_first = n_last = 2
+
+    def frozen_in_group(self, name: str) -> List[str]:
+        """ft_last (the paper's unfreeze_last: out_path.2 and out_path.3 train) leaves the final
+        BatchNorm's affine frozen: in the paper's U-Net that BatchNorm is out_path.4, outside the group."""
+        self.block_group(name)
+        return ["out_path.3.1.weight", "out_path.3.1.bias"] if name == "last" else []
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 16):
         super().__init__()
