@@ -1,8 +1,9 @@
 # Supervised domain adaptation across CC359's six scanner domains, with SpotTUnet (seed 000), and the
-# source-free chain of prostate.make on the same pairs: make -f cc359.make
-# Variables: those of common.mk, plus CCDATA SPACING TOL NPD VAL NADD VAL_PAIRS TEST_PAIRS BUDGETS TAUS LAMBDAS
-# E_BASE IT_BASE E_FT IT_FT LR BRAIN_ML (see README). Domains: 0 Siemens 1.5T, 1 Siemens 3T, 2 GE 1.5T,
-# 3 GE 3T, 4 Philips 1.5T, 5 Philips 3T; a pair s_t adapts the baseline of domain s to domain t.
+# source-free chain of prostate.make on the same pairs: make -f cc359.make [PRESET=paper]
+# Variables: those of common.mk, plus PRESET CCDATA SPACING TOL NPD VAL VAL_T NADD BUDGET_FROM VAL_PAIRS TEST_PAIRS
+# BUDGETS TAU_BUDGET TAUS LAMBDAS E_BASE IT_BASE LRD_BASE E_FT IT_FT LRD_FT LR BRAIN_ML (see README).
+# Domains: 0 Siemens 1.5T, 1 Siemens 3T, 2 GE 1.5T, 3 GE 3T, 4 Philips 1.5T, 5 Philips 3T; a pair s_t adapts
+# the baseline of domain s to domain t.
 NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
@@ -10,25 +11,64 @@ include common.mk
 .SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
 
 # ---------------------------------------------------------------- data and protocol
+# PRESET=paper: the paper's protocol on the real release (CCDATA=/data/CC359) in one switch; any of
+# these can still be overridden on the command line.
+PRESET ?=
+ifeq ($(PRESET),paper)
+SPACING = 1,0.95,0.95
+TOL = 1
+VAL = 4
+VAL_T = 2
+NADD = 3
+BUDGETS = 8 12 24 45 90 270 800
+TAU_BUDGET = 270
+TAUS = 0.01 0.1 0.5 1 2 5
+LAMBDAS = 0 0.001 0.003 0.005 0.007 0.01 0.012 0.015 0.02
+E_BASE = 100
+IT_BASE = 100
+LRD_BASE = 80
+E_FT = 60
+IT_FT = 100
+LRD_FT = 45
+LR = 1e-3
+VAL_PAIRS = 0_1 0_2 0_3 0_4 0_5
+TEST_PAIRS = $(foreach s,1 2 3 4 5,$(foreach t,0 1 2 3 4 5,$(if $(filter $(s),$(t)),,$(s)_$(t))))
+else ifneq ($(PRESET),)
+$(error PRESET=$(PRESET): the only preset is paper)
+endif
+
 CCDATA ?= $(DATA)/cc359# meta.csv + volumes; point it at the real release (cc359.py meta writes its meta.csv)
 NPD ?= 8# embedded subjects per domain
 SPACING ?= 3,2.85,2.85# mm after resampling; the paper's is 1,0.95,0.95 (3x coarser here for the CPU)
 TOL ?= 3# surface Dice tolerance (mm): one voxel here, as the paper's 1 mm is at its spacing
-VAL ?= 2# validation scans per split
+VAL ?= 2# validation scans of a source baseline (paper: 4)
+VAL_T ?= $(VAL)# validation scans of the target-domain splits: oracle folds and pairs (paper: 2)
 NADD ?= 3# scans in a target's annotation pool; the others are its test scans
+# scan: a budget below one scan is N slices evenly spaced over one annotated scan, a larger one whole scans
+# then the rest (the paper's code); pool: N spread over all NADD pool scans (a deviation: small budgets then
+# see several subjects, which flatters them). Use another DATA/RD when switching, the set names do not say.
+BUDGET_FROM ?= scan
 VAL_PAIRS ?= 0_3# source Siemens 1.5T: these pairs choose SpotTUnet's tau and lambda
 TEST_PAIRS ?= 2_5 4_1
 BUDGETS ?= 8 45# annotated target slices; the paper's list: 8 12 24 45 90 270 800
+TAU_BUDGET ?= $(lastword $(shell printf '%s\n' $(BUDGETS) | sort -n))# tau is chosen once, here, with lambda 0 (paper: 270)
 TAUS ?= 0.1 1# paper's grid: .01 .1 .5 1 2 5
-LAMBDAS ?= 0 0.01# paper's grid: 0 .001 .003 .005 .007 .01 .012 .015 .02
+LAMBDAS ?= 0 0.01# paper's grid: 0 .001 .003 .005 .007 .01 .012 .015 .02 (must hold 0)
 E_BASE ?= 10# baseline / oracle: epochs x iterations of batch BS (paper 100 x 100 x 16)
 IT_BASE ?= 20
-LRD_BASE ?= 7# lr x0.1 after this epoch (paper: for the last 20%)
+LRD_BASE ?= 7# lr x0.1 once, after this (0-based) epoch (paper: 80 of 100)
 E_FT ?= 8# fine-tuning: epochs x iterations (paper 60 x 100)
 IT_FT ?= 10
-LRD_FT ?= 5# lr x0.1 after this epoch (paper: for the last 25%)
+LRD_FT ?= 5# lr x0.1 once, after this (0-based) epoch (paper: 45 of 60)
 LR ?= 1e-2# SGD lr (paper 1e-3 over 50x more iterations)
 BRAIN_ML ?= 1883# published brain volume for the SFDA prior: the MNI152 2009a brain mask (nilearn), in mL
+
+ifneq ($(filter-out scan pool,$(BUDGET_FROM)),)
+$(error BUDGET_FROM=$(BUDGET_FROM): scan (the paper's) or pool)
+endif
+ifeq ($(filter 0,$(LAMBDAS)),)
+$(error LAMBDAS=$(LAMBDAS) must hold 0: tau is chosen with lambda = 0 and the tests compare against it)
+endif
 
 G_RGX = CC\d+_\d+
 TT_DATA = [('IMG', npy_transform, False), ('GT', gt_transform, False)]
@@ -36,10 +76,13 @@ PREP = $(DATA)/cc359_prep
 SETS = $(DATA)/cc359_sets
 SIZEFILE = $(SIZES)/cc359.csv
 CR = $(RD)/cc359
+TAUFILE = $(CR)/spottune_tau.csv
 PARAMS = $(CR)/spottune_params.csv
+VAL_SCORES = $(CR)/val_scores.csv
 
 src = $(word 1,$(subst _, ,$(1)))
 tgt = $(word 2,$(subst _, ,$(1)))
+budget = $(patsubst n%,%,$(word 3,$(subst _, ,$(1))))
 epochs = $(or $(EPC),$(1))
 PAIRS = $(VAL_PAIRS) $(TEST_PAIRS)
 SOURCES = $(sort $(foreach p,$(PAIRS),$(call src,$(p))))
@@ -50,8 +93,13 @@ SF_METHODS = noadapt adabn sfda sfda_truesize
 BASELINES = $(addprefix $(CR)/baseline/,$(SOURCES))
 ORACLES = $(foreach t,$(TARGETS),$(foreach k,0 1 2,$(CR)/oracle/$(t)/fold$(k)))
 FT_RUNS = $(foreach m,$(FT_METHODS) spottune,$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(CR)/$(m)/$(p)_n$(n))))
-VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach t,$(TAUS),$(foreach l,$(LAMBDAS),\
-	$(CR)/spottune_val/$(p)_n$(n)_tau$(t)_lam$(l)))))
+# SpotTUnet's validation grid, in the paper's order: every tau at TAU_BUDGET with lambda = 0, then every
+# lambda at every budget with the chosen tau (read from $(TAUFILE) when the run starts). The (TAU_BUDGET,
+# lambda 0) point of the second grid is the first grid's run of the chosen tau, so it is not run twice.
+TAU_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach t,$(TAUS),$(CR)/spottune_val/$(p)_n$(TAU_BUDGET)_tau$(t)_lam0))
+LAM_RUNS = $(filter-out %_n$(TAU_BUDGET)_lam0,$(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach l,$(LAMBDAS),\
+	$(CR)/spottune_val/$(p)_n$(n)_lam$(l)))))
+VAL_RUNS = $(TAU_RUNS) $(LAM_RUNS)
 SF_RUNS = $(foreach m,hm $(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
 TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS)
 PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
@@ -74,16 +122,17 @@ $(SIZEFILE): $(PREP) | $(PYDEP)
 	$(CC) $(CFLAGS) sizes.py --gt_dir $(PREP)/slices/GT --volume_ml $(BRAIN_ML) --spacing $(SPACING) \
 		--grp_regex "$(G_RGX)" --out $@
 
-# slice sets (symlinks into the cache): baseline_<s>, oracle_<t>_f<k>, target_<t>_n<N> / _all, hm_<s>_<t>
-SPLIT = $(CC) $(CFLAGS) cc359.py split --prep $(PREP) --n_val $(VAL) --n_add $(NADD) --out $@
+# slice sets (symlinks into the cache): baseline_<s>, oracle_<t>_f<k>, pair_<s>_<t>_n<N> / _all, hm_<s>_<t>
+# (a pair's validation scans depend on its source: the paper draws them in its sequence of pairs)
+SPLIT = $(CC) $(CFLAGS) cc359.py split --prep $(PREP) --n_add $(NADD) --out $@
 $(SETS)/baseline_%: $(PREP) | $(PYDEP)
-	$(SPLIT) --kind baseline --source $*
+	$(SPLIT) --kind baseline --source $* --n_val $(VAL)
 $(SETS)/oracle_%: $(PREP) | $(PYDEP)
-	$(SPLIT) --kind oracle --target $(call src,$*) --fold $(subst f,,$(call tgt,$*))
-$(SETS)/target_%: $(PREP) | $(PYDEP)
-	$(SPLIT) --kind pair --target $(call src,$*) --budget $(subst n,,$(call tgt,$*))
+	$(SPLIT) --kind oracle --target $(call src,$*) --fold $(subst f,,$(call tgt,$*)) --n_val $(VAL_T)
+$(SETS)/pair_%: $(PREP) | $(PYDEP)
+	$(SPLIT) --kind pair --source $(call src,$*) --target $(call tgt,$*) --n_val $(VAL_T) --budget $(call budget,$*) --budget_from $(BUDGET_FROM)
 $(SETS)/hm_%: $(PREP) | $(PYDEP)
-	$(SPLIT) --kind hm --source $(call src,$*) --target $(call tgt,$*)
+	$(SPLIT) --kind hm --source $(call src,$*) --target $(call tgt,$*) --n_val $(VAL_T) --n_val_source $(VAL)
 
 # ---------------------------------------------------------------- runs
 # $(1) run dir, $(2) slice set; OPT = what differs. Every run tests its last-epoch weights on the set's test/.
@@ -94,7 +143,9 @@ define RUN
 		--spacing $(SPACING) --sdice_tol $(TOL) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $(1) && mv $(1)_tmp $(1)
 endef
-SGD = --optimizer sgd --weight_decay 0 --l_rate $(LR) --lr_decay 0.1 --target_losses="$(L_OR)"
+# the lr drops once, x0.1 after epoch LRD, whatever the number of epochs: the paper's dpipe
+# Schedule(epoch2value_multiplier={LRD: 0.1}) (prostate.make keeps seed 004's staircase)
+SGD = --optimizer sgd --weight_decay 0 --l_rate $(LR) --lr_decay 0.1 --lr_schedule step_once --target_losses="$(L_OR)"
 TRAIN_BASE = $(SGD) --n_epoch $(call epochs,$(E_BASE)) --iterations $(IT_BASE) --lr_decay_epoch $(LRD_BASE)
 TRAIN_FT = $(SGD) --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --lr_decay_epoch $(LRD_FT) \
 	--val_every $(call epochs,$(E_FT))
@@ -117,30 +168,34 @@ OPT_ft_first = --trainable first
 OPT_ft_last = --trainable last
 define FINETUNE
 $(CR)/$(1)/$(2)_n$(3): OPT = $(TRAIN_FT) --test_folder test --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl $(OPT_$(1))
-$(CR)/$(1)/$(2)_n$(3): $(SETS)/target_$(call tgt,$(2))_n$(3) $(CR)/baseline/$(call src,$(2)) | $(PYDEP)
+$(CR)/$(1)/$(2)_n$(3): $(SETS)/pair_$(2)_n$(3) $(CR)/baseline/$(call src,$(2)) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach m,$(FT_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call FINETUNE,$(m),$(p),$(n))))))
 
-# SpotTUnet: validation pairs over the tau x lambda grid; the test pairs read the chosen values from $(PARAMS)
+# SpotTUnet on the validation pairs: $(1) pair, $(2) N, $(3) the run's name tail, $(4) tau, $(5) lambda, $(6) more
+# prerequisites. The lambda grid's tau is the shell's $$(awk ...) of $(TAUFILE), read when the run starts.
 define SPOT_VAL
-$(CR)/spottune_val/$(1)_n$(2)_tau$(3)_lam$(4): OPT = $(TRAIN_FT) --test_folder test --spottune --tau $(3) --k_reg $(4) \
+$(CR)/spottune_val/$(1)_n$(2)$(3): OPT = $(TRAIN_FT) --test_folder test --spottune --tau $(4) --k_reg $(5) \
 	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
-$(CR)/spottune_val/$(1)_n$(2)_tau$(3)_lam$(4): $(SETS)/target_$(call tgt,$(1))_n$(2) $(CR)/baseline/$(call src,$(1)) | $(PYDEP)
+$(CR)/spottune_val/$(1)_n$(2)$(3): $(SETS)/pair_$(1)_n$(2) $(CR)/baseline/$(call src,$(1)) $(6) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
-$(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach t,$(TAUS),$(foreach l,$(LAMBDAS),\
-	$(eval $(call SPOT_VAL,$(p),$(n),$(t),$(l)))))))
+$(foreach p,$(VAL_PAIRS),$(foreach t,$(TAUS),$(eval $(call SPOT_VAL,$(p),$(TAU_BUDGET),_tau$(t)_lam0,$(t),0))))
+$(foreach p,$(VAL_PAIRS),$(foreach n,$(BUDGETS),$(foreach l,$(LAMBDAS),$(if $(filter $(CR)/spottune_val/$(p)_n$(n)_lam$(l),$(LAM_RUNS)),\
+	$(eval $(call SPOT_VAL,$(p),$(n),_lam$(l),$$$$(awk -F, 'NR == 2 {print $$$$2}' $(TAUFILE)),$(l),$(TAUFILE)))))))
 
-$(PARAMS): $(VAL_RUNS) | $(PYDEP)
-	$(CC) $(CFLAGS) report.py choose --runs $^ --out $@
+$(TAUFILE): $(TAU_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose_tau --runs $^ --budget $(TAU_BUDGET) --out $@
+$(PARAMS): $(VAL_RUNS) $(TAUFILE) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose --runs $(VAL_RUNS) --tau_file $(TAUFILE) --out $@
 
 # (the shell reads columns 2 and 3, tau and lambda, of the budget's row when the recipe runs)
 define SPOT_TEST
 $(CR)/spottune/$(1)_n$(2): OPT = $(TRAIN_FT) --test_folder test --spottune \
 	--tau $$$$(awk -F, '$$$$1 == $(2) {print $$$$2}' $(PARAMS)) --k_reg $$$$(awk -F, '$$$$1 == $(2) {print $$$$3}' $(PARAMS)) \
 	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
-$(CR)/spottune/$(1)_n$(2): $(SETS)/target_$(call tgt,$(1))_n$(2) $(CR)/baseline/$(call src,$(1)) $(PARAMS) | $(PYDEP)
+$(CR)/spottune/$(1)_n$(2): $(SETS)/pair_$(1)_n$(2) $(CR)/baseline/$(call src,$(1)) $(PARAMS) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call SPOT_TEST,$(p),$(n)))))
@@ -157,7 +212,7 @@ OPT_sfda = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,dumbpredwtags)"
 OPT_sfda_truesize = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,val_gt_size)"
 define SOURCE_FREE
 $(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl
-$(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/target_$(call tgt,$(2))_all) $(CR)/baseline/$(call src,$(2)) \
+$(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/pair_$(2)_all) $(CR)/baseline/$(call src,$(2)) \
 		$(if $(filter sfda%,$(1)),$(SIZEFILE)) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
@@ -172,12 +227,14 @@ $(CR)/lambda_val.png: $(VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --lambda_runs $^ --out $@
 $(CR)/policy.png: $(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --policy_runs $^ --out $@
-$(REPORT): $(CR)/scores.csv $(PARAMS) | $(PYDEP)
-	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --out $@ \
+$(VAL_SCORES): $(VAL_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py collect --runs $^ --out $@
+$(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --tau_file $(TAUFILE) --val_scores $(VAL_SCORES) --out $@ \
 		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
-$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(PARAMS) $(CR)/scores.csv $(PLT) $(REPORT) $(SIZEFILE)
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

@@ -1,4 +1,5 @@
 """cc359.make end to end: the recipe chain (make -n) and a tiny real run with the dummy network."""
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -23,16 +24,69 @@ def test_dry_run_shows_the_protocol(tmp_path):
     text = out.stdout
     cr = f"{tmp_path}/results/cc359"
     for run in ["baseline/0", "baseline/2", "baseline/4", "oracle/5/fold2", "oracle/1/fold0", "ft_first/2_5_n8",
-                "ft_last/4_1_n45", "spottune/4_1_n45", "spottune_val/0_3_n8_tau1_lam0.01", "hm/2_5", "sfda_truesize/4_1"]:
+                "ft_last/4_1_n45", "spottune/4_1_n45", "spottune_val/0_3_n45_tau1_lam0", "spottune_val/0_3_n8_lam0.01",
+                "hm/2_5", "sfda_truesize/4_1"]:
         assert f"--workdir {cr}/{run}_tmp" in text, run
     assert "--trainable first" in text and "--trainable last" in text
     # test runs read the validation's choice when they run; the baselines come before what starts from them
     assert f"--tau $(awk -F, '$1 == 45 {{print $2}}' {cr}/spottune_params.csv)" in text
     assert text.index(f"{cr}/baseline/2_tmp") < text.index(f"{cr}/ft_all/2_5_n8_tmp")
-    assert text.index("report.py choose") < text.index(f"{cr}/spottune/2_5_n8_tmp")
+    assert text.index("report.py choose ") < text.index(f"{cr}/spottune/2_5_n8_tmp")
     for piece in ["synth.py cc359", "cc359.py prep", "sizes.py --gt_dir", "moustache.py --scores", "plot.py --lambda_runs",
                   "plot.py --policy_runs", "report.py cc359", "-cc359.tar.gz"]:
         assert piece in text, piece
+
+
+def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
+    """The tau grid runs only at TAU_BUDGET (default: the largest budget) with lambda 0; the lambda grid reads tau."""
+    text = make(tmp_path, "-n", "BUDGETS=45 8").stdout
+    cr = f"{tmp_path}/results/cc359"
+    runs = sorted(set(re.findall(rf"--workdir {cr}/spottune_val/(\S+)_tmp", text)))
+    assert runs == ["0_3_n45_lam0.01", "0_3_n45_tau0.1_lam0", "0_3_n45_tau1_lam0", "0_3_n8_lam0", "0_3_n8_lam0.01"]
+    assert f"report.py choose_tau --runs {cr}/spottune_val/0_3_n45_tau0.1_lam0 {cr}/spottune_val/0_3_n45_tau1_lam0 " \
+           f"--budget 45 --out {cr}/spottune_tau.csv" in text
+    lam_run = next(line for line in text.splitlines() if f"--workdir {cr}/spottune_val/0_3_n8_lam0.01_tmp" in line)
+    assert f"--tau $(awk -F, 'NR == 2 {{print $2}}' {cr}/spottune_tau.csv) --k_reg 0.01" in lam_run
+    assert text.index("report.py choose_tau") < text.index(f"{cr}/spottune_val/0_3_n8_lam0_tmp")
+    text = make(tmp_path, "-n", "TAU_BUDGET=8").stdout
+    assert f"{cr}/spottune_val/0_3_n8_tau1_lam0_tmp" in text and f"{cr}/spottune_val/0_3_n45_lam0_tmp" in text
+
+
+def test_lr_drops_once_and_budget_sets_name_their_pair(tmp_path):
+    text = make(tmp_path, "-n").stdout
+    runs = [line for line in text.splitlines() if "main.py --workdir" in line and "--optimizer sgd" in line]
+    assert runs and all("--lr_schedule step_once" in line for line in runs)
+    data = f"{tmp_path}/data/cc359_sets"
+    assert f"--out {data}/pair_2_5_n8 --kind pair --source 2 --target 5 --n_val 2 --budget 8 --budget_from scan" in text
+    assert f"--target_dataset {data}/pair_4_1_all " in text                          # the source-free runs' pool
+    assert "--budget_from pool" in make(tmp_path, "-n", "BUDGET_FROM=pool").stdout
+    out = make(tmp_path, "-n", "BUDGET_FROM=slices")
+    assert out.returncode != 0 and "BUDGET_FROM=slices: scan (the paper's) or pool" in out.stderr
+
+
+def test_paper_preset_sets_the_protocol_in_one_switch(tmp_path):
+    out = make(tmp_path, "-n", "PRESET=paper")
+    assert out.returncode == 0, out.stderr[-2000:]
+    text, cr, data = out.stdout, f"{tmp_path}/results/cc359", f"{tmp_path}/data/cc359_sets"
+    base = next(line for line in text.splitlines() if f"--workdir {cr}/baseline/1_tmp" in line)
+    for piece in ["--spacing 1,0.95,0.95", "--sdice_tol 1", "--l_rate 1e-3", "--n_epoch 100", "--iterations 100",
+                  "--lr_decay_epoch 80", "--lr_schedule step_once"]:
+        assert piece in base, piece
+    ft = next(line for line in text.splitlines() if f"--workdir {cr}/ft_all/1_0_n800_tmp" in line)
+    assert "--n_epoch 60" in ft and "--lr_decay_epoch 45" in ft
+    assert f"--out {data}/baseline_0 --kind baseline --source 0 --n_val 4" in text
+    assert f"--out {data}/pair_0_1_n8 --kind pair --source 0 --target 1 --n_val 2" in text
+    assert "cc359.py prep --meta" in text and "--spacing 1,0.95,0.95" in text
+    val = set(re.findall(rf"--workdir {cr}/spottune_val/(\S+)_tmp", text))
+    assert len(val) == 5 * 6 + 5 * (7 * 9 - 1)                   # 5 pairs: 6 taus at N = 270, then 7 x 9 lambdas
+    assert {f"0_{t}_n270_tau0.01_lam0" for t in range(1, 6)} <= val and "0_5_n8_lam0.02" in val
+    tested = set(re.findall(rf"--workdir {cr}/spottune/(\d_\d)_n8_tmp", text))
+    assert tested == {f"{s}_{t}" for s in range(1, 6) for t in range(6) if s != t}
+    assert "--budget 270 --out" in text
+    text = make(tmp_path, "-n", "PRESET=paper", "BUDGETS=8 270").stdout                           # overridable
+    assert set(re.findall(rf"--workdir {cr}/spottune/1_0_n(\d+)_tmp", text)) == {"8", "270"}
+    out = make(tmp_path, "-n", "PRESET=fast")
+    assert out.returncode != 0 and "PRESET=fast: the only preset is paper" in out.stderr
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +106,10 @@ def test_every_run_tests_its_volumes(tiny_run):
         assert not (cr / f"{run}_tmp").exists()
     assert (cr / "spottune" / "2_5_n8" / "policy.csv").is_file()
     params = pd.read_csv(cr / "spottune_params.csv")
+    assert params.columns[:3].tolist() == ["budget", "tau", "lambda"]
     assert params["budget"].tolist() == [8, 45] and set(params["lambda"]) <= {0, 0.01}
+    tau = pd.read_csv(cr / "spottune_tau.csv")
+    assert tau["budget"].tolist() == [45] and params["tau"].tolist() == [tau["tau"].iloc[0]] * 2   # one tau for all
     scores = pd.read_csv(cr / "scores.csv")
     assert set(scores["method"]) == {"oracle", "hm", "noadapt", "adabn", "sfda", "sfda_truesize",
                                      "ft_all", "ft_first", "ft_last", "spottune"}
@@ -62,7 +119,9 @@ def test_report_plots_and_archive(tiny_run):
     cr = tiny_run / "results" / "cc359"
     text = (cr / "report.md").read_text()
     for piece in ["## Surface Dice", "| method | N = 8 | N = 45 |", "| baseline (no adaptation) |", "| oracle |",
-                  "| spottune |", "## Targets checked on this run", "What the label-free adaptation is worth"]:
+                  "| spottune |", "## Targets checked on this run", "What the label-free adaptation is worth",
+                  "tau chosen once, at N = 45 with lambda = 0", "## Statistics (the paper's one-sided Wilcoxon",
+                  "SpotTUnet > the better of ft_all / ft_first", "cannot reach p < 0.05"]:
         assert piece in text, piece
     for png in ["violin.png", "lambda_val.png", "policy.png"]:
         assert (cr / png).stat().st_size > 1000
