@@ -32,5 +32,5 @@ compare: | $(PYDEP)
 	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(firstword $(CAND))/compare.md
 
 clean:
-	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \
+	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/prostate_target_hard $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \
 		$(SIZES) $(ARCH)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from utils import SIZE_FUNCTIONS, simplex
+from utils import RATIO_FUNCTIONS, SIZE_FUNCTIONS, simplex
 
 Terms = Tuple[Tensor, Tensor]
 
@@ -85,7 +85,8 @@ class EntKLProp(Loss):
 
     L = lamb_se * L_ent + lamb_consprior * L_KL, both over all classes (methods/sfda.md):
       L_ent = - sum w_c p log(p + 1e-10) / sum p
-      tau   = fn(p, power) per image (norm_soft_size), tau* = bounds[:, :, 0] / (W*H)
+      tau   = fn(p, power) per image: norm_soft_size (the code) or soft_ratio (the papers' sum p / (W*H)),
+      tau*  = bounds[:, :, 0] / (W*H)
       L_KL  = (1/B) sum_b sum_c tau [log(tau + 1e-10) - log(tau* + 1e-10)]
     ``curi=False`` takes the prior from the batch's ground truth (the "cheat" upper bound).
     ``idc_c``, ``lamb_conspred`` and ``inv_consloss`` are accepted for compatibility with the seed's
@@ -95,8 +96,9 @@ class EntKLProp(Loss):
     def __init__(self, weights_se: Sequence[float], lamb_se: float = 1, lamb_consprior: float = 1,
                  power: float = 1, curi: bool = True, ivd: bool = True, fn: str = "norm_soft_size",
                  idc_c: Sequence[int] = (1,), lamb_conspred: float = 0, inv_consloss: bool = False):
-        if fn not in SIZE_FUNCTIONS:
-            raise ValueError(f"EntKLProp: unknown size function {fn!r}; known: {', '.join(SIZE_FUNCTIONS)}")
+        if fn not in RATIO_FUNCTIONS:
+            raise ValueError(f"EntKLProp: size function {fn!r} does not give a class ratio; "
+                             f"use one of {', '.join(RATIO_FUNCTIONS)}")
         self.weights = torch.tensor(list(weights_se), dtype=torch.float32)
         self.lamb_se, self.lamb_consprior = float(lamb_se), float(lamb_consprior)
         self.power, self.curi, self.ivd = power, bool(curi), bool(ivd)

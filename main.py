@@ -37,8 +37,8 @@ from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients,
 from losses import Loss, SpotTUnetPenalty, build_loss
 from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
 from networks import BlockNet, CheckpointError, SpotTUnet, build_network, network_from_checkpoint, save_checkpoint
-from utils import (OptionError, class2one_hot, exp_lr_scheduler, parse_literal, probs2class, record_provenance,
-                   str2bool)
+from utils import (OptionError, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
+                   record_provenance, str2bool)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -98,6 +98,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lr_decay", nargs="?", type=float, default=0.7)
     parser.add_argument("--lr_decay_epoch", nargs="?", type=int, default=20)
     parser.add_argument("--flr", action="store_true", help="fixed learning rate (no decay)")
+    parser.add_argument("--lr_schedule", choices=["staircase", "step_once"], default="staircase",
+                        help="staircase: x lr_decay every lr_decay_epoch epochs (seed 004); step_once: only after "
+                             "epoch lr_decay_epoch (seed 000)")
     parser.add_argument("--weight_decay", nargs="?", type=float, default=1e-5)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--model_weights", default="", help="checkpoint to start from")
@@ -112,6 +115,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="autocast precision")
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); one per job under make -j")
     parser.add_argument("--net_width", type=int, default=None, help="channels of the network's first block")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                         help="adam (seed 004) or SGD with Nesterov momentum 0.9 (seed 000)")
@@ -138,6 +143,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
     if any(not 0 <= k < args.n_class for k in args.metric_axis):
         parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
     if args.iterations < 0 or args.val_every < 1 or args.tau <= 0 or args.k_reg < 0:
         parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
     if args.spottune and not args.model_weights:
@@ -221,25 +228,50 @@ def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> No
                    else torch.zeros(len(data), n_class, 2) for spec in specs]
 
 
-def reestimate_batchnorm(net: BlockNet, data: SliceSet, batch_size: int, device: torch.device, precision: str) -> None:
-    """AdaBN (Li et al. 2016): BatchNorm statistics re-estimated on ``data``; no gradient step.
+class _StopForward(Exception):
+    """Raised by a forward hook once the layer being measured has seen its input."""
 
-    Running statistics restart and become the equal-weight average of the batch statistics over one
-    pass (momentum None): the mean is exact; the variance is the mean of the batches' variances.
+
+def reestimate_batchnorm(net: torch.nn.Module, data: SliceSet, batch_size: int, device: torch.device,
+                         precision: str) -> None:
+    """AdaBN (Li et al. 2016): every BatchNorm's running statistics become those of its input over all of ``data``.
+
+    Layer by layer in forward order, with the network in eval mode: layer k's input is computed with
+    layers < k already normalised by their new target statistics, so each mean and (unbiased)
+    variance is exactly the statistic over the whole set, between-patient variation included (a
+    one-pass average of batch statistics would miss it). Each pass stops at the measured layer.
+    No gradient step; momenta and train/eval modes are left as they were.
     """
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
+    was_training = net.training
     net.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-        m.train()
-    with torch.no_grad(), autocast(device, precision):
-        for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
-            net(data.images[idx].to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    net.eval()
+    for bn in norms:
+        sums = {"n": 0, "s": 0.0, "ss": 0.0}
+
+        def accumulate(module: torch.nn.Module, inputs: Tuple[Tensor, ...], sums=sums) -> None:
+            x = inputs[0].detach().double().transpose(0, 1).flatten(1)      # (C, N*H*W)
+            sums["n"] += x.shape[1]
+            sums["s"] = sums["s"] + x.sum(dim=1)
+            sums["ss"] = sums["ss"] + (x * x).sum(dim=1)
+            raise _StopForward
+        handle = bn.register_forward_pre_hook(accumulate)
+        try:
+            with torch.no_grad(), autocast(device, precision):
+                for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
+                    try:
+                        net(data.images[idx].to(device))
+                    except _StopForward:
+                        pass
+        finally:
+            handle.remove()
+        n = sums["n"]
+        if n == 0:            # a layer this forward never reaches keeps its statistics
+            continue
+        mean = sums["s"] / n
+        var = (sums["ss"] - n * mean * mean) / max(n - 1, 1)               # unbiased, as BatchNorm keeps it
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.clamp(min=0).to(bn.running_var.dtype))
+    net.train(was_training)
 
 
 def autocast(device: torch.device, precision: str):
@@ -259,6 +291,10 @@ class PassResult:
     compute_s: float      # seconds in forward, losses, backward and optimizer step
     frozen_sum: Optional[Tensor] = None   # SpotTUnet: (units,) sum over slices of a (1 = frozen unit)
     dice2d: float = float("nan")
+    # mean foreground pixels per slice: sum of probabilities, the SFDA code's norm_soft_size x W*H, the prior
+    soft_size: float = float("nan")
+    norm_soft_size: float = float("nan")
+    prior_size: float = float("nan")
 
 
 def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
@@ -278,6 +314,8 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     entropy = torch.empty(data.labels.shape, dtype=torch.float16, device=device) if keep_entropy else None
     frozen_sum = torch.zeros(len(spot.units), dtype=torch.float64, device=device) if spot else None
     sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
+    size_sums = torch.zeros(3, dtype=torch.float64, device=device)  # PassResult's three sizes summed over slices
+    prior = next((b for spec, b in zip(specs, data.bounds) if spec.bounds is not None), None)
     n_seen = 0
     compute_s = 0.0
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -308,6 +346,7 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
                     optimizer.step()
             compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
             sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
+            size_sums += foreground_sizes(probs.detach(), prior[idx] if prior is not None else None)
             n_seen += len(idx)
             at = idx.to(device)
             pred[at] = probs2class(probs).to(torch.uint8)
@@ -318,8 +357,23 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     if not (np.isfinite(loss_s) and np.isfinite(loss_cons)):
         raise FloatingPointError(f"{desc}: the loss became non-finite (mean entropy/CE term {loss_s}, prior term "
                                  f"{loss_cons}); stopped before saving these weights. Try a lower --l_rate.")
+    soft, norm_soft, prior_size = (size_sums / max(n_seen, 1)).tolist()
     return PassResult(loss_s, loss_cons, pred.cpu(), seen.cpu(), entropy.cpu() if entropy is not None else None,
-                      compute_s, frozen_sum.cpu() if frozen_sum is not None else None)
+                      compute_s, frozen_sum.cpu() if frozen_sum is not None else None, soft_size=soft,
+                      norm_soft_size=norm_soft, prior_size=prior_size if prior is not None else float("nan"))
+
+
+def foreground_sizes(probs: Tensor, bounds: Optional[Tensor]) -> Tensor:
+    """Foreground (classes > 0) pixels summed over the batch: soft size, norm_soft_size x W*H, prior (3,).
+
+    Logged each epoch to see how a size prior is met: by confident masks (the soft sizes near the
+    argmax size) or by diffuse probabilities that never win the argmax (soft sizes far above it).
+    """
+    b, c, h, w = probs.shape
+    soft = (1 - probs[:, 0]).sum()
+    norm_soft = (1 - norm_soft_size(probs.float())[:, 0]).sum() * h * w
+    prior = bounds[:, 1:, 0].sum().to(probs.device) if bounds is not None else torch.zeros((), device=probs.device)
+    return torch.stack([soft.double(), norm_soft.double(), prior.double()])
 
 
 # ---------------------------------------------------------------- epoch statistics
@@ -373,6 +427,9 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
            "val_gt_size_mean": gt_size[0], "val_gt_size_mean_pos": gt_size[1],
            "tra_dice": tra.dice2d if tra else nan, "val_dice": val_eval["dice2d"],
            "val_dice_3d_sd": val_eval["dice3d_sd"], "val_dice_3d": val_eval["dice3d"]}
+    for split, result in (("tra", tra), ("val", val_pass)):     # how the size prior is met (soft vs argmax)
+        for name in ("soft_size", "norm_soft_size", "prior_size"):
+            row[f"{split}_{name}_mean"] = getattr(result, name) if result else nan
     if "hd95" in val_eval:
         row["val_hd95"], row["val_assd"] = val_eval["hd95"], val_eval["assd"]
     return row
@@ -425,6 +482,8 @@ def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -
 
 def run(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     generator = seed_everything(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -476,7 +535,8 @@ def run(args: argparse.Namespace) -> None:
             tra.dice2d = dice_2d(tra.pred[tra.seen], train.labels[tra.seen], args)
             if not args.flr:
                 for optimizer in optimizers:
-                    exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch)
+                    exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch,
+                                     once=args.lr_schedule == "step_once")
         t1 = time.perf_counter()
         if (epoch + 1) % args.val_every and epoch + 1 < n_epochs:
             print(f"epoch {epoch:3d}  train loss {tra.loss_s + tra.loss_cons:.4f}  {t1 - t0:.1f}s", flush=True)

@@ -1,23 +1,35 @@
 # Source-free domain adaptation on prostate MRI (seed 004): make -f prostate.make
-# Variables: CC CFLAGS NET EPC DEBUG BS PREC EXTRA RD DATA SIZES ARCH SEED (see common.mk and README).
+# Variables: CC CFLAGS NET EPC DEBUG BS PREC EXTRA RD DATA SIZES ARCH SEED DATA_SEED (see common.mk and README),
+# SHIFT: default (the target scanner) or hard (target_hard: a source model barely transfers to it).
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot
+.PHONY: all pack report plot lrgrid
 
 G_RGX = Case\d+_\d+
 TT_DATA = [('IMG', png_transform, False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
-SRC = $(DATA)/prostate_source
-TGT = $(DATA)/prostate_target
-SIZEFILE = $(SIZES)/prostate.csv
+SHIFT ?= default
+ifeq ($(SHIFT),default)
+TDOM = target
 PR = $(RD)/prostate
-# the source model the adaptation starts from: the epoch chosen on the *source* validation set
-M_WEIGHTS = $(PR)/cesource/best_3d.pkl
+SIZEFILE = $(SIZES)/prostate.csv
+else ifeq ($(SHIFT),hard)
+TDOM = target_hard
+PR = $(RD)/prostate_hard
+SIZEFILE = $(SIZES)/prostate_hard.csv
+else
+$(error SHIFT=$(SHIFT): expected default or hard)
+endif
+SRC = $(DATA)/prostate_source
+TGT = $(DATA)/prostate_$(TDOM)
+# one source model for both shifts; the adaptation starts from its epoch chosen on the *source* validation set
+CES = $(RD)/prostate/cesource
+M_WEIGHTS = $(CES)/best_3d.pkl
 N_EP = 0
 
-TRN = $(PR)/cesource $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent $(PR)/fs
+TRN = $(CES) $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent $(PR)/fs
 PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
 REPORT = $(PR)/report.md
-PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-prostate.tar.gz
+PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR)).tar.gz
 
 all: pack report
 pack: $(PACK)
@@ -26,16 +38,16 @@ plot: $(PLT)
 
 # ---------------------------------------------------------------- data and prior
 $(DATA)/prostate_%: | $(PYDEP)
-	$(CC) $(CFLAGS) synth.py prostate --domain $* --out $@ --seed $(SEED)
+	$(CC) $(CFLAGS) synth.py prostate --domain $* --out $@ --seed $(DATA_SEED)
 
 $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) --out $@
 
 # ---------------------------------------------------------------- runs
 # CE on the source; everything else runs on the target and starts from the source model
-$(PR)/cesource: OPT = --target_dataset $(SRC) --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
-$(PR)/cesource: N_EP = 30
-$(PR)/cesource: $(SRC)
+$(CES): OPT = --target_dataset $(SRC) --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
+$(CES): N_EP = 30
+$(CES): $(SRC)
 
 $(PR)/noadapt: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0
 $(PR)/adabn: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0 --adabn
@@ -47,14 +59,25 @@ $(PR)/adaent: OPT = --target_losses="[('SelfEntropy', {'idc': [0,1], 'weights':[
 $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent: N_EP = 20
 $(PR)/sfda $(PR)/sfda_truesize: $(SIZEFILE)
 
+# the learning-rate study: make -f prostate.make lrgrid -> $(PR)/lrgrid/sfda_lr<lr>, GRID_EPC epochs each
+# (a run's epoch-k row equals a k-epoch run's last row: the staircase only decays after epoch 20, 40, ...)
+LR_GRID ?= 1e-6 5e-6 1e-5 5e-5
+GRID_EPC ?= 40
+GRID = $(foreach lr,$(LR_GRID),$(PR)/lrgrid/sfda_lr$(lr))
+$(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $* --lr_decay 0.9 \
+	--model_weights $(M_WEIGHTS)
+$(PR)/lrgrid/sfda_lr%: N_EP = $(GRID_EPC)
+$(GRID): $(SIZEFILE) $(TGT) $(CES)
+lrgrid: $(GRID)
+
 # full supervision on the target (oracle), from scratch
 $(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
 $(PR)/fs: N_EP = 30
 
-$(filter-out $(PR)/cesource,$(TRN)): $(TGT)
-$(filter-out $(PR)/cesource $(PR)/fs,$(TRN)): $(PR)/cesource
+$(filter-out $(CES),$(TRN)): $(TGT)
+$(filter-out $(CES) $(PR)/fs,$(TRN)): $(CES)
 
-$(TRN): | $(PYDEP)
+$(TRN) $(GRID): | $(PYDEP)
 	rm -rf $@_tmp
 	$(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
 		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
@@ -66,7 +89,7 @@ $(TRN): | $(PYDEP)
 $(PR)/val_dice_3d.png: $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --runs $(TRN) --out $@
 $(PR)/boxplot.png: $(TRN) | $(PYDEP)
-	$(CC) $(CFLAGS) moustache.py --runs $(filter-out $(PR)/cesource,$(TRN)) --out $@
+	$(CC) $(CFLAGS) moustache.py --runs $(filter-out $(CES),$(TRN)) --out $@
 $(REPORT): $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py --runs $(TRN) --out $@ --title "SFDA on prostate MRI ($(NET), seed $(SEED))"
 

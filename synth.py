@@ -57,8 +57,10 @@ class Scanner:
 SCANNERS: Dict[str, Scanner] = {
     "source": Scanner(gamma=1.0, fat_gain=1.0, bias=0.05, blur=0.5, noise=0.02),
     "target": Scanner(gamma=1.6, fat_gain=0.3, bias=0.4, blur=1.0, noise=0.05),
+    # the hard shift (prostate.make SHIFT=hard): a scanner from which a source model barely transfers
+    "target_hard": Scanner(gamma=2.4, fat_gain=0.15, bias=0.6, blur=1.4, noise=0.08),
 }
-SPLITS = {"source": {"train": 16, "val": 6}, "target": {"train": 16, "val": 8}}
+SPLITS = {"source": {"train": 16, "val": 6}, "target": {"train": 16, "val": 8}, "target_hard": {"train": 16, "val": 8}}
 
 
 def smooth_noise(rng: np.random.Generator, shape: Tuple[int, ...], sigma: Tuple[float, ...]) -> np.ndarray:

@@ -53,7 +53,17 @@ def norm_soft_size(a: Tensor, power: float = 1) -> Tensor:
     return q / (q.sum(dim=1, keepdim=True) + 1e-10)
 
 
-SIZE_FUNCTIONS = {"norm_soft_size": norm_soft_size, "soft_size": soft_size}
+def soft_ratio(a: Tensor, power: float = 1) -> Tensor:
+    """The papers' plain soft size as a class ratio: sum of probabilities over W*H. (B, C, H, W) -> (B, C).
+
+    Unlike norm_soft_size, a pixel at probability 0.3 counts 0.3, not 0.3/0.7 = 0.43, so diffuse low
+    probabilities meet a size prior less cheaply. ``power`` is accepted for the loss's signature (p^1).
+    """
+    return a.mean(dim=(2, 3))
+
+
+SIZE_FUNCTIONS = {"norm_soft_size": norm_soft_size, "soft_size": soft_size, "soft_ratio": soft_ratio}
+RATIO_FUNCTIONS = ("norm_soft_size", "soft_ratio")      # the size functions that give a class ratio (a KL needs one)
 
 
 # ---------------------------------------------------------------- safe option parsing
@@ -112,9 +122,11 @@ def str2bool(text: str) -> bool:
 
 # ---------------------------------------------------------------- learning rate
 
-def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: float, lr_decay_epoch: int = 20) -> None:
-    """After epoch ``epoch``: multiply the lr by ``lr_decay`` when epoch > 0 and epoch % lr_decay_epoch == 0."""
-    if epoch > 0 and epoch % lr_decay_epoch == 0:
+def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: float, lr_decay_epoch: int = 20,
+                     once: bool = False) -> None:
+    """After epoch ``epoch``: multiply the lr by ``lr_decay`` when epoch > 0 and epoch % lr_decay_epoch == 0
+    (seed 004's staircase), or with ``once`` only when epoch == lr_decay_epoch (seed 000: one drop)."""
+    if (epoch == lr_decay_epoch) if once else (epoch > 0 and epoch % lr_decay_epoch == 0):
         for group in optimizer.param_groups:
             group["lr"] *= lr_decay
 

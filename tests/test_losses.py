@@ -85,3 +85,15 @@ def test_naive_penalty_exact():
 def test_build_loss_rejects_bad_specs(name, params, message):
     with pytest.raises(ValueError, match=message):
         build_loss(name, params, None)
+
+
+def test_soft_ratio_is_the_mean_probability_and_entklprop_uses_it():
+    from utils import soft_ratio
+    assert torch.allclose(soft_ratio(PROBS), torch.tensor([[0.75, 0.25]]))
+    _, kl = EntKLProp(weights_se=[0.1, 0.9], fn="soft_ratio").terms(PROBS, TARGET, BOUNDS_HALF)
+    assert kl.item() == pytest.approx(0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5), abs=1e-6)
+
+
+def test_entklprop_refuses_a_size_function_that_is_not_a_ratio():
+    with pytest.raises(ValueError, match="does not give a class ratio"):
+        build_loss("EntKLProp", {"weights_se": [0.1, 0.9]}, "soft_size")

@@ -112,23 +112,31 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(nii_data,
     assert not (workdir / "last.pkl").exists() and not (workdir / "best_3d.pkl").exists()
 
 
-def test_adabn_sets_running_statistics_to_the_data_statistics():
+def _slice_set(images):
     import torch
     from dataloader import SliceSet
-    from networks import build_network
+    n, _, h, w = images.shape
+    return SliceSet(root=None, filenames=[f"Case{i // 2:02d}_{i % 2}" for i in range(n)], images=images,
+                    labels=torch.zeros(n, h, w, dtype=torch.uint8), patients=[f"Case{i // 2:02d}" for i in range(n)],
+                    slice_numbers=[i % 2 for i in range(n)], spacing=(1.0, 1.0, 1.0))
+
+
+def test_adabn_statistics_are_those_of_the_whole_set_not_a_mean_of_batch_statistics():
+    """Three patients of two slices whose intensities differ in level: batches of 2 (one patient each,
+    in file order) see almost none of the between-patient variance, which AdaBN must include."""
+    import torch
     torch.manual_seed(0)
-    net = build_network("Dimwit", 1, 2)
-    images = torch.rand(6, 1, 8, 8) * 3 + 1
-    data = SliceSet(root=None, filenames=[f"Case00_{i}" for i in range(6)], images=images,
-                    labels=torch.zeros(6, 8, 8, dtype=torch.uint8), patients=["Case00"] * 6,
-                    slice_numbers=list(range(6)), spacing=(1.0, 1.0, 1.0))
-    main.reestimate_batchnorm(net, data, batch_size=6, device=torch.device("cpu"), precision="fp32")
-    bn = net.conv[1]
-    with torch.no_grad():
-        features = net.conv[0](images)
-    assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert torch.allclose(bn.running_var, features.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
-    assert bn.momentum == 0.1 and not bn.training
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3))
+    images = torch.rand(6, 1, 8, 8) + torch.tensor([0.0, 0.0, 5.0, 5.0, 10.0, 10.0]).view(6, 1, 1, 1)
+    main.reestimate_batchnorm(net, _slice_set(images), batch_size=2, device=torch.device("cpu"), precision="fp32")
+    first, second = net[0], net[2]
+    assert torch.allclose(first.running_mean, images.mean().reshape(1), atol=1e-5)
+    assert torch.allclose(first.running_var, images.var(unbiased=True).reshape(1), rtol=1e-5)   # ~17, batches ~0.1
+    assert net.training and first.momentum == 0.1          # modes and momenta are left as they were
+    with torch.no_grad():       # the second layer sees the input normalised with the *new* first statistics
+        features = net[1](net.eval()[0](images))
+    assert torch.allclose(second.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(second.running_var, features.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- CC359 protocol options (seed 000)

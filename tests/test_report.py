@@ -78,3 +78,19 @@ def test_compare_averages_several_roots_per_side(roots, tmp_path):
     (tmp_path / "fp32_seed1" / "oracle").rename(tmp_path / "fp32_seed1" / "elsewhere")
     with pytest.raises(ValueError, match="hold different runs"):
         report.compare([ref, tmp_path / "fp32_seed1"], [cand])
+
+
+def _row(run: str, best: float, last: float, epochs: int = 20) -> dict:
+    return {"run": run, "dice3d": best, "last_dice3d": last, "epochs": epochs}
+
+
+def test_prostate_claims_on_best_and_last_epoch_count_a_collapse():
+    rows = [_row("cesource", 0.95, 0.90, 30), _row("noadapt", 0.04, 0.04, 0), _row("adabn", 0.28, 0.28, 0),
+            _row("sfda", 0.72, 0.01), _row("sfda_truesize", 0.70, 0.30), _row("adaent", 0.2, 0.1), _row("fs", 0.9, 0.8)]
+    assert report.collapsed(rows) == ["sfda"]
+    text = report.claims(rows)
+    line = next(l for l in text.splitlines() if l.startswith("| sfda - adabn >= 5"))
+    assert line == "| sfda - adabn >= 5 points | +44.0 | yes | -27.0 | **no** |"
+    assert "| 1 collapsed: sfda | **no** |" in text
+    rows[3] = _row("sfda", 0.72, 0.60)
+    assert report.collapsed(rows) == [] and "| 0 collapsed | yes |" in report.claims(rows)

@@ -71,3 +71,16 @@ def test_str2bool_matches_seed_usage(text, value):
 def test_str2bool_refuses_garbage():
     with pytest.raises(OptionError):
         str2bool("maybe")
+
+
+def test_lr_staircase_decays_every_period_and_step_once_only_once():
+    import torch
+    from utils import exp_lr_scheduler
+    lrs = {}
+    for once in (False, True):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        for epoch in range(12):
+            exp_lr_scheduler(opt, epoch, 0.1, 4, once=once)
+        lrs[once] = opt.param_groups[0]["lr"]
+    assert lrs[False] == pytest.approx(1e-2)      # after epochs 4 and 8
+    assert lrs[True] == pytest.approx(1e-1)       # after epoch 4 only
