@@ -15,9 +15,11 @@ The constant per class defaults to the mean positive size of that class in the *
 labels: a statistic the provider of a source model can publish without sharing images.
 ``--constant`` overrides it (the seed's prostate value is 8000 px at 385 x 385).
 
-``--volume_ml`` (CC359) derives the constant from a published organ volume instead: each tagged
-slice of a volume gets volume / (number of tagged slices of that volume x slice thickness),
-in pixels of the slice's ``--spacing``. It reads every slice of ``--gt_dir`` (the preprocessed
+``--volume_ml`` (CC359) derives the prior from a published organ volume instead, in pixels of the
+slice's ``--spacing``: each tagged slice of a volume gets volume / (number of tagged slices x slice
+thickness) (``--profile flat``), or, with ``--profile mni152``, a share proportional to the MNI152
+brain's axial area at the slice's relative position between the volume's first and last tagged
+slices (a brain's area changes several-fold from the skull base to the vertex). It reads every slice of ``--gt_dir`` (the preprocessed
 cache), so one csv serves every experiment drawn from it.
 """
 import argparse
@@ -78,15 +80,46 @@ def size_table(target: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame
     return table
 
 
-def volume_prior_table(gt_dir: Path, volume_ml: float, spacing: Sequence[float], grp_regex: str) -> pd.DataFrame:
-    """Tag prior from a published volume (binary task): volume spread evenly over each volume's tagged slices."""
+def template_slice_profile() -> np.ndarray:
+    """Brain area per axial slice of the MNI152 2009a brain mask (nilearn's package data), bottom to top, summing to 1."""
+    import warnings
+    from scipy import ndimage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn import datasets
+        brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    area = ndimage.binary_fill_holes(brain).sum(axis=(0, 1)).astype(float)     # the template's z axis is axial
+    area = area[area > 0]
+    return area / area.sum()
+
+
+def slice_weights(slice_numbers: np.ndarray, tagged: np.ndarray, patients: pd.Series,
+                  profile: Optional[np.ndarray]) -> np.ndarray:
+    """Each tagged slice's share of its volume: equal (profile None), or the profile at the slice's relative
+    position between the volume's first and last tagged slices (0 = bottom, 1 = top). Untagged: 0."""
+    if profile is None:
+        weight = tagged.astype(float)
+    else:
+        z = pd.Series(np.where(tagged, slice_numbers, np.nan))
+        first, last = z.groupby(patients).transform("min"), z.groupby(patients).transform("max")
+        rel = ((z - first) / (last - first).replace(0, 1)).fillna(0).to_numpy()
+        weight = np.where(tagged, np.interp(rel, np.linspace(0, 1, len(profile)), profile), 0.0)
+    total = pd.Series(weight).groupby(patients).transform("sum").to_numpy()
+    return weight / np.where(total > 0, total, 1)
+
+
+def volume_prior_table(gt_dir: Path, volume_ml: float, spacing: Sequence[float], grp_regex: str,
+                       profile: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """Tag prior from a published volume (binary task), spread over each volume's tagged slices evenly or,
+    with ``profile``, in proportion to the anatomy's area at each slice's relative position."""
     paths = list_slices(gt_dir)
     counts = np.stack([class_counts(gt_transform(p), 2) for p in paths])
-    patients = pd.Series([parse_slice_name(p.name, grp_regex)[0] for p in paths])
+    names = [parse_slice_name(p.name, grp_regex) for p in paths]
+    patients = pd.Series([patient for patient, _ in names])
     tagged = counts[:, 1] > 0
-    n_tagged = pd.Series(tagged).groupby(patients).transform("sum").to_numpy()
     pixel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0          # one voxel of a slice, in mL
-    area = np.where(tagged, volume_ml / np.maximum(n_tagged, 1) / pixel_ml, 0.0)
+    share = slice_weights(np.array([k for _, k in names], float), tagged, patients, profile)
+    area = volume_ml / pixel_ml * share
     total = counts.sum(axis=1)
     area = np.minimum(np.round(area), total)
     slices_per_volume = len(paths) / patients.nunique()
@@ -105,6 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--volume_ml", type=float, help="published organ volume in mL (with --gt_dir)")
     parser.add_argument("--spacing", help="voxel spacing row,column,slice in mm (with --volume_ml)")
     parser.add_argument("--grp_regex", default=r"CC\d+_\d+", help="slice name -> volume (with --volume_ml)")
+    parser.add_argument("--profile", choices=["flat", "mni152"], default="flat",
+                        help="with --volume_ml: spread the volume evenly over the tagged slices (flat) or as the "
+                             "MNI152 brain's axial area profile (mni152; the slice axis must be axial)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n_class", type=int, default=2)
     parser.add_argument("--constant", type=float, nargs="*", help="foreground sizes in pixels, one per class > 0")
@@ -119,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise DataError(f"--spacing {args.spacing!r}: expected three numbers") from None
             if len(spacing) != 3 or min(spacing) <= 0 or args.volume_ml <= 0:
                 raise DataError("--spacing needs three positive numbers and --volume_ml a positive volume")
-            table = volume_prior_table(args.gt_dir, args.volume_ml, spacing, args.grp_regex)
+            profile = template_slice_profile() if args.profile == "mni152" else None
+            table = volume_prior_table(args.gt_dir, args.volume_ml, spacing, args.grp_regex, profile)
             constant = np.array([0.0, args.volume_ml])
         elif args.target is None:
             raise DataError("give --target (a dataset root) or --gt_dir with --volume_ml")

@@ -102,3 +102,17 @@ def test_tag_precise_constant_bounds():
     assert precise[0].tolist() == [[3.0, 4.5], [1.0, 1.5]]
     const = ConstantBounds(values={1: 3}, margin=1, mode="abs")(["a", "b"], targets)
     assert const[1].tolist() == [[0.0, 1.0], [3.0, 4.0]]
+
+
+def test_volume_prior_follows_the_anatomy_profile_over_tagged_slices():
+    import numpy as np
+    import pandas as pd
+    from sizes import slice_weights, template_slice_profile
+    numbers = np.array([0, 1, 2, 3, 4, 0, 1], float)
+    tagged = np.array([False, True, True, True, False, True, True])
+    patients = pd.Series(["A"] * 5 + ["B"] * 2)
+    profiled = slice_weights(numbers, tagged, patients, np.array([1.0, 3.0, 1.0]))
+    assert np.allclose(profiled, [0, 0.2, 0.6, 0.2, 0, 0.5, 0.5])       # relative positions 0, 0.5, 1 of A
+    assert np.allclose(slice_weights(numbers, tagged, patients, None), [0, 1 / 3, 1 / 3, 1 / 3, 0, 0.5, 0.5])
+    profile = template_slice_profile()
+    assert profile.sum() == pytest.approx(1) and profile.max() > 4 * profile[[0, -1]].max()
