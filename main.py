@@ -15,6 +15,7 @@ The CC359 protocol (seed 000) adds: --optimizer sgd, --iterations (random batche
 """
 import argparse
 import random
+import re
 import resource
 import shutil
 import socket
@@ -159,6 +160,16 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Checks that argparse cannot express; each failure is one ``error:`` line (OptionError)."""
+    if not args.metric_axis:
+        raise OptionError("--metric_axis needs at least one class, e.g. --metric_axis 1")
+    try:
+        re.compile(args.grp_regex)
+    except re.error as e:
+        raise OptionError(f"--grp_regex {args.grp_regex!r} is not a valid regular expression: {e}") from None
+
+
 # ---------------------------------------------------------------- setup
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -187,9 +198,12 @@ def build_model(args: argparse.Namespace) -> BlockNet:
         net = build_network(args.network, 1, args.n_class, **kwargs)
     if args.trainable:
         names = [name.strip() for name in args.trainable.split(",") if name.strip()]
-        if names in (["first"], ["last"]):
-            names = net.block_group(names[0])
+        group = names[0] if names in (["first"], ["last"]) else None
+        if group:
+            names = net.block_group(group)
         freeze_except(net, names)
+        for name in net.frozen_in_group(group) if group else []:      # e.g. ResUNet ft_last: the final BN's affine
+            net.get_parameter(name).requires_grad_(False)
     if args.spottune:
         net = SpotTUnet(net, 1, args.tau)
     return net
@@ -482,6 +496,7 @@ def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -
 
 def run(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
+    check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = seed_everything(args.seed)

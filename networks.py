@@ -439,7 +439,10 @@ def network_from_checkpoint(path: Path, expected_network: str, n_class: int) -> 
     kwargs = ckpt["kwargs"]
     if kwargs.get("out_dim") != n_class:
         raise CheckpointError(f"{path}: trained for {kwargs.get('out_dim')} classes but --n_class is {n_class}")
-    net = build_network(ckpt["network"], **kwargs)
+    try:
+        net = build_network(ckpt["network"], **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build {ckpt['network']} from the checkpoint's arguments {kwargs}: {e}") from None
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

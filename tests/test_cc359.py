@@ -363,8 +363,6 @@ def test_ft_last_keeps_the_final_batchnorm_affine_frozen():
     assert Dimwit(1, 2).frozen_in_group("last") == []
 
 
-@pytest.mark.xfail(strict=True, reason="main.py build_model must apply net.frozen_in_group after freeze_except "
-                                       "(requested from the owner of main.py); remove this marker when it does")
 def test_main_ft_last_freezes_the_final_batchnorm_affine():
     import argparse
     import main

@@ -197,3 +197,16 @@ def test_spottune_needs_weights(nii_data, capsys):
     with pytest.raises(SystemExit):
         main.get_args(base_args(nii_data / "data", nii_data / "y", L_OR) + ["--spottune"])
     assert "--spottune needs --model_weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--grp_regex", r"Case(\d+_\d+", "--grp_regex 'Case(\\\\d+_\\\\d+' is not a valid regular expression"),
+    ("--metric_axis", None, "--metric_axis needs at least one class")])
+def test_bad_options_give_one_error_line_and_no_run(nii_data, tmp_path, capsys, option, value, message):
+    args = base_args(nii_data / "data", tmp_path / "run_tmp", L_OR)
+    at = args.index(option)
+    args[at + 1: at + 2] = [value] if value is not None else []
+    assert main.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "run_tmp").exists()

@@ -57,3 +57,11 @@ def test_truncated_wrong_architecture_and_class_count_refused(tmp_path):
     torch.save({"network": "Dimwit"}, tmp_path / "partial.pkl")
     with pytest.raises(CheckpointError, match="keys"):
         load_checkpoint(tmp_path / "partial.pkl")
+
+
+def test_checkpoint_whose_network_arguments_do_not_fit_is_refused(tmp_path):
+    net = build_network("UNet", 1, 2, width=4)
+    ckpt = {"network": "UNet", "kwargs": {**net.init_kwargs, "depth_of_field": 3}, "state_dict": net.state_dict()}
+    torch.save(ckpt, tmp_path / "w.pkl")
+    with pytest.raises(CheckpointError, match="cannot build UNet from the checkpoint's arguments"):
+        network_from_checkpoint(tmp_path / "w.pkl", "UNet", 2)
