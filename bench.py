@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from metrics import hd95_assd, surface_dice
 from networks import NETWORKS, SpotTUnet, build_network
+from utils import atomic_output
 
 ROOT = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -192,10 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows += bench_metrics(1 if args.quick else 3)
 
     df = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "bench.csv_tmp"
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(args.out / "bench.csv")
+    with atomic_output(args.out / "bench.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
     print_table(df)
     print(f"\nwritten {args.out / 'bench.csv'}")
     return 0

@@ -39,7 +39,6 @@ import argparse
 import os
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -51,6 +50,7 @@ from scipy import ndimage
 from sklearn.model_selection import KFold, train_test_split
 
 from dataloader import DataError
+from utils import atomic_output
 
 DOMAINS: List[Tuple[str, int]] = [("siemens", 15), ("siemens", 3), ("ge", 15), ("ge", 3), ("philips", 15), ("philips", 3)]
 DOMAIN_NAMES = [f"{vendor}_{tesla}" for vendor, tesla in DOMAINS]
@@ -183,34 +183,41 @@ def pad_slices(volume: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     return np.pad(volume, pads, constant_values=volume.min())
 
 
+def resampled_shape(path: Path, spacing: Sequence[float], new_spacing: Sequence[float]) -> Tuple[int, ...]:
+    """The shape ``preprocess`` gives a volume (scipy's zoom rounds in_shape x zoom), read from its header alone."""
+    try:
+        shape = [n for n in nib.load(str(path)).shape if n != 1] or [1]
+    except Exception as e:
+        raise DataError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+    return tuple(int(round(n * s / t)) for n, s, t in zip(shape, spacing, new_spacing))
+
+
 def write_prep(meta_path: Path, new_spacing: Sequence[float], out: Path) -> None:
-    """Preprocess every case of meta.csv into ``out`` (via ``out``_tmp)."""
+    """Preprocess every case of meta.csv into ``out``, one volume in memory at a time (the common slice shape
+    comes from the headers first), atomically: a rebuild replaces an existing cache whole."""
     meta = read_meta(meta_path)
-    tmp = out.with_name(out.name + "_tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    volumes = []
-    for row in meta.itertuples(index=False):
-        image, mask = load_volume(row.image), load_volume(row.mask)
-        if not np.isin(mask, (0, 1)).all():
-            raise DataError(f"{row.mask}: brain mask must hold only 0 and 1, found values in [{mask.min():g}, {mask.max():g}]")
-        volumes.append(preprocess(image, mask, (row.x, row.y, row.z), new_spacing))
-    shape = tuple(int(np.ceil(max(v[0].shape[i] for v in volumes) / 8) * 8) for i in range(2))
-    for folder in ("IMG", "GT"):
-        (tmp / "slices" / folder).mkdir(parents=True)
-    cases = []
-    for row, (image, mask) in zip(meta.itertuples(index=False), volumes):
-        unpadded = image.shape[:2]                    # the image region inside the padding (histogram matching)
-        image, mask = pad_slices(image, shape), pad_slices(mask, shape)
-        for k in range(image.shape[2]):
-            np.save(tmp / "slices" / "IMG" / f"{row.id}_{k}.npy", image[:, :, k].astype(np.float16))
-            np.save(tmp / "slices" / "GT" / f"{row.id}_{k}.npy", mask[:, :, k])
-        brain_ml = float(mask.sum()) * float(np.prod(new_spacing)) / 1000
-        cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": brain_ml,
-                      "h": unpadded[0], "w": unpadded[1]})
-    pd.DataFrame(cases).to_csv(tmp / "cases.csv", index=False)
-    (tmp / "spacing.txt").write_text(",".join(str(s) for s in new_spacing) + "\n")
-    tmp.replace(out)
+    shapes = [resampled_shape(row.image, (row.x, row.y, row.z), new_spacing) for row in meta.itertuples(index=False)]
+    shape = tuple(int(np.ceil(max(s[i] for s in shapes) / 8) * 8) for i in range(2))
+    with atomic_output(out) as tmp:
+        for folder in ("IMG", "GT"):
+            (tmp / "slices" / folder).mkdir(parents=True)
+        cases = []
+        for row in meta.itertuples(index=False):
+            image, mask = load_volume(row.image), load_volume(row.mask)
+            if not np.isin(mask, (0, 1)).all():
+                raise DataError(f"{row.mask}: brain mask must hold only 0 and 1, found values in "
+                                f"[{mask.min():g}, {mask.max():g}]")
+            image, mask = preprocess(image, mask, (row.x, row.y, row.z), new_spacing)
+            unpadded = image.shape[:2]                    # the image region inside the padding (histogram matching)
+            image, mask = pad_slices(image, shape), pad_slices(mask, shape)
+            for k in range(image.shape[2]):
+                np.save(tmp / "slices" / "IMG" / f"{row.id}_{k}.npy", image[:, :, k].astype(np.float16))
+                np.save(tmp / "slices" / "GT" / f"{row.id}_{k}.npy", mask[:, :, k])
+            brain_ml = float(mask.sum()) * float(np.prod(new_spacing)) / 1000
+            cases.append({"id": row.id, "fold": row.fold, "n_slices": image.shape[2], "brain_ml": brain_ml,
+                          "h": unpadded[0], "w": unpadded[1]})
+        pd.DataFrame(cases).to_csv(tmp / "cases.csv", index=False)
+        (tmp / "spacing.txt").write_text(",".join(str(s) for s in new_spacing) + "\n")
 
 
 # ---------------------------------------------------------------- experiment splits
@@ -352,38 +359,33 @@ def write_split(prep: Path, kind: str, source: Optional[int], target: Optional[i
     cases = pd.read_csv(prep / "cases.csv", dtype={"id": str})
     n_slices = dict(zip(cases["id"], cases["n_slices"]))
     parts = split_ids(cases, "pair" if kind == "hm" else kind, source, target, fold, n_val, n_add)
-    tmp = out.with_name(out.name + "_tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    train = budget_slices(parts["train"], n_slices, budget if kind == "pair" else None, budget_from)
-    link_slices(prep, train, tmp / "train")
-    if kind != "hm":
-        link_slices(prep, budget_slices(parts["val"], n_slices, None), tmp / "val")
-        if parts["test"]:
-            link_slices(prep, budget_slices(parts["test"], n_slices, None), tmp / "test")
-    else:
-        # the reference: every image voxel of the source's training scans; the padding that gives all
-        # slices one shape is neither part of the reference nor mapped (it stays at its cached value)
-        src = split_ids(cases, "baseline", source, None, 0, n_val if n_val_source is None else n_val_source, n_add)["train"]
-        voxels = []
-        for case in src:
-            volume = load_volume_slices(prep, budget_slices([case], n_slices, None))
-            voxels.append(volume[(slice(None), *case_region(cases, case, volume.shape[1:], prep))].ravel())
-        reference = np.sort(np.concatenate(voxels))
-        for split in ("val", "test"):
-            (tmp / split / "IMG").mkdir(parents=True)
-            for case in parts[split]:                    # each volume matched as a whole
-                names = budget_slices([case], n_slices, None)
-                volume = load_volume_slices(prep, names)
-                region = (slice(None), *case_region(cases, case, volume.shape[1:], prep))
-                volume[region] = match_histogram(volume[region], reference)
-                for name, image in zip(names, volume.astype(np.float16)):
-                    np.save(tmp / split / "IMG" / f"{name}.npy", image)
-                link_slices(prep, names, tmp / split, folders=("GT",))
-    (tmp / "split.csv").write_text("split,id\n" + "".join(f"{s},{i}\n" for s, ids in parts.items() for i in ids))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        train = budget_slices(parts["train"], n_slices, budget if kind == "pair" else None, budget_from)
+        link_slices(prep, train, tmp / "train")
+        if kind != "hm":
+            link_slices(prep, budget_slices(parts["val"], n_slices, None), tmp / "val")
+            if parts["test"]:
+                link_slices(prep, budget_slices(parts["test"], n_slices, None), tmp / "test")
+        else:
+            # the reference: every image voxel of the source's training scans; the padding that gives all
+            # slices one shape is neither part of the reference nor mapped (it stays at its cached value)
+            src = split_ids(cases, "baseline", source, None, 0, n_val if n_val_source is None else n_val_source, n_add)["train"]
+            voxels = []
+            for case in src:
+                volume = load_volume_slices(prep, budget_slices([case], n_slices, None))
+                voxels.append(volume[(slice(None), *case_region(cases, case, volume.shape[1:], prep))].ravel())
+            reference = np.sort(np.concatenate(voxels))
+            for split in ("val", "test"):
+                (tmp / split / "IMG").mkdir(parents=True)
+                for case in parts[split]:                    # each volume matched as a whole
+                    names = budget_slices([case], n_slices, None)
+                    volume = load_volume_slices(prep, names)
+                    region = (slice(None), *case_region(cases, case, volume.shape[1:], prep))
+                    volume[region] = match_histogram(volume[region], reference)
+                    for name, image in zip(names, volume.astype(np.float16)):
+                        np.save(tmp / split / "IMG" / f"{name}.npy", image)
+                    link_slices(prep, names, tmp / split, folders=("GT",))
+        (tmp / "split.csv").write_text("split,id\n" + "".join(f"{s},{i}\n" for s, ids in parts.items() for i in ids))
 
 
 # ---------------------------------------------------------------- command line

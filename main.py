@@ -38,7 +38,7 @@ from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients,
 from losses import Loss, SpotTUnetPenalty, build_loss
 from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
 from networks import BlockNet, CheckpointError, SpotTUnet, build_network, network_from_checkpoint, save_checkpoint
-from utils import (OptionError, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
+from utils import (OptionError, atomic_output, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
                    record_provenance, str2bool)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -473,9 +473,8 @@ def policy_table(net: SpotTUnet, frozen_sum: Tensor, n_slices: int) -> pd.DataFr
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + "_tmp")
-    df.to_csv(tmp, float_format="%.4f", index=False)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, float_format="%.4f", index=False)
 
 
 def save_predictions(folder: Path, filenames: Sequence[str], pred: Tensor) -> None:

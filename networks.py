@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from utils import atomic_output
+
 
 class BlockNet(nn.Module):
     """Base class: subclasses fill ``self.block_order`` with their block names in forward order."""
@@ -410,9 +412,8 @@ def save_checkpoint(path: Path, net: BlockNet, **meta: Any) -> None:
     """Save {network, kwargs, state_dict, **meta} atomically (write then rename)."""
     payload = {"network": type(net).__name__, "kwargs": dict(net.init_kwargs),
                "state_dict": net.state_dict(), **meta}
-    tmp = path.with_name(path.name + "_tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:

@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from utils import atomic_output
+
 
 def metrics_file(run: Path) -> Path:
     found = sorted(run.glob("*_target_metrics.csv"))
@@ -525,15 +527,13 @@ def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates:
 
 
 def write_text_atomic(text: str, out: Path) -> None:
-    tmp = out.with_name(out.name + "_tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(text)
 
 
 def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
-    tmp = out.with_name(out.name + "_tmp")
-    table.to_csv(tmp, index=False, **kwargs)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, index=False, **kwargs)
 
 
 COMMANDS = ["collect", "choose_tau", "choose", "cc359", "compare"]

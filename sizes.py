@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from dataloader import DataError, gt_transform, list_slices, parse_slice_name
+from utils import atomic_output
 
 
 def read_labels(folder: Path) -> List[np.ndarray]:
@@ -173,10 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + "_tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(args.out)
+    with atomic_output(args.out) as tmp:
+        table.to_csv(tmp, index=False)
     unit = "mL per volume" if args.volume_ml is not None else "px"
     print(f"wrote {args.out}: {len(table)} slices, tag prior foreground {constant[1:].tolist()} {unit}")
     return 0

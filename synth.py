@@ -27,7 +27,6 @@ An existing, non-empty output folder is never touched, so real data dropped into
 used as is.
 """
 import argparse
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
+
+from utils import atomic_output
 
 # tissue "T2 property" values before the scanner's contrast curve
 FAT, MUSCLE, FLUID, MARROW, CORTEX, GAS, WALL = 0.80, 0.33, 1.00, 0.55, 0.05, 0.02, 0.28
@@ -160,21 +161,18 @@ def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, body: np.n
 def write_prostate(out: Path, domain: str, seed: int, size: int, n_train: int, n_val: int) -> None:
     """Write ``out/{train,val}/{IMG,GT}/CaseNN_M.png`` for one scanner domain, atomically."""
     scanner = SCANNERS[domain]
-    tmp = out.with_name(out.name + "_tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     domain_id = sorted(SCANNERS).index(domain)
-    for case in range(n_train + n_val):
-        split = "train" if case < n_train else "val"
-        rng = np.random.default_rng([seed, domain_id, case])
-        prop, fat, body, mask = render_patient(rng, size)
-        images = scan(rng, prop, fat, body, scanner)
-        for folder in ("IMG", "GT"):
-            (tmp / split / folder).mkdir(parents=True, exist_ok=True)
-        for m in range(len(images)):
-            Image.fromarray(images[m]).save(tmp / split / "IMG" / f"Case{case:02d}_{m}.png")
-            Image.fromarray(mask[m]).save(tmp / split / "GT" / f"Case{case:02d}_{m}.png")
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        for case in range(n_train + n_val):
+            split = "train" if case < n_train else "val"
+            rng = np.random.default_rng([seed, domain_id, case])
+            prop, fat, body, mask = render_patient(rng, size)
+            images = scan(rng, prop, fat, body, scanner)
+            for folder in ("IMG", "GT"):
+                (tmp / split / folder).mkdir(parents=True, exist_ok=True)
+            for m in range(len(images)):
+                Image.fromarray(images[m]).save(tmp / split / "IMG" / f"Case{case:02d}_{m}.png")
+                Image.fromarray(mask[m]).save(tmp / split / "GT" / f"Case{case:02d}_{m}.png")
 
 
 # ---------------------------------------------------------------- CC359-like brains (seed 000)
@@ -309,28 +307,25 @@ def render_head(rng: np.random.Generator, tpl: Template, scanner: MRScanner) -> 
 
 def write_cc359(out: Path, seed: int, n_per_domain: int) -> None:
     """Write ``out/{Original,Silver-standard}/CCnnnn_<vendor>_<tesla>_<age>_<sex>[_ss].nii.gz`` and ``meta.csv``."""
-    tmp = out.with_name(out.name + "_tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "Original").mkdir(parents=True)
-    (tmp / "Silver-standard").mkdir()
-    tpl = load_template()
-    rows = []
-    for fold, scanner in enumerate(CC_SCANNERS):
-        for k in range(n_per_domain):
-            rng = np.random.default_rng([seed, fold, k])
-            image, mask = render_head(rng, tpl, scanner)
-            number = fold * n_per_domain + k + 1
-            stem = f"CC{number:04d}_{scanner.vendor}_{scanner.tesla}_{int(rng.integers(29, 80))}_{'MF'[k % 2]}"
-            affine = np.diag([*scanner.spacing, 1.0])
-            nib.save(nib.Nifti1Image(image, affine), tmp / "Original" / f"{stem}.nii.gz")
-            nib.save(nib.Nifti1Image(mask, affine), tmp / "Silver-standard" / f"{stem}_ss.nii.gz")
-            rows.append({"id": f"CC{number:04d}", "MRI": f"Original/{stem}.nii.gz",
-                         "brain_mask": f"Silver-standard/{stem}_ss.nii.gz", "fold": fold,
-                         "tomograph_model": scanner.vendor, "tesla_value": scanner.tesla,
-                         "x": scanner.spacing[0], "y": scanner.spacing[1], "z": scanner.spacing[2]})
-    pd.DataFrame(rows).to_csv(tmp / "meta.csv", index=False)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        (tmp / "Original").mkdir(parents=True)
+        (tmp / "Silver-standard").mkdir()
+        tpl = load_template()
+        rows = []
+        for fold, scanner in enumerate(CC_SCANNERS):
+            for k in range(n_per_domain):
+                rng = np.random.default_rng([seed, fold, k])
+                image, mask = render_head(rng, tpl, scanner)
+                number = fold * n_per_domain + k + 1
+                stem = f"CC{number:04d}_{scanner.vendor}_{scanner.tesla}_{int(rng.integers(29, 80))}_{'MF'[k % 2]}"
+                affine = np.diag([*scanner.spacing, 1.0])
+                nib.save(nib.Nifti1Image(image, affine), tmp / "Original" / f"{stem}.nii.gz")
+                nib.save(nib.Nifti1Image(mask, affine), tmp / "Silver-standard" / f"{stem}_ss.nii.gz")
+                rows.append({"id": f"CC{number:04d}", "MRI": f"Original/{stem}.nii.gz",
+                             "brain_mask": f"Silver-standard/{stem}_ss.nii.gz", "fold": fold,
+                             "tomograph_model": scanner.vendor, "tesla_value": scanner.tesla,
+                             "x": scanner.spacing[0], "y": scanner.spacing[1], "z": scanner.spacing[2]})
+        pd.DataFrame(rows).to_csv(tmp / "meta.csv", index=False)
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,14 @@
 """Small tensor helpers and the safe parser of the list-of-tuples option strings."""
 import ast
 import importlib.metadata
+import os
 import shlex
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -133,13 +136,44 @@ def exp_lr_scheduler(optimizer: torch.optim.Optimizer, epoch: int, lr_decay: flo
 
 # ---------------------------------------------------------------- outputs
 
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (``<stem>_tmp<pid><suffix>``: unique to this process, same suffix)
+    to write a file or a folder into; it replaces ``path`` only when the block completes, and is removed
+    when the block fails, so ``path`` is either the old or the complete new result, never a partial one.
+    An existing folder is moved aside, not merged into (a rebuild replaces it whole)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}_tmp{os.getpid()}{path.suffix}")
+    remove_path(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f"{path.name}_old{os.getpid()}")
+            path.replace(old)
+            tmp.replace(path)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
 def save_figure(fig: Any, out: Path, dpi: int = 120, tight: bool = True) -> None:
-    """Save a matplotlib figure atomically: to ``<stem>_tmp<suffix>``, then rename."""
+    """Save a matplotlib figure atomically."""
     if tight:               # not with a colorbar spanning several axes
         fig.tight_layout()
-    tmp = out.with_name(out.stem + "_tmp" + out.suffix)
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 # ---------------------------------------------------------------- provenance

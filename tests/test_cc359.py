@@ -231,6 +231,22 @@ def test_prep_records_the_unpadded_slice_shape(release, tmp_path):
     assert np.load(tmp_path / "prep" / "slices" / "IMG" / "CC0001_0.npy").shape == (8, 8)
 
 
+def test_prep_rebuild_replaces_an_existing_cache_with_the_shapes_the_headers_predict(release, tmp_path):
+    """make -B reran prep over a complete cache and ended in OSError; the slice shape now comes from the
+    headers before any volume is resampled (one volume in memory at a time)."""
+    (tmp_path / "prep" / "slices").mkdir(parents=True)
+    (tmp_path / "prep" / "stale.txt").write_text("from an earlier prep")
+    cc359.write_prep(release / "meta.csv", (0.7, 0.7, 1.3), tmp_path / "prep")
+    assert not (tmp_path / "prep" / "stale.txt").exists()
+    image = np.load(tmp_path / "prep" / "slices" / "IMG" / "CC0001_0.npy")
+    resampled, _ = cc359.preprocess(cc359.load_volume(release / "Original" / "CC0001_siemens_15_50_M.nii.gz"),
+                                    cc359.load_volume(release / "Silver-standard" / "CC0001_siemens_15_50_M_ss.nii.gz"),
+                                    (1, 1, 1), (0.7, 0.7, 1.3))
+    cases = pd.read_csv(tmp_path / "prep" / "cases.csv")
+    assert cases.loc[0, ["h", "w", "n_slices"]].tolist() == list(resampled.shape)
+    assert image.shape == tuple(int(np.ceil(n / 8) * 8) for n in resampled.shape[:2])
+
+
 def test_volume_prior_spreads_the_published_volume_over_tagged_slices(tmp_path):
     gt = tmp_path / "GT"
     gt.mkdir()

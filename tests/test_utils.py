@@ -84,3 +84,22 @@ def test_lr_staircase_decays_every_period_and_step_once_only_once():
         lrs[once] = opt.param_groups[0]["lr"]
     assert lrs[False] == pytest.approx(1e-2)      # after epochs 4 and 8
     assert lrs[True] == pytest.approx(1e-1)       # after epoch 4 only
+
+
+def test_atomic_output_replaces_whole_results_and_leaves_the_old_one_on_failure(tmp_path):
+    import os
+    from utils import atomic_output
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_output(out) as tmp:
+        assert tmp.name == f"cache_tmp{os.getpid()}" and not tmp.exists()
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]          # replaced whole, not merged
+    with pytest.raises(RuntimeError):
+        with atomic_output(out / "new.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert (out / "new.txt").read_text() == "new" and sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
