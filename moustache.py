@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from report import FINETUNING, NO_BUDGET, read_per_patient  # noqa: E402
+from report import FINETUNING, NO_BUDGET, read_per_patient, read_table  # noqa: E402
 from utils import save_figure  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def violins(scores: pd.DataFrame, out: Path) -> None:
     save_figure(fig, out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def draw(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path, help="CC359 scores.csv (report.py collect)")
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if (args.runs is None) == (args.scores is None):
         parser.error("give --runs or --scores")
     if args.scores is not None:
-        violins(pd.read_csv(args.scores), args.out)
+        violins(read_table(args.scores, ["method", "target", "budget", "sdice"]), args.out)
         return 0
     values = [read_per_patient(run) for run in args.runs]
     fig, ax = plt.subplots(figsize=(1.2 * len(args.runs) + 2, 4.5))
@@ -69,6 +69,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, args.out)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``draw``, with a missing or malformed run directory or csv reported as one ``error:`` line."""
+    try:
+        return draw(argv)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

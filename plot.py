@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from report import collect, experiment_scores, parse_run, read_metrics  # noqa: E402
+from report import collect, experiment_scores, parse_run, read_metrics, read_table  # noqa: E402
 from utils import save_figure  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def unit_position(name: str, index: int) -> Tuple[float, float]:
 def policy_picture(runs: Sequence[Path], out: Path) -> None:
     frames = []
     for run in runs:
-        df = pd.read_csv(run / "policy.csv")
+        df = read_table(run / "policy.csv", ["unit", "p_finetuned"])
         df["budget"] = parse_run(run)["budget"]
         frames.append(df)
     table = pd.concat(frames)
@@ -88,7 +88,7 @@ def policy_picture(runs: Sequence[Path], out: Path) -> None:
     save_figure(fig, out, tight=False)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def draw(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, help="curves over epochs")
     parser.add_argument("--lambda_runs", nargs="+", type=Path, help="SpotTUnet validation runs")
@@ -120,6 +120,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, args.out)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``draw``, with a missing or malformed run directory or csv reported as one ``error:`` line."""
+    try:
+        return draw(argv)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

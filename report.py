@@ -32,7 +32,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -48,23 +48,52 @@ def metrics_file(run: Path) -> Path:
     return found[0]
 
 
+def read_table(path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A csv of a run, or a ValueError / FileNotFoundError naming the file and what is wrong with it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (is the run complete?)")
+    try:
+        table_ = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable csv ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    missing = [c for c in columns if c not in table_.columns]
+    if missing:
+        raise ValueError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, table_.columns))})")
+    return table_
+
+
 def read_metrics(run: Path) -> pd.DataFrame:
-    return pd.read_csv(metrics_file(run))
+    return read_table(metrics_file(run), ["epoch", "val_dice_3d"])
+
+
+def read_best_epoch(run: Path) -> Tuple[int, float]:
+    """(epoch, 3D Dice) of ``3dbestepoch.txt``."""
+    path = run / "3dbestepoch.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (is the run complete?)")
+    try:
+        epoch, dice = path.read_text().split(",")
+        return int(epoch), float(dice)
+    except ValueError:
+        raise ValueError(f"{path}: expected 'epoch,dice', got {path.read_text()[:40]!r}") from None
 
 
 def read_per_patient(run: Path, metric: str = "dice_3d") -> np.ndarray:
     """Per-patient ``metric`` (dice_3d, hd95, assd) at the best epoch, averaged over the reported classes."""
-    df = pd.read_csv(run / "val_dice_3d_per_patient.csv")
+    df = read_table(run / "val_dice_3d_per_patient.csv", ["patient"])
     return df.filter(like=f"{metric}_c").mean(axis=1, skipna=False).to_numpy()
 
 
 def summarize(run: Path) -> Dict[str, object]:
     metrics = read_metrics(run)
-    best_epoch = int((run / "3dbestepoch.txt").read_text().split(",")[0])
-    best = metrics.loc[metrics["epoch"] == best_epoch].iloc[0]
+    best_epoch, _ = read_best_epoch(run)
+    at_best = metrics.loc[metrics["epoch"] == best_epoch]
+    if at_best.empty:
+        raise ValueError(f"{metrics_file(run)}: no row for the best epoch {best_epoch} of 3dbestepoch.txt")
+    best = at_best.iloc[0]
     per_patient = read_per_patient(run)
     hd95 = read_per_patient(run, "hd95")
-    stats = pd.read_csv(run / "run_stats.csv").set_index("name")["value"]
+    stats = read_table(run / "run_stats.csv", ["name", "value"]).set_index("name")["value"]
     return {"run": run.name, "epochs": len(metrics) if metrics["tra_loss_tot"].notna().any() else 0,
             "best_epoch": best_epoch, "dice3d": per_patient.mean(),
             "dice3d_sd": per_patient.std(ddof=1) if len(per_patient) > 1 else 0.0,
@@ -526,6 +555,52 @@ def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates:
     return "\n".join(lines)
 
 
+def seed_scores(root: Path, at_epochs: Sequence[int]) -> pd.DataFrame:
+    """One row per trained/evaluated run below ``root``: best and last validation 3D Dice, and the 3D Dice
+    after ``at_epochs`` epochs where the run is longer (a prefix of a run equals a shorter run)."""
+    rows = []
+    for name, run in sorted(find_runs(root).items()):
+        metrics = read_metrics(run)
+        row = {"run": name, "epochs": len(metrics) if metrics["tra_loss_tot"].notna().any() else 0,
+               "dice3d": read_best_epoch(run)[1], "last_dice3d": float(metrics["val_dice_3d"].iloc[-1])}
+        for k in at_epochs:
+            at = metrics.loc[metrics["epoch"] == k - 1, "val_dice_3d"]
+            row[f"at{k}"] = float(at.iloc[0]) if len(at) and k < len(metrics) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) -> str:
+    """Every run as mean ± sd over the roots (one per training seed), collapses counted per run, claims on the means."""
+    per_root = [seed_scores(root, at_epochs).assign(root=str(root)) for root in roots]
+    for root, table_ in zip(roots[1:], per_root[1:]):
+        check_same_runs(roots[0], per_root[0]["run"], root, table_["run"])
+    scores = pd.concat(per_root)
+    columns = ["dice3d", "last_dice3d", *[f"at{k}" for k in at_epochs]]
+    head = ("| run | best 3D Dice | last 3D Dice | " + "".join(f"after {k} epochs | " for k in at_epochs)
+            + "collapses | last, per seed |\n|---|---|---|" + "---|" * len(at_epochs) + "---|---|\n")
+    lines, means = [], []
+    for name, group in scores.groupby("run", sort=False):
+        cells = [mean_sd_points(group[c]) for c in columns]
+        n_collapsed = int((group["last_dice3d"] < COLLAPSE).sum()) if group["epochs"].iloc[0] > 0 else 0
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_collapsed}/{len(group)} | "
+                     + ", ".join(f"{100 * v:.1f}" for v in group["last_dice3d"]) + " |\n")
+        if "/" not in name:       # the chain's own runs (not the lrgrid study) enter the claims
+            means.append({"run": name, "epochs": int(group["epochs"].iloc[0]),
+                          "dice3d": group["dice3d"].mean(), "last_dice3d": group["last_dice3d"].mean()})
+    return (f"# {title}\n\n3D Dice x100 on the target validation patients, mean ± sd over {len(roots)} training "
+            f"seeds ({', '.join(map(str, roots))}); a collapse is a last-epoch 3D Dice below {100 * COLLAPSE:g}.\n\n"
+            + head + "".join(lines) + claims(means).replace(
+                "on this run", "on the means over seeds"))
+
+
+def mean_sd_points(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}" if len(values) > 1 else f"{100 * values.iloc[0]:.1f}"
+
+
 def write_text_atomic(text: str, out: Path) -> None:
     with atomic_output(out) as tmp:
         tmp.write_text(text)
@@ -536,7 +611,7 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
         table.to_csv(tmp, index=False, **kwargs)
 
 
-COMMANDS = ["collect", "choose_tau", "choose", "cc359", "compare"]
+COMMANDS = ["collect", "choose_tau", "choose", "cc359", "compare", "seeds"]
 
 
 def subcommand_main(argv: Sequence[str]) -> int:
@@ -552,6 +627,8 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
     parser.add_argument("--candidate", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=1.0, help="points of score (compare)")
+    parser.add_argument("--roots", nargs="+", type=Path, help="seeds: one prostate result root per training seed")
+    parser.add_argument("--at_epochs", nargs="*", type=int, default=[], help="seeds: 3D Dice also after these epochs")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
@@ -565,6 +642,8 @@ def subcommand_main(argv: Sequence[str]) -> int:
         parser.error("cc359 needs --scores and --params")
     if args.command == "compare" and not (args.reference and args.candidate):
         parser.error("compare needs --reference and --candidate")
+    if args.command == "seeds" and not args.roots:
+        parser.error("seeds needs --roots")
     try:
         if args.command == "collect":
             table_ = collect(args.runs)
@@ -576,8 +655,9 @@ def subcommand_main(argv: Sequence[str]) -> int:
             write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))
         else:
-            text = (compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
-                                   args.tolerance) if args.command == "compare"
+            text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
+                    else compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
+                                        args.tolerance) if args.command == "compare"
                     else cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title,
                                       pd.read_csv(args.val_scores) if args.val_scores else None,
                                       pd.read_csv(args.tau_file) if args.tau_file else None))
@@ -598,7 +678,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="Results")
     args = parser.parse_args(argv)
-    rows = [summarize(run) for run in args.runs]
+    try:
+        rows = [summarize(run) for run in args.runs]
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     text = (f"# {args.title}\n\nValidation set of each run's dataset (cesource: source val; others: target val). "
             f"3D Dice per patient of the foreground class(es), mean ± sd over {rows[-1]['patients']} patients, at the "
             f"epoch chosen by validation 3D Dice; HD95/ASSD in pixels (PNG data) or mm (NIfTI), at that epoch, averaged "

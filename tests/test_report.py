@@ -94,3 +94,22 @@ def test_prostate_claims_on_best_and_last_epoch_count_a_collapse():
     assert "| 1 collapsed: sfda | **no** |" in text
     rows[3] = _row("sfda", 0.72, 0.60)
     assert report.collapsed(rows) == [] and "| 0 collapsed | yes |" in report.claims(rows)
+
+
+@pytest.mark.parametrize("script", ["report", "plot", "moustache"])
+def test_missing_or_malformed_run_gives_one_error_line(tmp_path, capsys, script):
+    import importlib
+    module = importlib.import_module(script)
+    out = tmp_path / "out.png"
+    assert module.main(["--runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and "\n" not in err
+    run = tmp_path / "sfda"
+    run.mkdir()
+    (run / "IMG_target_metrics.csv").write_text('epoch,val_dice_3d\n0,"0.5\n')      # an unclosed quote
+    (run / "val_dice_3d_per_patient.csv").write_text('patient,dice_3d_c1\n"Case00,0.5\n')
+    (run / "3dbestepoch.txt").write_text("zero")
+    assert module.main(["--runs", str(run), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(run) in err and "\n" not in err
+    assert not out.exists()
