@@ -34,12 +34,12 @@ ZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
 # what every main.py run gets from PREC and CL (CL=1: channels_last memory format)
 RUN_NUMERICS = --precision $(PREC) $(if $(filter 1,$(CL)),--channels_last) $(if $(THREADS),--threads $(THREADS))
 
-# losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1);
-# SFDA_FN: how the prediction's class ratio is measured, norm_soft_size (the SFDA code) or soft_ratio (the papers)
+# losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1), the
+# prediction's class ratio measured by $(2) or SFDA_FN: norm_soft_size (the SFDA code) or soft_ratio (the papers)
 SFDA_FN ?= norm_soft_size
 L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
 SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
-	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(SFDA_FN)',1)]
+	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)

@@ -140,6 +140,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--in_memory", action="store_true", help="(always on) decode data once")
     parser.add_argument("--pprint", action="store_true", help="(no effect)")
     args = parser.parse_args(argv)
+    for name in ("n_epoch", "l_rate", "lr_decay", "lr_decay_epoch", "weight_decay"):     # nargs="?" as in the seed
+        if getattr(args, name) is None:
+            parser.error(f"--{name} needs a value")
     if args.n_epoch < 0 or args.batch_size < 1:
         parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
     if any(not 0 <= k < args.n_class for k in args.metric_axis):

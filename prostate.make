@@ -64,11 +64,18 @@ $(PR)/sfda $(PR)/sfda_truesize: $(SIZEFILE)
 LR_GRID ?= 1e-6 5e-6 1e-5 5e-5
 GRID_EPC ?= 40
 GRID = $(foreach lr,$(LR_GRID),$(PR)/lrgrid/sfda_lr$(lr))
-$(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $* --lr_decay 0.9 \
+$(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $(patsubst sfda_lr%,%,$(notdir $@)) --lr_decay 0.9 \
 	--model_weights $(M_WEIGHTS)
 $(PR)/lrgrid/sfda_lr%: N_EP = $(GRID_EPC)
 $(GRID): $(SIZEFILE) $(TGT) $(CES)
 lrgrid: $(GRID)
+
+# the size-function study: $(PR)/fn_<fn>/sfda and sfda_truesize measure the class ratio with <fn>
+$(PR)/fn_%/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags,$*)" $(SFDA_OPT)
+$(PR)/fn_%/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size,$*)" $(SFDA_OPT)
+$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: N_EP = 20
+$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: $(SIZEFILE) $(TGT) $(CES) | $(PYDEP)
+	$(TRAIN)
 
 # full supervision on the target (oracle), from scratch
 $(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
@@ -77,13 +84,16 @@ $(PR)/fs: N_EP = 30
 $(filter-out $(CES),$(TRN)): $(TGT)
 $(filter-out $(CES) $(PR)/fs,$(TRN)): $(CES)
 
-$(TRN) $(GRID): | $(PYDEP)
+define TRAIN
 	rm -rf $@_tmp
 	$(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
 		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
 		--batch_size $(BS) --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --do_hd 90 --saveim True \
 		$(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $@ && mv $@_tmp $@
+endef
+$(TRN) $(GRID): | $(PYDEP)
+	$(TRAIN)
 
 # ---------------------------------------------------------------- plots, report, archive
 $(PR)/val_dice_3d.png: $(TRN) | $(PYDEP)
