@@ -32,6 +32,7 @@ IT_FT = 100
 LRD_FT = 45
 LR = 1e-3
 VAL_PAIRS = 0_1 0_2 0_3 0_4 0_5
+SF_LRS = 1e-6 1e-5 5e-5 5e-4
 TEST_PAIRS = $(foreach s,1 2 3 4 5,$(foreach t,0 1 2 3 4 5,$(if $(filter $(s),$(t)),,$(s)_$(t))))
 else ifneq ($(PRESET),)
 $(error PRESET=$(PRESET): the only preset is paper)
@@ -62,6 +63,8 @@ IT_FT ?= 10
 LRD_FT ?= 5# lr x0.1 once, after this (0-based) epoch (paper: 45 of 60)
 LR ?= 1e-2# SGD lr (paper 1e-3 over 50x more iterations)
 BRAIN_ML ?= 1883# published brain volume for the SFDA prior: the MNI152 2009a brain mask (nilearn), in mL
+PRIOR_PROFILE ?= mni152# the prior's area per tagged slice: the MNI152 brain's axial profile (flat: even)
+SF_LRS ?= 5e-5 5e-4# SFDA Adam learning rates tried on the validation pairs
 
 ifneq ($(filter-out scan pool,$(BUDGET_FROM)),)
 $(error BUDGET_FROM=$(BUDGET_FROM): scan (the paper's) or pool)
@@ -77,6 +80,7 @@ SETS = $(DATA)/cc359_sets
 SIZEFILE = $(SIZES)/cc359.csv
 CR = $(RD)/cc359
 TAUFILE = $(CR)/spottune_tau.csv
+SF_PARAMS = $(CR)/sfda_params.csv
 PARAMS = $(CR)/spottune_params.csv
 VAL_SCORES = $(CR)/val_scores.csv
 
@@ -101,13 +105,14 @@ LAM_RUNS = $(filter-out %_n$(TAU_BUDGET)_lam0,$(foreach p,$(VAL_PAIRS),$(foreach
 	$(CR)/spottune_val/$(p)_n$(n)_lam$(l)))))
 VAL_RUNS = $(TAU_RUNS) $(LAM_RUNS)
 SF_RUNS = $(foreach m,hm $(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
+SF_VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(CR)/sfda_val/$(p)_lr$(lr)))
 TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS)
 PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359.tar.gz
 
 all: pack report
-runs: $(TESTED) $(VAL_RUNS)
+runs: $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
@@ -120,7 +125,7 @@ $(PREP): $(CCDATA)/meta.csv | $(PYDEP)
 
 $(SIZEFILE): $(PREP) | $(PYDEP)
 	$(CC) $(CFLAGS) sizes.py --gt_dir $(PREP)/slices/GT --volume_ml $(BRAIN_ML) --spacing $(SPACING) \
-		--grp_regex "$(G_RGX)" --out $@
+		--profile $(PRIOR_PROFILE) --grp_regex "$(G_RGX)" --out $@
 
 # slice sets (symlinks into the cache): baseline_<s>, oracle_<t>_f<k>, pair_<s>_<t>_n<N> / _all, hm_<s>_<t>
 # (a pair's validation scans depend on its source: the paper draws them in its sequence of pairs)
@@ -137,7 +142,7 @@ $(SETS)/hm_%: $(PREP) | $(PYDEP)
 # ---------------------------------------------------------------- runs
 # $(1) run dir, $(2) slice set; OPT = what differs. Every run tests its last-epoch weights on the set's test/.
 define RUN
-	rm -rf $(1)_tmp
+	$(call FRESH,$(1))
 	$(CC) $(CFLAGS) main.py --workdir $(1)_tmp --target_dataset $(2) --network $(NET) --n_class 2 --metric_axis 1 \
 		--grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" --batch_size $(BS) \
 		--spacing $(SPACING) --sdice_tol $(TOL) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
@@ -206,17 +211,30 @@ M_EVAL = --n_epoch 0 --test_folder test --target_losses="$(L_OR)"
 OPT_hm = $(M_EVAL)
 OPT_noadapt = $(M_EVAL)
 OPT_adabn = $(M_EVAL) --adabn
+# SFDA's Adam learning rate is chosen like SpotTUnet's parameters: sfda on the validation pairs at every rate
+# of SF_LRS (sfda_val/<s>_<t>_lr<lr>), the best mean surface Dice -> $(SF_PARAMS), which the test runs read
 SFDA_OPT = --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --val_every $(call epochs,$(E_FT)) --test_folder test \
-	--l_rate 5e-4 --lr_decay 1
-OPT_sfda = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,dumbpredwtags)"
-OPT_sfda_truesize = $(SFDA_OPT) --target_losses="$(call SFDA_LOSS,val_gt_size)"
+	--lr_decay 1
+SF_LR = $$$$(awk -F, 'NR == 2 {print $$$$1}' $(SF_PARAMS))# read by the shell when the run starts (after call + eval)
+OPT_sfda = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT)
+OPT_sfda_truesize = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,val_gt_size)" $(GUARD_OPT)
 define SOURCE_FREE
 $(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl
 $(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/pair_$(2)_all) $(CR)/baseline/$(call src,$(2)) \
-		$(if $(filter sfda%,$(1)),$(SIZEFILE)) | $(PYDEP)
+		$(if $(filter sfda%,$(1)),$(SIZEFILE) $(SF_PARAMS)) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach m,hm $(SF_METHODS),$(foreach p,$(TEST_PAIRS),$(eval $(call SOURCE_FREE,$(m),$(p)))))
+
+define SFDA_VAL
+$(CR)/sfda_val/$(1)_lr$(2): OPT = $(SFDA_OPT) --l_rate $(2) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT) \
+	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
+$(CR)/sfda_val/$(1)_lr$(2): $(SETS)/pair_$(1)_all $(CR)/baseline/$(call src,$(1)) $(SIZEFILE) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(eval $(call SFDA_VAL,$(p),$(lr)))))
+$(SF_PARAMS): $(SF_VAL_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose_lr --runs $^ --out $@
 
 # ---------------------------------------------------------------- report, plots, archive
 $(CR)/scores.csv: $(TESTED) | $(PYDEP)
@@ -234,7 +252,7 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
-$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE)
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

@@ -31,12 +31,20 @@ HASH := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 HOSTNAME := $(shell hostname)
 ZIP := $(shell command -v pigz >/dev/null 2>&1 && echo pigz || echo gzip)
 
+# A run's <run>_tmp keeps its state after each complete epoch: the next make resumes it when the command is
+# the same (main.py decides) and restarts it otherwise; make -B restarts every run it rebuilds.
+FRESH = $(if $(findstring B,$(firstword -$(MAKEFLAGS))),rm -rf $(1)_tmp,:)
+
 # what every main.py run gets from PREC and CL (CL=1: channels_last memory format)
 RUN_NUMERICS = --precision $(PREC) $(if $(filter 1,$(CL)),--channels_last) $(if $(THREADS),--threads $(THREADS))
 
 # losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1), the
 # prediction's class ratio measured by $(2) or SFDA_FN: norm_soft_size (the SFDA code) or soft_ratio (the papers)
 SFDA_FN ?= norm_soft_size
+# the chains' sfda runs stop and fall back to AdaBN when their predicted foreground falls below GUARD x the
+# prior's on the training slices (main.py --collapse_guard; 0: off, the seed's behaviour)
+GUARD ?= 0.25
+GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD))
 L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
 SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
 	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]

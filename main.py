@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -105,6 +105,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--weight_decay", nargs="?", type=float, default=1e-5)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--model_weights", default="", help="checkpoint to start from")
+    parser.add_argument("--collapse_guard", type=float, default=0.0,
+                        help="stop a prior-driven adaptation whose mean predicted (argmax) foreground on the training "
+                             "slices falls below this fraction of the prior's, and fall back to the start model with "
+                             "AdaBN statistics (label-free; 0: off)")
     parser.add_argument("--adabn", action="store_true",
                         help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
     parser.add_argument("--do_hd", type=str2bool, default=False, help="HD95 and ASSD per val patient")
@@ -147,8 +151,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
     if any(not 0 <= k < args.n_class for k in args.metric_axis):
         parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
-    if args.threads < 0:
-        parser.error("--threads must be >= 0")
+    if args.threads < 0 or args.collapse_guard < 0:
+        parser.error("--threads and --collapse_guard must be >= 0")
     if args.iterations < 0 or args.val_every < 1 or args.tau <= 0 or args.k_reg < 0:
         parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
     if args.spottune and not args.model_weights:
@@ -494,19 +498,42 @@ def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -
         Image.fromarray(np.clip(e * 255 + 0.5, 0, 255).astype(np.uint8)).save(folder / f"{strip_extension(name)}.png")
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the run, in its stages
 
-def run(args: argparse.Namespace) -> None:
-    t_start = time.perf_counter()
-    check_options(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    generator = seed_everything(args.seed)
+RESUME = "resume.pt"     # in <run>_tmp: the state after the last complete epoch, removed when the run completes
+
+
+@dataclass
+class Data:
+    train: SliceSet
+    val: SliceSet
+    test: Optional[SliceSet]
+
+
+@dataclass
+class History:
+    """What the epochs produced so far; with the weights and optimizers, all a resumed run needs."""
+    rows: List[Dict[str, float]] = field(default_factory=list)
+    best: Dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "epoch": -1})
+    seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("load", "train", "val", "test", "compute", "epochs", "total"), 0.0))   # summed over the run's lives
+    next_epoch: int = 0
+    collapsed_at: int = -1               # the epoch the collapse guard stopped (-1: never)
+    life_start: float = field(default_factory=time.perf_counter)                # this process's start
+
+    def total_seconds(self) -> float:
+        return self.seconds["total"] + time.perf_counter() - self.life_start
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise OptionError("--precision bf16: this GPU does not support bfloat16")
+    return device
 
-    specs = parse_losses(args.target_losses)
+
+def load_data(args: argparse.Namespace, specs: Sequence[LossSpec]) -> Data:
+    """train / val (/ test) slice sets of --target_dataset, decoded once, with every loss's bounds attached."""
     train_folders = parse_folders(args.target_folders, "--target_folders")
     val_folders = parse_folders(args.val_target_folders, "--val_target_folders")
     root = Path(args.target_dataset)
@@ -523,87 +550,223 @@ def run(args: argparse.Namespace) -> None:
     print(f">> {root}: {len(train)} train slices ({len(set(train.patients))} patients), "
           f"{len(val)} val slices ({len(set(val.patients))} patients)"
           + (f", {len(test)} test slices ({len(set(test.patients))} patients)" if test is not None else ""))
+    return Data(train, val, test)
 
-    net = build_model(args).to(device)
-    if args.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    optimizers = build_optimizers(net, args)
 
-    savedir = Path(args.workdir)
+def metrics_csv(args: argparse.Namespace) -> str:
+    return f"{parse_folders(args.target_folders, '--target_folders')[0][0]}_target_{args.csv}"
+
+
+def run_identity(args: argparse.Namespace) -> Dict[str, Any]:
+    """The options that define a run: a run directory resumes only under the same ones."""
+    return {k: v for k, v in vars(args).items() if k not in ("workdir", "threads")}
+
+
+def save_resume_state(savedir: Path, args: argparse.Namespace, net: torch.nn.Module,
+                      optimizers: Sequence[torch.optim.Optimizer], generator: torch.Generator, history: History) -> None:
+    """Everything needed to continue after the epoch just finished, every random generator included."""
+    np_state = np.random.get_state()
+    best = {k: ({c: v[c].tolist() for c in v.columns} if isinstance(v, pd.DataFrame) else v)
+            for k, v in history.best.items()}
+    state = {"identity": repr(run_identity(args)), "net": net.state_dict(),
+             "optimizers": [o.state_dict() for o in optimizers], "torch_rng": torch.get_rng_state(),
+             "generator": generator.get_state(), "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                             *np_state[2:]],
+             "python_rng": random.getstate(), "rows": history.rows, "best": best,
+             "seconds": {**history.seconds, "total": history.total_seconds()}, "next_epoch": history.next_epoch}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_output(savedir / RESUME) as tmp:
+        torch.save(state, tmp)
+
+
+def resume_state(savedir: Path, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The saved state of an interrupted run of the same options in ``savedir``, or None."""
+    path = savedir / RESUME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:                       # a state cut by the kill itself: start over
+        return None
+    return state if state.get("identity") == repr(run_identity(args)) else None
+
+
+def restore(state: Dict[str, Any], net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+            generator: torch.Generator, life_start: float) -> History:
+    net.load_state_dict(state["net"])
+    for optimizer, saved in zip(optimizers, state["optimizers"]):
+        optimizer.load_state_dict(saved)
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    generator.set_state(state["generator"])
+    kind, keys, *rest = state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    best = dict(state["best"])
+    if isinstance(best.get("per_patient"), dict):
+        best["per_patient"] = pd.DataFrame(best["per_patient"])
+    return History(rows=list(state["rows"]), best=best, seconds=dict(state["seconds"]), next_epoch=state["next_epoch"],
+                   life_start=life_start)
+
+
+def start_run(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+              generator: torch.Generator, data: Data, device: torch.device, life_start: float) -> History:
+    """Resume an interrupted run of the same options, or start in an empty directory (params, provenance, AdaBN)."""
+    state = resume_state(savedir, args) if savedir.name.endswith("_tmp") else None
+    if state is not None:
+        history = restore(state, net, optimizers, generator, life_start)
+        print(f">> resumed {savedir} after epoch {history.next_epoch - 1}")
+        return history
     prepare_workdir(savedir)
     params = {**vars(args), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "server": socket.gethostname()}
     (savedir / "params.txt").write_text(str(params) + "\n")
     record_provenance(savedir)
-    t_loaded = time.perf_counter()
-
     if args.adabn:
-        reestimate_batchnorm(net, train, args.batch_size, device, args.precision)
-        print(f">> BatchNorm statistics re-estimated on {len(train)} training images")
+        reestimate_batchnorm(net, data.train, args.batch_size, device, args.precision)
+        print(f">> BatchNorm statistics re-estimated on {len(data.train)} training images")
+    return History(life_start=life_start)
 
-    rows: List[Dict[str, float]] = []
-    best = {"dice": -1.0, "epoch": -1}
-    t_train = t_val = t_compute = t_epochs = 0.0
+
+def size_ratio(tra: PassResult) -> float:
+    """Mean predicted (argmax) foreground over the mean prior foreground on the slices of a training pass."""
+    predicted = size_stats(tra.pred[tra.seen])[0]
+    return predicted / tra.prior_size if np.isfinite(tra.prior_size) and tra.prior_size > 0 else float("nan")
+
+
+def fall_back_to_adabn(net: torch.nn.Module, start: Dict[str, Tensor], data: Data, args: argparse.Namespace,
+                       device: torch.device) -> None:
+    """The collapse guard's fallback: the start weights with the target's BatchNorm statistics (the adabn run)."""
+    net.load_state_dict(start)
+    reestimate_batchnorm(net, data.train, args.batch_size, device, args.precision)
+
+
+def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer], data: Data,
+                       specs: Sequence[LossSpec], args: argparse.Namespace, device: torch.device,
+                       generator: torch.Generator, savedir: Path, history: History,
+                       start: Optional[Dict[str, Tensor]] = None) -> History:
+    """The epochs: train, decay the lr, validate (every --val_every), log, keep the best; state saved after each.
+
+    With --collapse_guard, an epoch whose argmax foreground falls below the guard's share of the prior
+    ends the training: the model falls back to ``start`` with AdaBN statistics and is validated as the
+    last epoch (``collapse.txt`` records it). Collapsed SFDA runs lose their foreground within 1-3
+    epochs (argmax/prior 0.0-0.1) while healthy ones stay at 0.6-1.9 (README)."""
     n_epochs = max(args.n_epoch, 1)
-    for epoch in range(n_epochs):
+    seconds, best = history.seconds, history.best
+    for epoch in range(history.next_epoch, n_epochs):
         t0 = time.perf_counter()
         tra: Optional[PassResult] = None
         if args.n_epoch > 0:
-            tra = run_pass(net, train, specs, args, device, optimizers, generator, f"train {epoch}")
-            tra.dice2d = dice_2d(tra.pred[tra.seen], train.labels[tra.seen], args)
+            tra = run_pass(net, data.train, specs, args, device, optimizers, generator, f"train {epoch}")
+            tra.dice2d = dice_2d(tra.pred[tra.seen], data.train.labels[tra.seen], args)
             if not args.flr:
                 for optimizer in optimizers:
                     exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch,
                                      once=args.lr_schedule == "step_once")
+        ratio = size_ratio(tra) if tra and args.collapse_guard else float("nan")
+        collapsed = bool(ratio < args.collapse_guard)
+        if collapsed:
+            print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, below the collapse guard "
+                  f"{args.collapse_guard:g}: stopped; the start model with AdaBN statistics is the result", flush=True)
+            fall_back_to_adabn(net, start, data, args, device)
+            history.collapsed_at = epoch
+            (savedir / "collapse.txt").write_text(f"{epoch},{ratio:.4f}\n")
         t1 = time.perf_counter()
-        if (epoch + 1) % args.val_every and epoch + 1 < n_epochs:
+        seconds["train"] += t1 - t0
+        seconds["compute"] += tra.compute_s if tra else 0.0
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == n_epochs or collapsed:
+            val_pass = run_pass(net, data.val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
+            val_eval = evaluate(val_pass.pred, data.val, args)
+            t2 = time.perf_counter()
+            seconds["val"] += t2 - t1
+            seconds["compute"] += val_pass.compute_s
+            row = epoch_row(epoch, tra, data.train, val_pass, val_eval, data.val)
+            history.rows.append(row)
+            write_csv_atomic(pd.DataFrame(history.rows), savedir / metrics_csv(args))
+            if val_eval["dice3d"] > best["dice"]:
+                best.update({"dice": val_eval["dice3d"], "epoch": epoch, "pred": val_pass.pred,
+                             "entropy": val_pass.entropy, "per_patient": val_eval["per_patient"]})
+                save_checkpoint(savedir / "best_3d.pkl", net, epoch=epoch, val_dice_3d=val_eval["dice3d"])
+                (savedir / "3dbestepoch.txt").write_text(f"{epoch},{val_eval['dice3d']}")
+            print(f"epoch {epoch:3d}  train loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
+                  f"val 3D dice {val_eval['dice3d']:.4f} ± {val_eval['dice3d_sd']:.4f}  (best {best['dice']:.4f} "
+                  f"@ {best['epoch']})  {t2 - t0:.1f}s", flush=True)
+        else:
             print(f"epoch {epoch:3d}  train loss {tra.loss_s + tra.loss_cons:.4f}  {t1 - t0:.1f}s", flush=True)
-            t_train, t_compute, t_epochs = t_train + t1 - t0, t_compute + tra.compute_s, t_epochs + t1 - t0
-            continue
-        val_pass = run_pass(net, val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
-        val_eval = evaluate(val_pass.pred, val, args)
-        t2 = time.perf_counter()
-        t_train, t_val = t_train + t1 - t0, t_val + t2 - t1
-        t_compute += val_pass.compute_s + (tra.compute_s if tra else 0.0)
+        seconds["epochs"] += time.perf_counter() - t0
+        history.next_epoch = epoch + 1
+        if collapsed:
+            break
+        if args.n_epoch > 0 and epoch + 1 < n_epochs:
+            save_resume_state(savedir, args, net, optimizers, generator, history)
+    return history
 
-        row = epoch_row(epoch, tra, train, val_pass, val_eval, val)
-        rows.append(row)
-        write_csv_atomic(pd.DataFrame(rows), savedir / f"{train_folders[0][0]}_target_{args.csv}")
 
-        if val_eval["dice3d"] > best["dice"]:
-            best = {"dice": val_eval["dice3d"], "epoch": epoch, "pred": val_pass.pred,
-                    "entropy": val_pass.entropy, "per_patient": val_eval["per_patient"]}
-            save_checkpoint(savedir / "best_3d.pkl", net, epoch=epoch, val_dice_3d=val_eval["dice3d"])
-            (savedir / "3dbestepoch.txt").write_text(f"{epoch},{val_eval['dice3d']}")
-        print(f"epoch {epoch:3d}  train loss {row['tra_loss_tot']:.4f}  val 2D dice {val_eval['dice2d']:.4f}  "
-              f"val 3D dice {val_eval['dice3d']:.4f} ± {val_eval['dice3d_sd']:.4f}  (best {best['dice']:.4f} "
-              f"@ {best['epoch']})  {t2 - t0:.1f}s", flush=True)
-        t_epochs += time.perf_counter() - t0
+def test_last_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
+                      device: torch.device, generator: torch.Generator, savedir: Path) -> None:
+    """test_metrics.csv (Dice and surface Dice per test volume) and, for SpotTUnet, policy.csv."""
+    test_pass = run_pass(net, test, specs, args, device, [], generator, "test")
+    per_volume = evaluate_volumes(test_pass.pred, test, args)
+    write_csv_atomic(per_volume, savedir / "test_metrics.csv")
+    print(f">> test ({len(per_volume)} volumes, last epoch): Dice {per_volume['dice'].mean():.4f}  "
+          f"surface Dice@{args.sdice_tol:g}mm {per_volume['sdice'].mean():.4f}")
+    if test_pass.frozen_sum is not None:
+        write_csv_atomic(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
 
-    save_checkpoint(savedir / "last.pkl", net, epoch=n_epochs - 1, val_dice_3d=rows[-1]["val_dice_3d"])
-    (savedir / "last_epoch.txt").write_text(str(n_epochs - 1))
-    t_test = time.perf_counter()
-    if test is not None:
-        test_pass = run_pass(net, test, specs, args, device, [], generator, "test")
-        per_volume = evaluate_volumes(test_pass.pred, test, args)
-        write_csv_atomic(per_volume, savedir / "test_metrics.csv")
-        print(f">> test ({len(per_volume)} volumes, last epoch): Dice {per_volume['dice'].mean():.4f}  "
-              f"surface Dice@{args.sdice_tol:g}mm {per_volume['sdice'].mean():.4f}")
-        if test_pass.frozen_sum is not None:
-            write_csv_atomic(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
-    t_test = time.perf_counter() - t_test
+
+def write_outputs(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, val: SliceSet, history: History) -> None:
+    """last.pkl, the best epoch's per-patient scores, predictions and entropy maps."""
+    last = history.next_epoch - 1 if args.n_epoch > 0 else 0
+    save_checkpoint(savedir / "last.pkl", net, epoch=last, val_dice_3d=history.rows[-1]["val_dice_3d"])
+    (savedir / "last_epoch.txt").write_text(str(last))
+    best = history.best
     write_csv_atomic(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
     if args.saveim:
         save_predictions(savedir / "best_epoch_3d" / "val", val.filenames, best["pred"])
     if args.entmap:
         save_entropy_maps(savedir / "best_epoch_3d" / "entmap", val.filenames, best["entropy"])
-    total = time.perf_counter() - t_start
-    # compute: forward/backward/step only; epochs: wall time of the epochs incl. metrics, logging, saving
-    stats = pd.DataFrame([("load", t_loaded - t_start, "s"), ("train", t_train, "s"), ("val", t_val, "s"), ("test", t_test, "s"),
-                          ("compute", t_compute, "s"), ("epochs", t_epochs, "s"), ("total", total, "s"),
+
+
+def write_run_stats(savedir: Path, seconds: Dict[str, float]) -> None:
+    """Seconds per stage (compute: forward/backward/step only; epochs: their wall time incl. metrics, logging,
+    saving) and peak memory; a resumed run adds the stages of its earlier lives."""
+    stats = pd.DataFrame([*((name, value, "s") for name, value in seconds.items()),
                           ("peak_memory", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")],
                          columns=["name", "value", "unit"])
     write_csv_atomic(stats, savedir / "run_stats.csv")
-    print(f">> results in {savedir}; best 3D dice {best['dice']:.4f} at epoch {best['epoch']} ({total:.0f}s)")
+
+
+def run(args: argparse.Namespace) -> None:
+    t_start = time.perf_counter()
+    check_options(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = seed_everything(args.seed)
+    device = pick_device(args)
+    specs = parse_losses(args.target_losses)
+    data = load_data(args, specs)
+    net = build_model(args).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizers = build_optimizers(net, args)
+    savedir = Path(args.workdir)
+    start = {k: v.clone() for k, v in net.state_dict().items()} if args.collapse_guard else None   # before any step
+    history = start_run(savedir, args, net, optimizers, generator, data, device, t_start)
+    history.seconds["load"] += time.perf_counter() - t_start
+
+    history = train_and_validate(net, optimizers, data, specs, args, device, generator, savedir, history, start)
+    t_test = time.perf_counter()
+    if data.test is not None:
+        test_last_weights(net, data.test, specs, args, device, generator, savedir)
+    history.seconds["test"] = time.perf_counter() - t_test
+    write_outputs(savedir, args, net, data.val, history)
+    history.seconds["total"] = history.total_seconds()
+    (savedir / RESUME).unlink(missing_ok=True)
+    write_run_stats(savedir, history.seconds)
+    print(f">> results in {savedir}; best 3D dice {history.best['dice']:.4f} at epoch {history.best['epoch']} "
+          f"({history.seconds['total']:.0f}s)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -615,7 +778,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: {args.workdir} is incomplete and was left as it is", file=sys.stderr)
+        print(f"interrupted: {args.workdir} is incomplete; the same command resumes it after its last complete epoch",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from report import FINETUNING, NO_BUDGET, read_per_patient, read_table  # noqa: E402
-from utils import save_figure  # noqa: E402
+from utils import one_error_line, save_figure  # noqa: E402
 
 
 def violins(scores: pd.DataFrame, out: Path) -> None:
@@ -72,12 +72,7 @@ def draw(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``draw``, with a missing or malformed run directory or csv reported as one ``error:`` line."""
-    try:
-        return draw(argv)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return one_error_line(draw, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from report import collect, experiment_scores, parse_run, read_metrics, read_table  # noqa: E402
-from utils import save_figure  # noqa: E402
+from utils import one_error_line, save_figure  # noqa: E402
 
 
 def lambda_curves(runs: Sequence[Path], out: Path) -> None:
@@ -123,12 +123,7 @@ def draw(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``draw``, with a missing or malformed run directory or csv reported as one ``error:`` line."""
-    try:
-        return draw(argv)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return one_error_line(draw, argv)
 
 
 if __name__ == "__main__":

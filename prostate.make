@@ -53,8 +53,8 @@ $(PR)/noadapt: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_
 $(PR)/adabn: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0 --adabn
 
 SFDA_OPT = --l_rate 5e-5 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap
-$(PR)/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SFDA_OPT)
-$(PR)/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SFDA_OPT)
+$(PR)/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SFDA_OPT) $(GUARD_OPT)
+$(PR)/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SFDA_OPT) $(GUARD_OPT)
 $(PR)/adaent: OPT = --target_losses="[('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]" $(SFDA_OPT)
 $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent: N_EP = 20
 $(PR)/sfda $(PR)/sfda_truesize: $(SIZEFILE)
@@ -85,7 +85,7 @@ $(filter-out $(CES),$(TRN)): $(TGT)
 $(filter-out $(CES) $(PR)/fs,$(TRN)): $(CES)
 
 define TRAIN
-	rm -rf $@_tmp
+	$(call FRESH,$@)
 	$(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
 		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
 		--batch_size $(BS) --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --do_hd 90 --saveim True \

@@ -15,6 +15,7 @@ time. When the SFDA runs are present, the seed's claims are checked on these num
 
 CC359: ``collect`` gathers every run's test_metrics.csv (one row per test volume) with the method,
 pair, budget, tau and lambda its directory name (or, for SpotTUnet, its command.txt) gives;
+``choose_lr`` picks the source-free adaptation's learning rate on the validation pairs;
 ``choose_tau`` picks SpotTUnet's tau once, at one budget with lambda = 0, and ``choose`` then the
 lambda per budget with that tau, both on the validation pairs (the paper's order); ``cc359`` writes
 the method x budget table of mean surface Dice ± sd over test pairs (each pair's score: the mean
@@ -157,7 +158,8 @@ def claims(rows: List[Dict[str, object]]) -> str:
 
 # ---------------------------------------------------------------- CC359
 
-RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+))?(?:_lam(?P<lam>[\d.e-]+))?$")
+RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+))?"
+                      r"(?:_lam(?P<lam>[\d.e-]+))?(?:_lr(?P<lr>[\d.e-]+))?$")
 FINETUNING = ["ft_all", "ft_first", "ft_last", "spottune"]
 NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
 
@@ -182,7 +184,8 @@ def parse_run(run: Path) -> Dict[str, object]:
         tau = float(given.get("--tau", tau)) if np.isnan(tau) else tau
         lam = float(given.get("--k_reg", lam)) if np.isnan(lam) else lam
     return {"method": run.parent.name, "source": int(g["source"]), "target": int(g["target"]),
-            "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": tau, "lam": lam, "fold": np.nan}
+            "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": tau, "lam": lam, "fold": np.nan,
+            **({"lr": float(g["lr"])} if g["lr"] else {})}
 
 
 def command_options(run: Path) -> Dict[str, str]:
@@ -253,6 +256,16 @@ def choose(scores: pd.DataFrame, tau: float) -> pd.DataFrame:
     best = fixed.loc[fixed.groupby("budget")["sdice"].idxmax()]
     return pd.DataFrame({"budget": best["budget"].astype(int), "tau": best["tau"], "lambda": best["lam"],
                          "val_sdice": best["sdice"].round(4)})
+
+
+def choose_lr(scores: pd.DataFrame) -> pd.DataFrame:
+    """The source-free adaptation's learning rate: best mean surface Dice over the validation pairs (first of ties)."""
+    if "lr" not in scores.columns or scores["lr"].isna().any():
+        raise ValueError("choose_lr needs runs named <s>_<t>_lr<lr> (sfda_val/...)")
+    per_run = scores.groupby(["source", "target", "lr"])["sdice"].mean().reset_index()
+    grid = per_run.groupby("lr", sort=True)["sdice"].mean()
+    return pd.DataFrame({"lr": [grid.idxmax()], "val_sdice": [round(grid.max(), 4)],
+                         "grid": [" ".join(f"{lr:g}:{v:.4f}" for lr, v in grid.items())]})
 
 
 def read_tau(path: Path) -> float:
@@ -611,7 +624,7 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
         table.to_csv(tmp, index=False, **kwargs)
 
 
-COMMANDS = ["collect", "choose_tau", "choose", "cc359", "compare", "seeds"]
+COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "cc359", "compare", "seeds"]
 
 
 def subcommand_main(argv: Sequence[str]) -> int:
@@ -632,7 +645,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
-    if args.command in ("collect", "choose_tau", "choose") and not args.runs:
+    if args.command in ("collect", "choose_tau", "choose", "choose_lr") and not args.runs:
         parser.error(f"{args.command} needs --runs")
     if args.command == "choose_tau" and args.budget is None:
         parser.error("choose_tau needs --budget")
@@ -649,8 +662,9 @@ def subcommand_main(argv: Sequence[str]) -> int:
             table_ = collect(args.runs)
             write_csv_atomic(table_, args.out, float_format="%.4f")
             print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
-        elif args.command in ("choose_tau", "choose"):
+        elif args.command in ("choose_tau", "choose", "choose_lr"):
             chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
+                      else choose_lr(collect(args.runs)) if args.command == "choose_lr"
                       else choose(collect(args.runs), read_tau(args.tau_file)))
             write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))

@@ -176,6 +176,16 @@ def save_figure(fig: Any, out: Path, dpi: int = 120, tight: bool = True) -> None
         fig.savefig(tmp, dpi=dpi)
 
 
+def one_error_line(command: Any, argv: Any) -> int:
+    """``command(argv)``, with a missing or malformed input (file, run directory, csv) reported as one
+    ``error: <file>: <problem>`` line and exit status 1 instead of a traceback."""
+    try:
+        return command(argv)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 # ---------------------------------------------------------------- provenance
 
 def record_provenance(savedir: Path) -> None:

@@ -110,6 +110,12 @@ def test_every_run_tests_its_volumes(tiny_run):
     assert params["budget"].tolist() == [8, 45] and set(params["lambda"]) <= {0, 0.01}
     tau = pd.read_csv(cr / "spottune_tau.csv")
     assert tau["budget"].tolist() == [45] and params["tau"].tolist() == [tau["tau"].iloc[0]] * 2   # one tau for all
+    sf = pd.read_csv(cr / "sfda_params.csv")                           # the SFDA rate, chosen on the validation pair
+    assert len(sf) == 1 and sf["lr"].iloc[0] in (5e-5, 5e-4)
+    for lr in ("5e-5", "5e-4"):
+        assert (cr / "sfda_val" / f"0_3_lr{lr}" / "test_metrics.csv").is_file()
+    from report import command_options
+    assert float(command_options(cr / "sfda" / "2_5")["--l_rate"]) == sf["lr"].iloc[0]
     scores = pd.read_csv(cr / "scores.csv")
     assert set(scores["method"]) == {"oracle", "hm", "noadapt", "adabn", "sfda", "sfda_truesize",
                                      "ft_all", "ft_first", "ft_last", "spottune"}

@@ -210,3 +210,68 @@ def test_bad_options_give_one_error_line_and_no_run(nii_data, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "run_tmp").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--spottune", "--iterations", "3", "--optimizer", "sgd", "--tau", "0.5"]],
+                         ids=["adam", "spottune"])
+def test_a_killed_run_resumes_to_byte_identical_metrics(nii_data, tmp_path, monkeypatch, capsys, extra):
+    """Killed after its second epoch, the same command resumes from the saved state (weights, optimizers,
+    schedule, every generator incl. SpotTUnet's Gumbel noise and --iterations sampling) and ends as if never
+    stopped; different options restart instead."""
+    network = ["--network", "ResUNet", "--net_width", "4"] if extra else []
+    ckpt = []
+    if extra:
+        src = tmp_path / "src_tmp"
+        assert main.main(base_args(nii_data / "data", src, L_OR) + network + ["--n_epoch", "1", "--batch_size", "4"]) == 0
+        ckpt = ["--model_weights", str(src / "last.pkl")]
+    args = base_args(nii_data / "data", tmp_path / "x", L_OR) + network + ckpt + extra + \
+        ["--n_epoch", "4", "--batch_size", "2", "--lr_decay_epoch", "1", "--lr_decay", "0.5", "--test_folder", "val"]
+    whole, cut = tmp_path / "whole_tmp", tmp_path / "cut_tmp"
+    assert main.main([*args, "--workdir", str(whole)]) == 0
+    real_pass, calls = main.run_pass, []
+
+    def killed_in_third_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:                 # train 0, val 0, train 1, val 1, train 2: the kill
+            raise KeyboardInterrupt
+        return real_pass(*a, **k)
+    monkeypatch.setattr(main, "run_pass", killed_in_third_epoch)
+    assert main.main([*args, "--workdir", str(cut)]) == 130
+    assert (cut / main.RESUME).is_file() and "resumes it" in capsys.readouterr().err
+    monkeypatch.setattr(main, "run_pass", real_pass)
+    assert main.main([*args, "--workdir", str(cut)]) == 0
+    assert "resumed" in capsys.readouterr().out and not (cut / main.RESUME).exists()
+    for name in ["IMG_target_metrics.csv", "3dbestepoch.txt", "val_dice_3d_per_patient.csv", "test_metrics.csv"]:
+        assert (cut / name).read_bytes() == (whole / name).read_bytes(), name
+    (cut / main.RESUME).write_bytes(b"")             # a state that does not match (here: unreadable) restarts
+    assert main.main([*args, "--workdir", str(cut), "--seed", "1"]) == 0 and "resumed" not in capsys.readouterr().out
+
+
+def test_collapse_guard_stops_and_falls_back_to_the_adabn_model(nii_data, tmp_path, monkeypatch):
+    import torch
+    sfda = TRUESIZE.replace("SIZEFILE", str(nii_data / "sizes.csv"))
+    args = base_args(nii_data / "data", tmp_path / "x", sfda) + ["--model_weights", str(nii_data / "src" / "last.pkl"),
+                                                                 "--batch_size", "4"]
+    adabn = tmp_path / "adabn_tmp"
+    assert main.main([*args, "--workdir", str(adabn), "--n_epoch", "0", "--adabn"]) == 0
+    ratios = iter([1.0, 0.01, 1.0])           # epoch 1 loses its foreground
+    monkeypatch.setattr(main, "size_ratio", lambda tra: next(ratios))
+    guarded = tmp_path / "guarded_tmp"
+    assert main.main([*args, "--workdir", str(guarded), "--n_epoch", "3", "--collapse_guard", "0.25"]) == 0
+    assert (guarded / "collapse.txt").read_text().startswith("1,")
+    metrics = pd.read_csv(guarded / "IMG_target_metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1]
+    assert metrics["val_dice_3d"].iloc[-1] == pd.read_csv(adabn / "IMG_target_metrics.csv")["val_dice_3d"].iloc[0]
+    last = torch.load(guarded / "last.pkl", weights_only=True)["state_dict"]
+    reference = torch.load(adabn / "last.pkl", weights_only=True)["state_dict"]
+    assert all(torch.equal(last[k], reference[k]) for k in reference)
+
+
+def test_size_ratio_is_predicted_over_prior_foreground():
+    import torch
+    pred = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    pred[0, :2, :2] = 1                                  # 4 px, then 0 px: mean 2
+    tra = main.PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0, prior_size=8.0)
+    assert main.size_ratio(tra) == 0.25
+    tra.prior_size = float("nan")
+    assert np.isnan(main.size_ratio(tra))

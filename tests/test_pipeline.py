@@ -49,6 +49,39 @@ def test_precision_and_layout_reach_every_command(tmp_path):
     assert fast.count("--precision bf16 --channels_last") == len(RUNS)
 
 
+def test_hard_shift_shares_the_source_model_and_options_reach_the_runs(tmp_path):
+    text = make(tmp_path, "-n", "SHIFT=hard", "SFDA_FN=soft_ratio", "THREADS=1", "DATA_SEED=7", "SEED=3").stdout
+    hard = f"{tmp_path}/results/prostate_hard"
+    for run in RUNS[1:]:
+        assert f"--workdir {hard}/{run}_tmp --target_dataset {tmp_path}/data/prostate_target_hard" in text
+    assert f"--workdir {tmp_path}/results/prostate/cesource_tmp" in text          # one source model for both shifts
+    assert f"--model_weights {tmp_path}/results/prostate/cesource/best_3d.pkl" in text
+    assert "synth.py prostate --domain target_hard" in text and text.count("--seed 7") == 2   # the two data folders
+    assert text.count("--seed 3") == len(RUNS) and text.count("--threads 1") == len(RUNS)
+    assert text.count("'soft_ratio',1)]") == 2 and f"sizefile':'{tmp_path}/sizes/prostate_hard.csv'" in text
+    assert "-prostate_hard.tar.gz" in text
+    grid = make(tmp_path, "-n", "lrgrid", "LR_GRID=1e-5 5e-6", "GRID_EPC=30").stdout
+    for lr in ("1e-5", "5e-6"):
+        assert f"--workdir {tmp_path}/results/prostate/lrgrid/sfda_lr{lr}_tmp" in grid and f"--l_rate {lr}" in grid
+    grid_runs = [line for line in grid.splitlines() if "main.py" in line and "/lrgrid/" in line]
+    assert len(grid_runs) == 2 and all("--n_epoch 30" in line for line in grid_runs)
+    assert make(tmp_path, "-n", "SHIFT=harder").returncode != 0
+
+
+def test_hard_shift_is_deterministic_per_seed(tmp_path):
+    import numpy as np
+    from PIL import Image
+    import synth
+
+    def first_image(seed: int, name: str) -> np.ndarray:
+        out = tmp_path / name
+        assert synth.main(["prostate", "--domain", "target_hard", "--out", str(out), "--seed", str(seed),
+                           "--size", "32", "--n_train", "1", "--n_val", "1"]) == 0
+        return np.asarray(Image.open(out / "train" / "IMG" / "Case00_5.png"))
+    a, b, c = first_image(0, "a"), first_image(0, "b"), first_image(1, "c")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
