@@ -243,8 +243,9 @@ def build_optimizers(net: torch.nn.Module, args: argparse.Namespace) -> List[tor
 
 
 def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> None:
-    """Compute every loss's bounds for every slice once: data.bounds[i] is (N, C, 2)."""
-    targets = class2one_hot(data.labels, n_class)
+    """Compute every loss's bounds for every slice once: data.bounds[i] is (N, C, 2). The split's float
+    one-hot (N x C x H x W x 4 bytes) is built only when a loss has bounds (supervised runs skip it)."""
+    targets = class2one_hot(data.labels, n_class) if any(spec.bounds is not None for spec in specs) else None
     data.bounds = [spec.bounds(data.filenames, targets) if spec.bounds is not None
                    else torch.zeros(len(data), n_class, 2) for spec in specs]
 
