@@ -10,6 +10,10 @@ last.pkl, val_dice_3d_per_patient.csv, best_epoch_3d/val/*.png (--saveim), prove
 with --test_folder: test_metrics.csv (Dice and surface Dice per test volume, last-epoch weights)
 and, for --spottune, policy.csv (how often the test slices chose each fine-tuned unit).
 
+A killed run leaves resume.pt in its ``*_tmp`` workdir (the state after its last complete epoch);
+the same command resumes it, other options restart it. --collapse_guard stops a prior-driven
+adaptation that loses its foreground and falls back to the start model with AdaBN statistics.
+
 The CC359 protocol (seed 000) adds: --optimizer sgd, --iterations (random batches per epoch),
 --trainable (fine-tune only these blocks), --spottune (SpotTUnet around the loaded network).
 """
