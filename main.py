@@ -523,7 +523,6 @@ class History:
     seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("load", "train", "val", "test", "compute", "epochs", "total"), 0.0))   # summed over the run's lives
     next_epoch: int = 0
-    collapsed_at: int = -1               # the epoch the collapse guard stopped (-1: never)
     life_start: float = field(default_factory=time.perf_counter)                # this process's start
 
     def total_seconds(self) -> float:
@@ -676,7 +675,6 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
             print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, below the collapse guard "
                   f"{args.collapse_guard:g}: stopped; the start model with AdaBN statistics is the result", flush=True)
             fall_back_to_adabn(net, start, data, args, device)
-            history.collapsed_at = epoch
             (savedir / "collapse.txt").write_text(f"{epoch},{ratio:.4f}\n")
         t1 = time.perf_counter()
         seconds["train"] += t1 - t0

@@ -599,7 +599,7 @@ def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) ->
             + "collapses | last, per seed |\n|---|---|---|" + "---|" * len(at_epochs) + "---|---|\n")
     lines, means, down = [], [], []
     for name, group in scores.groupby("run", sort=False):
-        cells = [mean_sd_points(group[c]) for c in columns]
+        cells = [mean_sd(group[c]) for c in columns]
         n_collapsed = int((group["last_dice3d"] < COLLAPSE).sum()) if group["epochs"].iloc[0] > 0 else 0
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {n_collapsed}/{len(group)} | "
                      + ", ".join(f"{100 * v:.1f}" for v in group["last_dice3d"]) + " |\n")
@@ -612,13 +612,6 @@ def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) ->
             f"seeds ({', '.join(map(str, roots))}); a collapse is a last-epoch 3D Dice below {100 * COLLAPSE:g}.\n\n"
             + head + "".join(lines) + claims(means, down).replace(
                 "on this run", "on the means over seeds"))
-
-
-def mean_sd_points(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "–"
-    return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}" if len(values) > 1 else f"{100 * values.iloc[0]:.1f}"
 
 
 def write_text_atomic(text: str, out: Path) -> None:
