@@ -9,9 +9,9 @@ help:
 	@echo "make bench                machine peak, training throughput, epoch overhead, metric speed -> $(RD)/bench"
 	@echo "make -f prostate.make     the SFDA experiment on the embedded (or your) prostate data"
 	@echo "make -f cc359.make        fine-tuning / SpotTUnet / SFDA across the six CC359 scanner domains"
-	@echo "make compare REF=results/prostate CAND=results_bf16/prostate"
-	@echo "                          the same runs of two roots side by side (the 1-point rule) -> CAND/compare.md;"
-	@echo "                          REF and CAND may list several roots (seeds), averaged run by run"
+	@echo "make compare REF=\"results/seed0/prostate ...\" CAND=\"results_bf16/seed0/prostate ...\""
+	@echo "                          two modes run by run, roots paired by seed: the paired mean difference within"
+	@echo "                          TOLERANCE (1.5) points and no more collapses -> first CAND root/compare.md"
 	@echo "make clean                remove results, generated data, sizes and archives"
 
 venv: $(PYDEP)
@@ -24,10 +24,11 @@ bench: | $(PYDEP)
 	$(CC) -m pip install --disable-pip-version-check -q medpy==0.5.2
 	$(CC) $(CFLAGS) bench.py --out $(RD)/bench
 
-# e.g. fp32 against bf16: make -f prostate.make PREC=bf16 RD=results_bf16, then make compare (REF, CAND: roots)
+# e.g. fp32 against bf16: make -f prostate.make SEEDS="0 1 2" PREC=bf16 CL=1 RD=results_bf16, then make compare
+# with REF and CAND the per-seed roots in the same seed order
 REF ?= $(RD)/prostate
 CAND ?= results_bf16/prostate
-TOLERANCE ?= 1
+TOLERANCE ?= 1.5
 compare: | $(PYDEP)
 	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(firstword $(CAND))/compare.md
 

@@ -11,6 +11,8 @@ Sections (csv columns: section, name, precision, channels_last, metric, value, u
             torch.utils.flop_counter), fraction of the measured peak of that precision
   epoch     a real main.py run (2 epochs, UNet): share of the epoch time outside forward/backward,
             peak resident memory of the process
+  memory    main.py's peak memory against the number of volumes at the CC359 paper spacing, extrapolated
+            to the paper's largest run
   metric    surface Dice at 1 mm and HD95 on a realistic 3D volume, ours vs the DeepMind
             surface-distance package and medpy (if installed): seconds, speed ratio, agreement
 """
@@ -120,6 +122,61 @@ def bench_epoch(precision: str) -> List[dict]:
             {**common, "metric": "peak_memory", "value": stats["peak_memory"], "unit": "MiB"}]
 
 
+# the paper's CC359 protocol: 1 x 0.95 x 0.95 mm; the largest run holds a pair's test scans (60 - NADD 3), its
+# 2 validation scans and up to 800 training slices (~5 scans): about 64 volumes decoded at once
+PAPER_SPACING = "1,0.95,0.95"
+PAPER_VOLUMES = 64
+
+
+def paper_size_volume(tmp: Path) -> Path:
+    """One embedded CC359 head resampled to the paper's spacing (cc359.py prep): its slice folder."""
+    subprocess.run([sys.executable, str(ROOT / "synth.py"), "cc359", "--out", f"{tmp}/release", "--n_per_domain", "1"],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "cc359.py"), "prep", "--meta", f"{tmp}/release/meta.csv",
+                    "--spacing", PAPER_SPACING, "--out", f"{tmp}/prep"], check=True, capture_output=True)
+    return Path(tmp) / "prep" / "slices"
+
+
+def slice_set(slices: Path, root: Path, n_train: int) -> None:
+    """train/ with n_train copies of one head (symlinks under new patient ids: each is decoded on its own), val/ one."""
+    case = sorted(p.name for p in (slices / "IMG").glob("*.npy"))[0].split("_")[0]
+    for split, copies in (("train", n_train), ("val", 1)):
+        for sub in ("IMG", "GT"):
+            (root / split / sub).mkdir(parents=True)
+            for src in (slices / sub).glob(f"{case}_*.npy"):
+                for k in range(copies):
+                    patient = f"CC{(9000 if split == 'val' else 1000) + k:04d}"
+                    (root / split / sub / src.name.replace(case, patient)).symlink_to(src)
+
+
+def bench_memory(volumes: Sequence[int] = (2, 8, 16)) -> List[dict]:
+    """main.py's peak memory (ResUNet, batch 16, 2 iterations) against the number of training volumes at the
+    paper's spacing, and the line through them extrapolated to the paper's largest run (PAPER_VOLUMES)."""
+    rows, peaks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        slices = paper_size_volume(Path(tmp))
+        folders = "[('IMG', npy_transform, False), ('GT', gt_transform, False)]"
+        for n in volumes:
+            data = Path(tmp) / f"set{n}"
+            slice_set(slices, data, n)
+            cmd = [sys.executable, str(ROOT / "main.py"), "--target_dataset", str(data), "--workdir", f"{tmp}/run{n}_tmp",
+                   "--target_losses", "[('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]",
+                   "--target_folders", folders, "--val_target_folders", folders, "--network", "ResUNet",
+                   "--grp_regex", r"CC\d+_\d+", "--n_class", "2", "--metric_axis", "1", "--n_epoch", "1",
+                   "--iterations", "2", "--batch_size", "16", "--optimizer", "sgd", "--spacing", PAPER_SPACING]
+            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            stats = pd.read_csv(Path(tmp) / f"run{n}_tmp" / "run_stats.csv").set_index("name")["value"]
+            peaks.append(stats["peak_memory"])
+            rows.append({"section": "memory", "name": f"ResUNet, {n} training volumes", "precision": "fp32",
+                         "channels_last": False, "metric": "peak_memory", "value": stats["peak_memory"], "unit": "MiB"})
+    slope, intercept = np.polyfit(volumes, peaks, 1)
+    return rows + [{"section": "memory", "name": f"ResUNet, {PAPER_VOLUMES} volumes (line through the above)",
+                    "precision": "fp32", "channels_last": False, "metric": "peak_memory",
+                    "value": intercept + slope * PAPER_VOLUMES, "unit": "MiB"},
+                   {"section": "memory", "name": "ResUNet, per volume", "precision": "fp32", "channels_last": False,
+                    "metric": "peak_memory", "value": slope, "unit": "MiB"}]
+
+
 def realistic_masks(shape=(160, 200, 170), seed: int = 0):
     """A brain-sized smooth blob and a prediction of it with a wavy, slightly shifted boundary."""
     rng = np.random.default_rng(seed)
@@ -180,7 +237,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller peak matrices")
     parser.add_argument("--networks", nargs="*", default=[n for n in NETWORKS if n != "Dimwit"] + ["SpotTUnet"])
+    parser.add_argument("--only", choices=["memory"], help="run this section alone (into <out>/<section>.csv)")
     args = parser.parse_args(argv)
+    if args.only == "memory":
+        df = pd.DataFrame(bench_memory())
+        with atomic_output(args.out / "memory.csv") as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        print_table(df)
+        return 0
     repeat = 2 if args.quick else 5
     torch.set_num_threads(torch.get_num_threads())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -188,7 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     peaks = {p: matmul_peak(p, 1024 if args.quick else 2048, repeat) for p in DTYPES}
     rows = [{"section": "peak", "name": "matmul", "precision": p, "channels_last": False, "metric": "peak",
              "value": v, "unit": "GFLOP/s"} for p, v in peaks.items()]
-    epoch_rows = bench_epoch("fp32") + bench_epoch("bf16")   # first: a child's peak RSS counts its parent's at fork
+    # first: a child's peak RSS counts its parent's at fork
+    epoch_rows = bench_epoch("fp32") + bench_epoch("bf16") + bench_memory()
     rows += bench_training(peaks, args.networks, repeat) + epoch_rows
     rows += bench_metrics(1 if args.quick else 3)
 

@@ -7,7 +7,7 @@
 NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot runs
+.PHONY: all pack report plot runs sourcefree
 .SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
 
 # ---------------------------------------------------------------- data and protocol
@@ -95,6 +95,7 @@ FT_METHODS = ft_all ft_first ft_last
 SF_METHODS = noadapt adabn sfda sfda_truesize
 
 BASELINES = $(addprefix $(CR)/baseline/,$(SOURCES))
+BASE = $(SOURCE_RD)/cc359/baseline# the baselines every adaptation starts from (SOURCE_RD: another root's)
 ORACLES = $(foreach t,$(TARGETS),$(foreach k,0 1 2,$(CR)/oracle/$(t)/fold$(k)))
 FT_RUNS = $(foreach m,$(FT_METHODS) spottune,$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(CR)/$(m)/$(p)_n$(n))))
 # SpotTUnet's validation grid, in the paper's order: every tau at TAU_BUDGET with lambda = 0, then every
@@ -109,16 +110,17 @@ SF_VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(CR)/sfda_val/$(p
 TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS)
 PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
-PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359.tar.gz
+PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
 all: pack report
-runs: $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
+runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
+sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
 
 $(CCDATA)/meta.csv: | $(PYDEP)
-	$(CC) $(CFLAGS) synth.py cc359 --out $(CCDATA) --seed $(SEED) --n_per_domain $(NPD)
+	$(CC) $(CFLAGS) synth.py cc359 --out $(CCDATA) --seed $(DATA_SEED) --n_per_domain $(NPD)
 
 $(PREP): $(CCDATA)/meta.csv | $(PYDEP)
 	$(CC) $(CFLAGS) cc359.py prep --meta $< --spacing $(SPACING) --out $@
@@ -143,7 +145,7 @@ $(SETS)/hm_%: $(PREP) | $(PYDEP)
 # $(1) run dir, $(2) slice set; OPT = what differs. Every run tests its last-epoch weights on the set's test/.
 define RUN
 	$(call FRESH,$(1))
-	$(CC) $(CFLAGS) main.py --workdir $(1)_tmp --target_dataset $(2) --network $(NET) --n_class 2 --metric_axis 1 \
+	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $(1)_tmp --target_dataset $(2) --network $(NET) --n_class 2 --metric_axis 1 \
 		--grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" --batch_size $(BS) \
 		--spacing $(SPACING) --sdice_tol $(TOL) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $(1) && mv $(1)_tmp $(1)
@@ -172,8 +174,8 @@ OPT_ft_all =
 OPT_ft_first = --trainable first
 OPT_ft_last = --trainable last
 define FINETUNE
-$(CR)/$(1)/$(2)_n$(3): OPT = $(TRAIN_FT) --test_folder test --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl $(OPT_$(1))
-$(CR)/$(1)/$(2)_n$(3): $(SETS)/pair_$(2)_n$(3) $(CR)/baseline/$(call src,$(2)) | $(PYDEP)
+$(CR)/$(1)/$(2)_n$(3): OPT = $(TRAIN_FT) --test_folder test --model_weights $(BASE)/$(call src,$(2))/last.pkl $(OPT_$(1))
+$(CR)/$(1)/$(2)_n$(3): $(SETS)/pair_$(2)_n$(3) $(BASE)/$(call src,$(2)) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach m,$(FT_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call FINETUNE,$(m),$(p),$(n))))))
@@ -182,8 +184,8 @@ $(foreach m,$(FT_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eva
 # prerequisites. The lambda grid's tau is the shell's $$(awk ...) of $(TAUFILE), read when the run starts.
 define SPOT_VAL
 $(CR)/spottune_val/$(1)_n$(2)$(3): OPT = $(TRAIN_FT) --test_folder test --spottune --tau $(4) --k_reg $(5) \
-	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
-$(CR)/spottune_val/$(1)_n$(2)$(3): $(SETS)/pair_$(1)_n$(2) $(CR)/baseline/$(call src,$(1)) $(6) | $(PYDEP)
+	--model_weights $(BASE)/$(call src,$(1))/last.pkl
+$(CR)/spottune_val/$(1)_n$(2)$(3): $(SETS)/pair_$(1)_n$(2) $(BASE)/$(call src,$(1)) $(6) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach p,$(VAL_PAIRS),$(foreach t,$(TAUS),$(eval $(call SPOT_VAL,$(p),$(TAU_BUDGET),_tau$(t)_lam0,$(t),0))))
@@ -199,8 +201,8 @@ $(PARAMS): $(VAL_RUNS) $(TAUFILE) | $(PYDEP)
 define SPOT_TEST
 $(CR)/spottune/$(1)_n$(2): OPT = $(TRAIN_FT) --test_folder test --spottune \
 	--tau $$$$(awk -F, '$$$$1 == $(2) {print $$$$2}' $(PARAMS)) --k_reg $$$$(awk -F, '$$$$1 == $(2) {print $$$$3}' $(PARAMS)) \
-	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
-$(CR)/spottune/$(1)_n$(2): $(SETS)/pair_$(1)_n$(2) $(CR)/baseline/$(call src,$(1)) $(PARAMS) | $(PYDEP)
+	--model_weights $(BASE)/$(call src,$(1))/last.pkl
+$(CR)/spottune/$(1)_n$(2): $(SETS)/pair_$(1)_n$(2) $(BASE)/$(call src,$(1)) $(PARAMS) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call SPOT_TEST,$(p),$(n)))))
@@ -219,8 +221,8 @@ SF_LR = $$$$(awk -F, 'NR == 2 {print $$$$1}' $(SF_PARAMS))# read by the shell wh
 OPT_sfda = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT)
 OPT_sfda_truesize = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,val_gt_size)" $(GUARD_OPT)
 define SOURCE_FREE
-$(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(CR)/baseline/$(call src,$(2))/last.pkl
-$(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/pair_$(2)_all) $(CR)/baseline/$(call src,$(2)) \
+$(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(BASE)/$(call src,$(2))/last.pkl
+$(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/pair_$(2)_all) $(BASE)/$(call src,$(2)) \
 		$(if $(filter sfda%,$(1)),$(SIZEFILE) $(SF_PARAMS)) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
@@ -228,16 +230,31 @@ $(foreach m,hm $(SF_METHODS),$(foreach p,$(TEST_PAIRS),$(eval $(call SOURCE_FREE
 
 define SFDA_VAL
 $(CR)/sfda_val/$(1)_lr$(2): OPT = $(SFDA_OPT) --l_rate $(2) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT) \
-	--model_weights $(CR)/baseline/$(call src,$(1))/last.pkl
-$(CR)/sfda_val/$(1)_lr$(2): $(SETS)/pair_$(1)_all $(CR)/baseline/$(call src,$(1)) $(SIZEFILE) | $(PYDEP)
+	--model_weights $(BASE)/$(call src,$(1))/last.pkl
+$(CR)/sfda_val/$(1)_lr$(2): $(SETS)/pair_$(1)_all $(BASE)/$(call src,$(1)) $(SIZEFILE) | $(PYDEP)
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(eval $(call SFDA_VAL,$(p),$(lr)))))
 $(SF_PARAMS): $(SF_VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py choose_lr --runs $^ --out $@
 
+# ---------------------------------------------------------------- several training seeds
+# make -f cc359.make SEEDS="0 1 2" [-j2 THREADS=1] [SEED_GOAL=sourcefree]: $(RD)/seed<s>/cc359/..., then the tables
+# as mean ± sd over seeds
+ALL_SETS = $(addprefix $(SETS)/,$(addprefix baseline_,$(SOURCES)) $(foreach t,$(TARGETS),$(foreach k,0 1 2,oracle_$(t)_f$(k))) \
+	$(foreach p,$(PAIRS),$(foreach n,$(BUDGETS),pair_$(p)_n$(n)) pair_$(p)_all) $(addprefix hm_,$(TEST_PAIRS)))
+SEEDS_REPORT = $(RD)/seeds/cc359$(if $(filter sourcefree,$(SEED_GOAL)),_sourcefree).md
+SEED_SCORES = $(if $(filter sourcefree,$(SEED_GOAL)),sourcefree.csv,scores.csv)
+$(eval $(call SEED_CHAINS,$(SIZEFILE) $(ALL_SETS)))
+seeds: $(SEEDS_REPORT)
+$(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py cc359_seeds --scores $(addsuffix /cc359/$(SEED_SCORES),$(SEED_ROOTS)) --out $@ \
+		--title "CC359 domain adaptation ($(NET), seeds $(SEEDS), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
+
 # ---------------------------------------------------------------- report, plots, archive
 $(CR)/scores.csv: $(TESTED) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py collect --runs $^ --out $@
+$(CR)/sourcefree.csv: $(SF_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py collect --runs $^ --out $@
 $(CR)/violin.png: $(CR)/scores.csv | $(PYDEP)
 	$(CC) $(CFLAGS) moustache.py --scores $< --out $@

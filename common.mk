@@ -24,6 +24,17 @@ SIZES ?= sizes
 ARCH ?= archives
 SEED ?= 0# seeds every run (training)
 DATA_SEED ?= 0# seeds the data generators, separately from the training seed
+# SEEDS="0 1 2": the whole chain once per training seed, seed s into $(RD)/seed<s>, all on the one dataset (built
+# first, so parallel seeds never race to write it); then the report over the seeds, in $(RD)/seeds/.
+SEEDS ?=
+SEED_GOAL ?= all# what each seed's chain builds
+SEED_ROOTS = $(foreach s,$(SEEDS),$(RD)/seed$(s))
+# the root whose source models (prostate cesource, CC359 baselines) the adaptation runs start from; this root's
+# own are still trained. E.g. PREC=bf16 RD=results_bf16 SOURCE_RD=results adapts the fp32 models in bf16.
+SOURCE_RD ?= $(RD)
+# every main.py run goes through LAUNCH, e.g. LAUNCH="srun -c 4 --mem 8G" sends each run to SLURM (the run dirs
+# must be on a filesystem shared with the nodes); make, the _tmp -> run rename and the reports stay local.
+LAUNCH ?=
 
 REPO := $(shell basename "$$(git rev-parse --show-toplevel 2>/dev/null || pwd)")
 DATE := $(shell date +"%y%m%d")
@@ -53,3 +64,15 @@ $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -r requirements.txt
 	touch $@
+
+# SEEDS: one phony target per seed root runs the chain there in a sub-make (make -j runs them side by side); $(1):
+# the outputs every seed shares (data, caches, size files), built once by this make before any seed starts
+define SEED_CHAINS
+ifneq ($(strip $(SEEDS)),)
+.DEFAULT_GOAL := seeds
+endif
+.PHONY: seeds $(SEED_ROOTS)
+$(SEED_ROOTS): $(1) | $(PYDEP)
+	+$$(MAKE) -f $(firstword $(MAKEFILE_LIST)) SEEDS= SEED=$$(patsubst seed%,%,$$(notdir $$@)) RD=$$@ \
+		$(if $(filter command line,$(origin SOURCE_RD)),SOURCE_RD=$(SOURCE_RD)/$$(notdir $$@)) $(SEED_GOAL)
+endef

@@ -61,8 +61,10 @@ def png_transform(path: Path) -> np.ndarray:
 
 
 def nii_transform(path: Path) -> np.ndarray:
-    """Image: intensities as stored."""
-    return _read_any(path).astype(np.float32)
+    """Image: intensities as stored; float16 stays float16 (the CC359 cache's type: the loader keeps it, half the
+    memory, and batches become float32 exactly), every other type becomes float32."""
+    arr = _read_any(path)
+    return arr if arr.dtype == np.float16 else arr.astype(np.float32)
 
 
 def nii_transform2(path: Path) -> np.ndarray:
@@ -133,7 +135,8 @@ def strip_extension(name: str) -> str:
 
 @dataclass
 class SliceSet:
-    """All slices of one split, decoded once: images (N, 1, H, W) float32, labels (N, H, W) uint8."""
+    """All slices of one split, decoded once: images (N, 1, H, W) float32 (float16 when every file stores float16:
+    the network gets them as float32, exactly), labels (N, H, W) uint8."""
 
     root: Path
     filenames: List[str]
@@ -198,18 +201,23 @@ def load_slices(root: Path, folders: Sequence[Tuple[str, Callable, bool]], n_cla
         for p in img_files:  # extra folders (the seed lists GT twice) must be complete too
             _resolve(root / sub, strip_extension(p.name), p)
 
-    images, labels = [], []
-    for ip, gp in zip(img_files, gt_files):
+    images = labels = None          # filled in place: a list of slices and its stacked copy would double the peak
+    for i, (ip, gp) in enumerate(zip(img_files, gt_files)):
         img, gt = img_tf(ip), gt_tf(gp)
         if img.shape != gt.shape:
             raise DataError(f"{ip}: image shape {img.shape} differs from its ground truth {gp} {gt.shape}")
         if not np.isfinite(img).all():
             raise DataError(f"{ip}: NaN or Inf intensities")
-        images.append(img)
-        labels.append(_check_labels(gt, gp, n_class))
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise DataError(f"{img_dir}: slices of different shapes {sorted(shapes)}; resample them to one shape")
+        if images is None:
+            images = np.empty((len(img_files), *img.shape), img.dtype)
+            labels = np.empty((len(img_files), *img.shape), np.uint8)
+        elif img.shape != images.shape[1:]:
+            raise DataError(f"{img_dir}: slices of different shapes {sorted({images.shape[1:], img.shape})} "
+                            f"({img_files[0].name}, {ip.name}); resample them to one shape")
+        elif images.dtype != img.dtype == np.float32:      # float16 files, then another type: all float32 (once)
+            images = images.astype(np.float32)
+        images[i] = img
+        labels[i] = _check_labels(gt, gp, n_class)
 
     names = [p.name for p in img_files]
     try:
@@ -217,8 +225,7 @@ def load_slices(root: Path, folders: Sequence[Tuple[str, Callable, bool]], n_cla
     except DataError as e:
         raise DataError(f"{img_dir}: {e}") from None
     return SliceSet(root=root, filenames=names,
-                    images=torch.from_numpy(np.stack(images)).unsqueeze(1),
-                    labels=torch.from_numpy(np.stack(labels)),
+                    images=torch.from_numpy(images).unsqueeze(1), labels=torch.from_numpy(labels),
                     patients=[p for p, _ in parsed], slice_numbers=[s for _, s in parsed],
                     spacing=pixel_spacing(gt_files[0]))
 

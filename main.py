@@ -285,7 +285,7 @@ def reestimate_batchnorm(net: torch.nn.Module, data: SliceSet, batch_size: int, 
             with torch.no_grad(), autocast(device, precision):
                 for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
                     try:
-                        net(data.images[idx].to(device))
+                        net(data.images[idx].to(device, torch.float32))
                     except _StopForward:
                         pass
         finally:
@@ -351,7 +351,7 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
         batches = list(data.batches(args.batch_size, training, generator))
     with torch.enable_grad() if training else torch.no_grad():
         for idx in tqdm(batches, desc=desc, leave=False, disable=None):
-            images = data.images[idx].to(device, memory_format=memory)
+            images = data.images[idx].to(device, torch.float32, memory_format=memory)
             target = class2one_hot(data.labels[idx], args.n_class).to(device)
             t0 = time.perf_counter()
             with autocast(device, args.precision):

@@ -15,12 +15,21 @@ from torch import Tensor
 EPS = 1e-8
 
 
-def confusion_sizes(pred: Tensor, gt: Tensor, n_class: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Per slice and class: intersection, predicted size, GT size. pred, gt: (N, H, W) labels -> (N, C) each."""
+def confusion_sizes(pred: Tensor, gt: Tensor, n_class: int, chunk: int = 256) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per slice and class: intersection, predicted size, GT size. pred, gt: (N, H, W) labels -> (N, C) each.
+
+    ``chunk`` slices at a time: the (chunk, C, H, W) masks stay small whatever N (a whole test split at once
+    would hold three such masks of every slice)."""
     classes = torch.arange(n_class, device=pred.device).view(1, -1, 1, 1)
-    p = pred.unsqueeze(1) == classes
-    g = gt.unsqueeze(1) == classes
-    return ((p & g).sum(dim=(2, 3)).double(), p.sum(dim=(2, 3)).double(), g.sum(dim=(2, 3)).double())
+    parts = []
+    for start in range(0, len(pred), chunk):
+        p = pred[start:start + chunk].unsqueeze(1) == classes
+        g = gt[start:start + chunk].unsqueeze(1) == classes
+        parts.append(((p & g).sum(dim=(2, 3)), p.sum(dim=(2, 3)), g.sum(dim=(2, 3))))
+    if not parts:
+        empty = torch.zeros((0, n_class), dtype=torch.float64, device=pred.device)
+        return empty, empty, empty
+    return tuple(torch.cat(column).double() for column in zip(*parts))
 
 
 def dice_from_sizes(inter: Tensor, pred_size: Tensor, gt_size: Tensor) -> Tensor:

@@ -23,13 +23,14 @@ SRC = $(DATA)/prostate_source
 TGT = $(DATA)/prostate_$(TDOM)
 # one source model for both shifts; the adaptation starts from its epoch chosen on the *source* validation set
 CES = $(RD)/prostate/cesource
-M_WEIGHTS = $(CES)/best_3d.pkl
+SOURCE_CES = $(SOURCE_RD)/prostate/cesource# what the adaptation runs start from (SOURCE_RD: another root's)
+M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 N_EP = 0
 
 TRN = $(CES) $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent $(PR)/fs
 PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
 REPORT = $(PR)/report.md
-PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR)).tar.gz
+PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
 all: pack report
 pack: $(PACK)
@@ -67,14 +68,14 @@ GRID = $(foreach lr,$(LR_GRID),$(PR)/lrgrid/sfda_lr$(lr))
 $(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $(patsubst sfda_lr%,%,$(notdir $@)) --lr_decay 0.9 \
 	--model_weights $(M_WEIGHTS)
 $(PR)/lrgrid/sfda_lr%: N_EP = $(GRID_EPC)
-$(GRID): $(SIZEFILE) $(TGT) $(CES)
+$(GRID): $(SIZEFILE) $(TGT) $(SOURCE_CES)
 lrgrid: $(GRID)
 
 # the size-function study: $(PR)/fn_<fn>/sfda and sfda_truesize measure the class ratio with <fn>
 $(PR)/fn_%/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags,$*)" $(SFDA_OPT)
 $(PR)/fn_%/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size,$*)" $(SFDA_OPT)
 $(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: N_EP = 20
-$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: $(SIZEFILE) $(TGT) $(CES) | $(PYDEP)
+$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
 
 # full supervision on the target (oracle), from scratch
@@ -82,11 +83,11 @@ $(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
 $(PR)/fs: N_EP = 30
 
 $(filter-out $(CES),$(TRN)): $(TGT)
-$(filter-out $(CES) $(PR)/fs,$(TRN)): $(CES)
+$(filter-out $(CES) $(PR)/fs,$(TRN)): $(SOURCE_CES)
 
 define TRAIN
 	$(call FRESH,$@)
-	$(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
+	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
 		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
 		--batch_size $(BS) --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --do_hd 90 --saveim True \
 		$(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
@@ -94,6 +95,15 @@ define TRAIN
 endef
 $(TRN) $(GRID): | $(PYDEP)
 	$(TRAIN)
+
+# ---------------------------------------------------------------- several training seeds
+# make -f prostate.make SEEDS="0 1 2" [-j2 THREADS=1]: $(RD)/seed<s>/prostate..., then every run as mean ± sd
+SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
+$(eval $(call SEED_CHAINS,$(SIZEFILE)))
+seeds: $(SEEDS_REPORT)
+$(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py seeds --roots $(addsuffix /$(notdir $(PR)),$(SEED_ROOTS)) --at_epochs 20 --out $@ \
+		--title "SFDA on prostate MRI, $(SHIFT) shift ($(NET), seeds $(SEEDS))"
 
 # ---------------------------------------------------------------- plots, report, archive
 $(PR)/val_dice_3d.png: $(TRN) | $(PYDEP)

@@ -288,28 +288,36 @@ def mean_sd(values: pd.Series) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
 
-def cc359_table(per_run: pd.DataFrame, metric: str, pairs: Sequence[str], budgets: Sequence[int]) -> str:
-    """Method x budget: mean ± sd over the test pairs of the pair scores (x100); budget-free rows repeat across."""
-    head = "| method | " + " | ".join(f"N = {n}" for n in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n"
-    lines = []
-    oracle = per_run[per_run["method"] == "oracle"].groupby("target")[metric].mean()   # CV folds -> domain score
+def method_values(per_run: pd.DataFrame, metric: str, pairs: Sequence[str],
+                  budgets: Sequence[int]) -> Dict[str, List[pd.Series]]:
+    """Per method (table order), per budget: the pair scores of that cell; budget-free methods repeat across budgets,
+    the oracle's cell holds its domain score (mean over the CV folds) for each pair's target."""
+    cells = {}
+    oracle = per_run[per_run["method"] == "oracle"].groupby("target")[metric].mean()
     for method in ["noadapt", "hm", "adabn", "sfda", "sfda_truesize", *FINETUNING, "oracle"]:
         if method == "oracle":
-            if oracle.empty:
-                continue
-            values = pd.Series([oracle.get(int(p.split("_")[1]), np.nan) for p in pairs])
-            cells = [mean_sd(values)] * len(budgets)
-        else:
-            rows = per_run[per_run["method"] == method]
-            if rows.empty:
-                continue
-            if method in NO_BUDGET:
-                cells = [mean_sd(rows[metric])] * len(budgets)
-            else:
-                cells = [mean_sd(rows.loc[rows["budget"] == n, metric]) for n in budgets]
-        label = {"noadapt": "baseline (no adaptation)"}.get(method, method)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |\n")
-    return head + "".join(lines)
+            if not oracle.empty:
+                cells[method] = [pd.Series([oracle.get(int(p.split("_")[1]), np.nan) for p in pairs])] * len(budgets)
+            continue
+        rows = per_run[per_run["method"] == method]
+        if rows.empty:
+            continue
+        cells[method] = ([rows[metric]] * len(budgets) if method in NO_BUDGET
+                         else [rows.loc[rows["budget"] == n, metric] for n in budgets])
+    return cells
+
+
+def method_table(cells: Dict[str, List[str]], budgets: Sequence[int]) -> str:
+    head = ("| method | " + " | ".join(f"N = {n}" if n is not None else "no target labels" for n in budgets)
+            + " |\n|---|" + "---|" * len(budgets) + "\n")
+    label = {"noadapt": "baseline (no adaptation)"}
+    return head + "".join(f"| {label.get(m, m)} | " + " | ".join(row) + " |\n" for m, row in cells.items())
+
+
+def cc359_table(per_run: pd.DataFrame, metric: str, pairs: Sequence[str], budgets: Sequence[int]) -> str:
+    """Method x budget: mean ± sd over the test pairs of the pair scores (x100); budget-free rows repeat across."""
+    values = method_values(per_run, metric, pairs, budgets)
+    return method_table({m: [mean_sd(v) for v in row] for m, row in values.items()}, budgets)
 
 
 def relative_scores(per_run: pd.DataFrame) -> pd.DataFrame:
@@ -345,7 +353,8 @@ def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[
 
     oracle = 100 * np.mean([per_run[(per_run["method"] == "oracle") & (per_run["target"] == int(p.split("_")[1]))]["sdice"].mean()
                             for p in pairs])
-    lines = [("baseline below the oracle", f"{mean('noadapt'):.1f} vs {oracle:.1f}", mean("noadapt") < oracle)]
+    lines = [("baseline below the oracle", f"{mean('noadapt'):.1f} vs {oracle:.1f}", mean("noadapt") < oracle)] \
+        if np.isfinite(oracle) else []
     for m in ["ft_all", "ft_first", "ft_last", "spottune"]:
         curve = [mean(m, n) for n in budgets]
         if len(budgets) > 1 and all(np.isfinite(curve)):
@@ -354,18 +363,66 @@ def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[
     for n in budgets:
         best_ft = max(mean(m, n) for m in ["ft_all", "ft_first", "ft_last"])
         gap = mean("spottune", n) - best_ft
+        if not np.isfinite(gap):
+            continue
         lines.append((f"SpotTUnet within 1 point of the best fine-tuning, N = {n}", f"{gap:+.1f}", gap >= -1))
-    lines.append(("histogram matching vs baseline", f"{mean('hm') - mean('noadapt'):+.1f}", mean("hm") >= mean("noadapt")))
+    if np.isfinite(mean("hm")):
+        lines.append(("histogram matching vs baseline", f"{mean('hm') - mean('noadapt'):+.1f}", mean("hm") >= mean("noadapt")))
+    if np.isfinite(mean("sfda")) and np.isfinite(mean("adabn")):
+        lines.append(("SFDA at least AdaBN", f"{mean('sfda') - mean('adabn'):+.1f}", mean("sfda") >= mean("adabn")))
     body = "".join(f"| {name} | {value} | {'yes' if ok else '**no**'} |\n" for name, value, ok in lines)
     text = "\n## Targets checked on this run\n\n| target | measured (surface Dice x 100) | holds |\n|---|---|---|\n" + body
-    ft = pd.Series({n: mean("ft_all", n) for n in budgets})
+    ft = pd.Series({n: mean("ft_all", n) for n in budgets}).dropna()
     worth = [f"- {m}: {mean(m):.1f}, on ft_all's budget axis {budget_equivalent(mean(m), ft)}\n"
-             for m in ["adabn", "sfda", "sfda_truesize"] if np.isfinite(mean(m))]
+             for m in ["adabn", "sfda", "sfda_truesize"] if np.isfinite(mean(m)) and len(ft)]
     if worth:
         text += ("\n## What the label-free adaptation is worth in annotated slices\n\n"
                  "Mean surface Dice x 100 over the test pairs, placed on the fine-tune-all curve "
                  "(linear in log N between the measured budgets):\n\n" + "".join(worth))
     return text
+
+
+SOURCE_FREE = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
+
+
+def source_free_per_seed(per_seeds: Sequence[pd.DataFrame]) -> str:
+    """Per source-free method: each seed's mean over the test pairs, its collapsed runs (mean Dice below COLLAPSE)
+    and the runs the collapse guard returned to AdaBN (collapse.txt in the run)."""
+    lines = ["| method | mean ± sd over seeds | per seed | collapsed runs | guard fell back |", "|---|---|---|---|---|"]
+    for method in SOURCE_FREE:
+        runs = [r[r["method"] == method] for r in per_seeds]
+        if any(r.empty for r in runs):
+            continue
+        per_seed = pd.Series([r["sdice"].mean() for r in runs])
+        down = sum(int((r["dice"] < COLLAPSE).sum()) for r in runs)
+        guarded = sum(int(sum((Path(run) / "collapse.txt").is_file() for run in r["run"])) for r in runs)
+        total = sum(len(r) for r in runs)
+        lines.append(f"| {method} | {mean_sd(per_seed)} | {', '.join(f'{100 * v:.1f}' for v in per_seed)} | "
+                     f"{down}/{total} | {guarded}/{total} |")
+    return "\n".join(lines) + "\n"
+
+
+def cc359_seeds_report(scores: Sequence[pd.DataFrame], names: Sequence[str], title: str) -> str:
+    """The CC359 tables over training seeds: each cell the mean ± sd over seeds of the seed's mean over the test
+    pairs; the source-free runs per seed; the targets checked on the per-run means over seeds."""
+    per_seeds = [experiment_scores(s) for s in scores]
+    tested = per_seeds[0][per_seeds[0]["method"] != "oracle"]
+    pairs = sorted({f"{int(a)}_{int(b)}" for a, b in zip(tested["source"], tested["target"])})
+    budgets = sorted(int(n) for n in tested["budget"].dropna().unique())
+    columns = budgets or [None]                       # the source-free chain alone: one column
+    text = (f"# {title}\n\nSurface Dice x100 on the test volumes of the pairs {', '.join(pairs)}. Each cell: mean ± sd "
+            f"over {len(scores)} training seeds ({', '.join(names)}) of the seed's mean over the test pairs "
+            f"(last-epoch weights). A collapsed run has a mean Dice below {100 * COLLAPSE:g}.\n")
+    for metric, label in (("sdice", "Surface Dice"), ("dice", "Dice")):
+        values = [method_values(r, metric, pairs, columns) for r in per_seeds]
+        methods = [m for m in values[0] if all(m in v for v in values)]
+        cells = {m: [mean_sd(pd.Series([v[m][i].mean() for v in values])) for i in range(len(columns))]
+                 for m in methods}
+        text += f"\n## {label}\n\n" + method_table(cells, columns)
+    text += "\n## Source-free runs per seed (surface Dice x100)\n\n" + source_free_per_seed(per_seeds)
+    keys = ["method", "source", "target", "budget", "fold"]
+    means = pd.concat(per_seeds).groupby(keys, dropna=False)[["dice", "sdice"]].mean().reset_index()
+    return text + cc359_checks(means, pairs, budgets).replace("on this run", "on the means over seeds")
 
 
 ALPHA = 0.05
@@ -521,55 +578,83 @@ def check_same_runs(root_a: Path, runs_a: Iterable[str], root_b: Path, runs_b: I
         raise ValueError(f"{root_a} and {root_b} hold different runs (in one only: {', '.join(only[:8])})")
 
 
-def scores_over_roots(roots: Sequence[Path]) -> pd.DataFrame:
-    """Per (run, score): mean and sd over the roots (e.g. seeds) of the final score, mean run time."""
-    found = [find_runs(root) for root in roots]
-    for root, runs in zip(roots[1:], found[1:]):
-        check_same_runs(roots[0], found[0], root, runs)
-    rows = [{"run": name, "score": score, "value": value, "seconds": run_seconds(runs[name])}
-            for runs in found for name in sorted(runs) for score, value in final_scores(runs[name]).items()]
-    grouped = pd.DataFrame(rows).groupby(["run", "score"], sort=False)
-    return pd.DataFrame({"mean": grouped["value"].mean(), "sd": grouped["value"].std(ddof=1),
-                         "seconds": grouped["seconds"].mean()}).reset_index()
+def collapsed_scores(scores: Dict[str, float]) -> bool:
+    """A run predicting (almost) empty masks: its Dice (tested runs) or last-epoch 3D Dice below COLLAPSE."""
+    return scores.get("dice", scores.get("last 3D Dice", np.inf)) < 100 * COLLAPSE
+
+
+def paired_scores(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
+    """One row per (run, score, pair of roots): both final scores, whether each side collapsed, run times.
+    The k-th reference root pairs with the k-th candidate root (the same training seed in both modes)."""
+    if len(references) != len(candidates):
+        raise ValueError(f"{len(references)} reference root(s) but {len(candidates)} candidate root(s): "
+                         "roots pair by position (one per seed on each side)")
+    rows = []
+    for k, (ref_root, cand_root) in enumerate(zip(references, candidates)):
+        ref, cand = find_runs(ref_root), find_runs(cand_root)
+        check_same_runs(ref_root, ref, cand_root, cand)
+        for name in sorted(ref):
+            a, b = final_scores(ref[name]), final_scores(cand[name])
+            for score in a:
+                rows.append({"run": name, "score": score, "pair": k, "reference": a[score], "candidate": b[score],
+                             "reference_collapsed": collapsed_scores(a), "candidate_collapsed": collapsed_scores(b),
+                             "reference_s": run_seconds(ref[name]), "candidate_s": run_seconds(cand[name])})
+    return pd.DataFrame(rows)
 
 
 def compare(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
-    """One row per (run, score): reference and candidate means x 100 over their roots, the difference, run times."""
-    ref, cand = scores_over_roots(references), scores_over_roots(candidates)
-    check_same_runs(references[0], ref["run"], candidates[0], cand["run"])
-    both = ref.merge(cand, on=["run", "score"], suffixes=("_ref", "_cand"))
-    return pd.DataFrame({"run": both["run"], "score": both["score"], "reference": both["mean_ref"],
-                         "reference_sd": both["sd_ref"], "candidate": both["mean_cand"], "candidate_sd": both["sd_cand"],
-                         "delta": both["mean_cand"] - both["mean_ref"], "reference_s": both["seconds_ref"],
-                         "candidate_s": both["seconds_cand"]})
+    """Per (run, score): each side's mean and sd x 100 over its roots, the mean paired difference (candidate -
+    reference) over the pairs where neither side collapsed, the collapses of each side, mean run times."""
+    pairs = paired_scores(references, candidates)
+    rows = []
+    for (run, score), g in pairs.groupby(["run", "score"], sort=False):
+        kept = g[~g["reference_collapsed"] & ~g["candidate_collapsed"]]
+        rows.append({"run": run, "score": score, "reference": g["reference"].mean(),
+                     "reference_sd": g["reference"].std(ddof=1), "candidate": g["candidate"].mean(),
+                     "candidate_sd": g["candidate"].std(ddof=1),
+                     "delta": (kept["candidate"] - kept["reference"]).mean() if len(kept) else np.nan,
+                     "pairs": len(kept), "reference_collapses": int(g["reference_collapsed"].sum()),
+                     "candidate_collapses": int(g["candidate_collapsed"].sum()),
+                     "reference_s": g["reference_s"].mean(), "candidate_s": g["candidate_s"].mean()})
+    return pd.DataFrame(rows)
 
 
 def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates: Sequence[Path],
                    tolerance: float) -> str:
-    """Markdown: per-run table, the runs beyond ``tolerance`` points, total run time of each side."""
+    """Markdown: per-run table, the rule (paired mean difference within ``tolerance`` points, no more collapses in
+    the candidate) judged on each run's first score, total run time of each side."""
     primary = table_.groupby("run", sort=False).head(1)          # sdice, or the last-epoch 3D Dice
-    beyond = table_[table_["delta"].abs() > tolerance]
-    moved = beyond["run"].nunique()
+    beyond = primary[primary["delta"].abs() > tolerance]
+    more_collapses = primary[primary["candidate_collapses"] > primary["reference_collapses"]]
+    failed = sorted(set(beyond["run"]) | set(more_collapses["run"]))
     times = primary[["reference_s", "candidate_s"]].sum()
 
     def value(mean: float, sd: float) -> str:
         return f"{mean:.1f}" if np.isnan(sd) else f"{mean:.1f} ± {sd:.1f}"
 
     lines = [f"# {' '.join(map(str, candidates))} against {' '.join(map(str, references))}\n",
-             f"Final scores x 100 (tested runs: mean test surface Dice / Dice; others: last-epoch / best "
-             f"validation 3D Dice), mean ± sd over the roots of each side ({len(references)} reference, "
-             f"{len(candidates)} candidate); delta = candidate - reference, in points.\n",
-             "| run | score | reference | candidate | delta | reference s | candidate s |",
-             "|---|---|---|---|---|---|---|"]
+             f"Final scores x 100 (tested runs: mean test surface Dice / Dice; others: last-epoch / best validation "
+             f"3D Dice), mean ± sd over the {len(references)} root(s) of each side; the k-th candidate root pairs with "
+             f"the k-th reference root (the same training seed). delta = mean of candidate - reference over the pairs "
+             f"where neither side collapsed (Dice below {100 * COLLAPSE:g}), in points; collapses: reference / "
+             f"candidate. The rule, on each run's first score: |delta| <= {tolerance:g} and no more collapses in the "
+             f"candidate.\n",
+             "| run | score | reference | candidate | delta (pairs) | collapses | reference s | candidate s |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.score} | {value(r.reference, r.reference_sd)} | {value(r.candidate, r.candidate_sd)} | "
-              f"{r.delta:+.1f} | {r.reference_s:.0f} | {r.candidate_s:.0f} |" for r in table_.itertuples()]
-    lines += ["", f"- runs: {len(primary)}; runs with a score beyond {tolerance:g} point(s): **{moved}**"
-              + (f" (largest: {beyond.loc[beyond['delta'].abs().idxmax(), 'run']} "
-                 f"{beyond['delta'].abs().max():.1f} points)" if moved else ""),
+              + ("–" if np.isnan(r.delta) else f"{r.delta:+.1f}") + f" ({r.pairs}) | "
+              f"{r.reference_collapses} / {r.candidate_collapses} | {r.reference_s:.0f} | {r.candidate_s:.0f} |"
+              for r in table_.itertuples()]
+    largest = (f" (largest: {beyond.loc[beyond['delta'].abs().idxmax(), 'run']} "
+               f"{beyond['delta'].abs().max():.1f} points)" if len(beyond) else "")
+    lines += ["", f"- runs: {len(primary)}; beyond {tolerance:g} point(s): **{len(beyond)}**{largest}",
+              f"- runs where the candidate collapsed more often: **{len(more_collapses)}**"
+              + (f" ({', '.join(more_collapses['run'])})" if len(more_collapses) else ""),
               f"- mean delta of the first score: {primary['delta'].mean():+.2f} points",
-              f"- run time, sum over runs: {times['reference_s']:.0f} s against {times['candidate_s']:.0f} s "
-              f"({times['reference_s'] / times['candidate_s']:.2f}x)",
-              f"- every run within {tolerance:g} point(s): **{'yes' if moved == 0 else 'no'}**", ""]
+              f"- run time, sum over runs: {times['reference_s']:.0f} s against {times['candidate_s']:.0f} s"
+              + (f" ({times['reference_s'] / times['candidate_s']:.2f}x)" if times["candidate_s"] > 0 else ""),
+              f"- every run passes: **{'yes' if not failed else 'no'}**" + (f" (fails: {', '.join(failed)})" if failed else ""),
+              ""]
     return "\n".join(lines)
 
 
@@ -624,7 +709,7 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
         table.to_csv(tmp, index=False, **kwargs)
 
 
-COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "cc359", "compare", "seeds"]
+COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "cc359", "cc359_seeds", "compare", "seeds"]
 
 
 def subcommand_main(argv: Sequence[str]) -> int:
@@ -632,14 +717,14 @@ def subcommand_main(argv: Sequence[str]) -> int:
                                                  "two result roots compared (compare)")
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--runs", nargs="+", type=Path)
-    parser.add_argument("--scores", type=Path)
+    parser.add_argument("--scores", nargs="+", type=Path, help="cc359: scores.csv; cc359_seeds: one per seed")
     parser.add_argument("--val_scores", type=Path, help="cc359: scores of the SpotTUnet validation runs (collect)")
     parser.add_argument("--params", type=Path)
     parser.add_argument("--tau_file", type=Path, help="choose, cc359: the csv choose_tau wrote")
     parser.add_argument("--budget", type=int, help="choose_tau: the budget tau is chosen at (TAU_BUDGET)")
     parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
     parser.add_argument("--candidate", nargs="+", type=Path)
-    parser.add_argument("--tolerance", type=float, default=1.0, help="points of score (compare)")
+    parser.add_argument("--tolerance", type=float, default=1.5, help="points of score (compare)")
     parser.add_argument("--roots", nargs="+", type=Path, help="seeds: one prostate result root per training seed")
     parser.add_argument("--at_epochs", nargs="*", type=int, default=[], help="seeds: 3D Dice also after these epochs")
     parser.add_argument("--out", type=Path, required=True)
@@ -651,8 +736,10 @@ def subcommand_main(argv: Sequence[str]) -> int:
         parser.error("choose_tau needs --budget")
     if args.command == "choose" and not args.tau_file:
         parser.error("choose needs --tau_file")
-    if args.command == "cc359" and not (args.scores and args.params):
-        parser.error("cc359 needs --scores and --params")
+    if args.command == "cc359" and not (args.scores and len(args.scores) == 1 and args.params):
+        parser.error("cc359 needs --scores (one file) and --params")
+    if args.command == "cc359_seeds" and not args.scores:
+        parser.error("cc359_seeds needs --scores")
     if args.command == "compare" and not (args.reference and args.candidate):
         parser.error("compare needs --reference and --candidate")
     if args.command == "seeds" and not args.roots:
@@ -670,9 +757,11 @@ def subcommand_main(argv: Sequence[str]) -> int:
             print(chosen.to_string(index=False))
         else:
             text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
+                    else cc359_seeds_report([read_table(f) for f in args.scores], [str(f.parent.parent) for f in args.scores],
+                                            args.title) if args.command == "cc359_seeds"
                     else compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
                                         args.tolerance) if args.command == "compare"
-                    else cc359_report(pd.read_csv(args.scores), pd.read_csv(args.params), args.title,
+                    else cc359_report(pd.read_csv(args.scores[0]), pd.read_csv(args.params), args.title,
                                       pd.read_csv(args.val_scores) if args.val_scores else None,
                                       pd.read_csv(args.tau_file) if args.tau_file else None))
             write_text_atomic(text, args.out)

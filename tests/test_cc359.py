@@ -388,3 +388,44 @@ def test_main_ft_last_freezes_the_final_batchnorm_affine():
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     assert "out_path.3.0.2.weight" in trainable and "out_path.2.body.0.0.weight" in trainable
     assert not {"out_path.3.1.weight", "out_path.3.1.bias"} & trainable
+
+
+def seed_scores(values: dict, tmp_path: Path, guarded=()) -> pd.DataFrame:
+    """Test scores of one seed: values maps (method, pair, budget) -> surface Dice (= Dice) of the run's one volume."""
+    rows = []
+    for (method, pair, budget), value in values.items():
+        run = tmp_path / method / (f"{pair}_n{budget}" if budget else pair)
+        run.mkdir(parents=True, exist_ok=True)
+        if (method, pair) in guarded:
+            (run / "collapse.txt").write_text("1,0.1000\n")
+        rows.append({"run": str(run), "method": method, "source": int(pair[0]), "target": int(pair[-1]),
+                     "budget": float(budget) if budget else np.nan, "tau": np.nan, "lam": np.nan, "fold": np.nan,
+                     "patient": "x", "dice": value, "sdice": value})
+    return pd.DataFrame(rows)
+
+
+def test_seeds_report_averages_pair_means_over_seeds_and_counts_collapses(tmp_path):
+    seeds = [seed_scores({("noadapt", "2_5", None): 0.5, ("noadapt", "4_1", None): 0.3,
+                          ("adabn", "2_5", None): 0.6, ("adabn", "4_1", None): 0.4,
+                          ("sfda", "2_5", None): 0.7, ("sfda", "4_1", None): 0.02,
+                          ("ft_all", "2_5", 8): 0.8, ("ft_all", "4_1", 8): 0.6}, tmp_path / "s0", [("sfda", "4_1")]),
+             seed_scores({("noadapt", "2_5", None): 0.5, ("noadapt", "4_1", None): 0.5,
+                          ("adabn", "2_5", None): 0.6, ("adabn", "4_1", None): 0.6,
+                          ("sfda", "2_5", None): 0.8, ("sfda", "4_1", None): 0.6,
+                          ("ft_all", "2_5", 8): 0.8, ("ft_all", "4_1", 8): 0.8}, tmp_path / "s1")]
+    text = report.cc359_seeds_report(seeds, ["s0", "s1"], "t")
+    # noadapt: seed means 40 and 50 -> 45.0 ± 7.1; ft_all at N = 8: 70 and 80
+    assert "| baseline (no adaptation) | 45.0 ± 7.1 |" in text
+    assert "| ft_all | 75.0 ± 7.1 |" in text
+    assert "| sfda | 53.0 ± 24.0 | 36.0, 70.0 | 1/4 | 1/4 |" in text          # seed 0's 4_1 collapsed and was guarded
+    assert "| adabn | 55.0 ± 7.1 | 50.0, 60.0 | 0/4 | 0/4 |" in text
+    assert "| SFDA at least AdaBN | -2.0 | **no** |" in text and "Targets checked on the means over seeds" in text
+
+
+def test_seeds_report_of_the_source_free_chain_alone(tmp_path):
+    seeds = [seed_scores({("noadapt", "2_5", None): 0.5, ("adabn", "2_5", None): 0.6, ("sfda", "2_5", None): 0.7},
+                         tmp_path / f"s{k}") for k in range(3)]
+    text = report.cc359_seeds_report(seeds, ["s0", "s1", "s2"], "t")
+    assert "| method | no target labels |" in text and "| sfda | 70.0 ± 0.0 |" in text
+    assert "| SFDA at least AdaBN | +10.0 | yes |" in text
+    assert "nan" not in text and "oracle" not in text and "SpotTUnet" not in text

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_make
+from conftest import TINY_CC359, run_make
 
-TINY = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "NPD=4", "VAL=1", "NADD=1", "VAL_PAIRS=0_3", "TEST_PAIRS=2_5",
-        "BUDGETS=8 45", "TAUS=0.1", "LAMBDAS=0 0.01", "IT_BASE=2", "IT_FT=2"]
 TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noadapt/2_5", "adabn/2_5", "sfda/2_5",
           "sfda_truesize/2_5"] + [f"{m}/2_5_n{n}" for m in ("ft_all", "ft_first", "ft_last", "spottune") for n in (8, 45)]
 
@@ -33,7 +31,7 @@ def test_dry_run_shows_the_protocol(tmp_path):
     assert text.index(f"{cr}/baseline/2_tmp") < text.index(f"{cr}/ft_all/2_5_n8_tmp")
     assert text.index("report.py choose ") < text.index(f"{cr}/spottune/2_5_n8_tmp")
     for piece in ["synth.py cc359", "cc359.py prep", "sizes.py --gt_dir", "moustache.py --scores", "plot.py --lambda_runs",
-                  "plot.py --policy_runs", "report.py cc359", "-cc359.tar.gz"]:
+                  "plot.py --policy_runs", "report.py cc359", "-cc359-seed0.tar.gz"]:
         assert piece in text, piece
 
 
@@ -89,12 +87,9 @@ def test_paper_preset_sets_the_protocol_in_one_switch(tmp_path):
     assert out.returncode != 0 and "PRESET=fast: the only preset is paper" in out.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cc359")
-    out = make(tmp, *TINY, "CFLAGS=-O")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return tmp
+@pytest.fixture
+def tiny_run(tiny_cc359):
+    return tiny_cc359
 
 
 def test_every_run_tests_its_volumes(tiny_run):
@@ -131,7 +126,7 @@ def test_report_plots_and_archive(tiny_run):
         assert piece in text, piece
     for png in ["violin.png", "lambda_val.png", "policy.png"]:
         assert (cr / png).stat().st_size > 1000
-    archives = list((tiny_run / "archives").glob("*-cc359.tar.gz"))
+    archives = list((tiny_run / "archives").glob("*-cc359-seed0.tar.gz"))
     assert len(archives) == 1
     with tarfile.open(archives[0]) as tar:
         names = tar.getnames()
@@ -160,5 +155,5 @@ def test_a_bad_meta_csv_stops_make_with_one_message_and_no_cache(tmp_path, edit,
 
 
 def test_second_make_has_nothing_to_do(tiny_run):
-    out = make(tiny_run, *TINY, "-n")
+    out = make(tiny_run, *TINY_CC359, "-n")
     assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]

@@ -99,3 +99,25 @@ def test_debug_keeps_ten(tmp_path):
     for m in range(12):
         write_png(tmp_path, f"Case00_{m}.png")
     assert len(load_slices(tmp_path, PNG, 2, RGX, debug=True)) == 10
+
+
+def test_float16_slices_stay_float16_in_memory_and_reach_the_network_as_the_float32_decode(tmp_path):
+    """The CC359 cache stores float16: kept as is (half the memory of float32), cast exactly per batch."""
+    import torch
+    from dataloader import nii_transform
+    rng = np.random.default_rng(0)
+    for sub in ("IMG", "GT"):
+        (tmp_path / sub).mkdir()
+    for k in range(3):
+        np.save(tmp_path / "IMG" / f"CC0001_{k}.npy", rng.uniform(0, 1, (5, 4)).astype(np.float16))
+        np.save(tmp_path / "GT" / f"CC0001_{k}.npy", (rng.uniform(0, 1, (5, 4)) > 0.5).astype(np.uint8))
+    folders = [("IMG", nii_transform, False), ("GT", gt_transform, False)]
+    data = load_slices(tmp_path, folders, 2, r"CC\d+_\d+")
+    assert data.images.dtype == torch.float16 and data.images.shape == (3, 1, 5, 4)
+    decoded = np.stack([np.load(tmp_path / "IMG" / f"CC0001_{k}.npy").astype(np.float32) for k in range(3)])
+    assert torch.equal(data.images.to(torch.float32)[:, 0], torch.from_numpy(decoded))
+    np.save(tmp_path / "IMG" / "CC0001_3.npy", np.full((5, 4), 0.1, np.float32))   # one float32 file: all float32
+    np.save(tmp_path / "GT" / "CC0001_3.npy", np.zeros((5, 4), np.uint8))
+    data = load_slices(tmp_path, folders, 2, r"CC\d+_\d+")
+    assert data.images.dtype == torch.float32 and torch.equal(data.images[:3, 0], torch.from_numpy(decoded))
+    assert data.images[3, 0, 0, 0].item() == np.float32(0.1)

@@ -102,3 +102,15 @@ def test_surface_dice_matches_deepmind_reference():
         for tol in (0.5, 1.0, 2.0):
             ref = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(a, b, spacing), tol)
             assert surface_dice(a, b, spacing, tol) == pytest.approx(ref, abs=1e-12)
+
+
+def test_confusion_sizes_in_chunks_equal_one_pass():
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 3, (10, 7, 6), generator=gen, dtype=torch.uint8)
+    gt = torch.randint(0, 3, (10, 7, 6), generator=gen, dtype=torch.uint8)
+    whole = confusion_sizes(pred, gt, 3, chunk=1000)
+    for a, b in zip(confusion_sizes(pred, gt, 3, chunk=3), whole):
+        assert a.dtype == torch.float64 and torch.equal(a, b)
+    inter, psize, gsize = whole
+    assert psize.sum() == gsize.sum() == 10 * 7 * 6
+    assert inter[4, 2] == ((pred[4] == 2) & (gt[4] == 2)).sum()

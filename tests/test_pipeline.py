@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_make
+import torch
+from conftest import TINY_PROSTATE, run_make
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ["cesource", "noadapt", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
@@ -24,7 +25,7 @@ def test_dry_run_shows_the_whole_chain(tmp_path):
         assert f"--workdir {tmp_path}/results/prostate/{run}_tmp" in text
         assert f"mv {tmp_path}/results/prostate/{run}_tmp {tmp_path}/results/prostate/{run}" in text
     for piece in ["synth.py prostate --domain source", "synth.py prostate --domain target", "sizes.py",
-                  "plot.py", "moustache.py", "report.py", "tar cf -", "-prostate.tar.gz"]:
+                  "plot.py", "moustache.py", "report.py", "tar cf -", "-prostate-seed0.tar.gz"]:
         assert piece in text
     assert "predcol':'val_gt_size'" in text and "predcol':'dumbpredwtags'" in text
     # the source model comes first, the adaptation runs start from it
@@ -59,7 +60,7 @@ def test_hard_shift_shares_the_source_model_and_options_reach_the_runs(tmp_path)
     assert "synth.py prostate --domain target_hard" in text and text.count("--seed 7") == 2   # the two data folders
     assert text.count("--seed 3") == len(RUNS) and text.count("--threads 1") == len(RUNS)
     assert text.count("'soft_ratio',1)]") == 2 and f"sizefile':'{tmp_path}/sizes/prostate_hard.csv'" in text
-    assert "-prostate_hard.tar.gz" in text
+    assert "-prostate_hard-seed3.tar.gz" in text
     grid = make(tmp_path, "-n", "lrgrid", "LR_GRID=1e-5 5e-6", "GRID_EPC=30").stdout
     for lr in ("1e-5", "5e-6"):
         assert f"--workdir {tmp_path}/results/prostate/lrgrid/sfda_lr{lr}_tmp" in grid and f"--l_rate {lr}" in grid
@@ -82,16 +83,13 @@ def test_hard_shift_is_deterministic_per_seed(tmp_path):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    out = make(tmp, "NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return tmp
+@pytest.fixture
+def tiny_run(tiny_prostate):
+    return tiny_prostate
 
 
 def test_every_output_file(tiny_run):
-    pr = tiny_run / "results" / "prostate"
+    pr = tiny_run / "results" / "seed0" / "prostate"
     for run in RUNS:
         d = pr / run
         for name in ["params.txt", "best_3d.pkl", "last.pkl", "IMG_target_metrics.csv", "3dbestepoch.txt",
@@ -118,8 +116,8 @@ def test_every_output_file(tiny_run):
 
 
 def test_archive_holds_the_results_and_nothing_else(tiny_run):
-    archives = list((tiny_run / "archives").glob("*-prostate.tar.gz"))
-    assert len(archives) == 1
+    archives = sorted((tiny_run / "archives").glob("*-prostate-seed*.tar.gz"))
+    assert [a.name[-len("seed0.tar.gz"):] for a in archives] == ["seed0.tar.gz", "seed1.tar.gz"]
     with tarfile.open(archives[0]) as tar:
         names = tar.getnames()
     prefix = str(tiny_run).lstrip("/")
@@ -129,12 +127,12 @@ def test_archive_holds_the_results_and_nothing_else(tiny_run):
 
 
 def test_second_make_has_nothing_to_do(tiny_run):
-    out = make(tiny_run, "-n", "NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O")
-    assert "main.py" not in out.stdout
+    out = make(tiny_run, "-n", "SEEDS=0 1", *TINY_PROSTATE)
+    assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]
 
 
 def test_noadapt_is_the_source_model_unchanged(tiny_run):
-    pr = tiny_run / "results" / "prostate"
+    pr = tiny_run / "results" / "seed0" / "prostate"
     import torch
     src = torch.load(pr / "cesource" / "best_3d.pkl", weights_only=True)["state_dict"]
     noadapt = torch.load(pr / "noadapt" / "last.pkl", weights_only=True)["state_dict"]
@@ -164,3 +162,36 @@ def test_killed_run_leaves_only_tmp_and_make_finishes_it(tmp_path):
     out = subprocess.run(args + ["EPC=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert (Path(target) / "last.pkl").is_file() and not Path(target + "_tmp").exists()
+
+
+def test_seeds_run_the_chain_per_seed_on_one_dataset_and_report_over_them(tiny_run):
+    roots = [tiny_run / "results" / f"seed{s}" / "prostate" for s in (0, 1)]
+    for root in roots:
+        assert all((root / run / "IMG_target_metrics.csv").is_file() for run in RUNS)
+        assert "--seed " + root.parent.name[4:] in (root / "sfda" / "command.txt").read_text()
+        assert f"--target_dataset {tiny_run}/data/prostate_target " in (root / "sfda" / "command.txt").read_text()
+    weights = [torch.load(r / "cesource" / "last.pkl", weights_only=True)["state_dict"] for r in roots]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])      # two trainings, not one
+    text = (tiny_run / "results" / "seeds" / "prostate.md").read_text()
+    assert "mean ± sd over 2 training seeds" in text and all(f"| {run} |" in text for run in RUNS)
+
+
+def test_seeds_build_the_shared_data_before_any_seed_starts(tmp_path):
+    text = make(tmp_path, "-n", "SEEDS=0 1 2", "NET=Dimwit").stdout
+    sizes = text.index("sizes.py --source")
+    subs = [text.index(f"SEEDS= SEED={s} RD={tmp_path}/results/seed{s} ") for s in (0, 1, 2)]
+    assert sizes < min(subs)
+    assert text.index(f"report.py seeds --roots {tmp_path}/results/seed0/prostate {tmp_path}/results/seed1/prostate "
+                      f"{tmp_path}/results/seed2/prostate --at_epochs 20 --out {tmp_path}/results/seeds/prostate.md") > max(subs)
+
+
+def test_source_rd_adapts_another_roots_source_model_and_still_trains_this_roots(tmp_path):
+    """PREC=bf16 RD=bf16 SOURCE_RD=fp32: the adaptation runs start from the fp32 source models, seed by seed."""
+    for s in (0, 1):
+        (tmp_path / "fp32" / f"seed{s}" / "prostate" / "cesource").mkdir(parents=True)
+    text = make(tmp_path, "-n", "SEEDS=0 1", "PREC=bf16", f"RD={tmp_path}/bf16", f"SOURCE_RD={tmp_path}/fp32").stdout
+    for s in (0, 1):
+        assert f"--workdir {tmp_path}/bf16/seed{s}/prostate/cesource_tmp" in text       # a whole training, compared
+        weights = {line.split("--model_weights ")[1].split()[0] for line in text.splitlines()
+                   if f"--workdir {tmp_path}/bf16/seed{s}/prostate/" in line and "--model_weights" in line}
+        assert weights == {f"{tmp_path}/fp32/seed{s}/prostate/cesource/best_3d.pkl"}

@@ -1,4 +1,4 @@
-"""report.py compare: two result roots side by side, the 1-point rule a faster mode must pass."""
+"""report.py compare: two modes' result roots paired by seed, the rule a faster mode must pass; the prostate claims."""
 from pathlib import Path
 
 import pandas as pd
@@ -43,8 +43,8 @@ def test_compare_gives_per_run_differences_in_points(roots):
     text = report.compare_report(table, [ref], [cand], tolerance=1.0)
     assert "beyond 1 point(s): **1** (largest: oracle/5/fold0 3.0 points)" in text
     assert "160 s against 60 s (2.67x)" in text
-    assert "every run within 1 point(s): **no**" in text
-    assert "every run within 5 point(s): **yes**" in report.compare_report(table, [ref], [cand], tolerance=5.0)
+    assert "every run passes: **no** (fails: oracle/5/fold0)" in text
+    assert "every run passes: **yes**" in report.compare_report(table, [ref], [cand], tolerance=5.0)
 
 
 def test_compare_reads_last_and_best_validation_dice_of_trained_runs(tmp_path):
@@ -66,18 +66,27 @@ def test_compare_refuses_roots_with_different_runs(roots, capsys):
     assert not (ref.parent / "c.md").exists()
 
 
-def test_compare_averages_several_roots_per_side(roots, tmp_path):
-    ref, cand = roots
-    write_tested_run(tmp_path / "fp32_seed1", "ft_all/2_5_n8", [0.80, 0.70], [0.9, 0.9], 100)   # sdice 75
-    write_tested_run(tmp_path / "fp32_seed1", "oracle/5/fold0", [0.50, 0.70], [0.9, 0.9], 60)
-    table = report.compare([ref, tmp_path / "fp32_seed1"], [cand])
-    row = table[table["score"] == "sdice"].set_index("run").loc["ft_all/2_5_n8"]
-    assert row["reference"] == pytest.approx(80.0) and row["reference_sd"] == pytest.approx(5 * 2 ** 0.5)
-    assert row["delta"] == pytest.approx(85.5 - 80.0)
-    assert "| ft_all/2_5_n8 | sdice | 80.0 ± 7.1 | 85.5 | +5.5 |" in report.compare_report(table, [ref], [cand], 1.0)
-    (tmp_path / "fp32_seed1" / "oracle").rename(tmp_path / "fp32_seed1" / "elsewhere")
-    with pytest.raises(ValueError, match="hold different runs"):
-        report.compare([ref, tmp_path / "fp32_seed1"], [cand])
+def test_compare_pairs_roots_by_seed_and_leaves_collapsed_pairs_out(tmp_path):
+    """Seed k of the candidate against seed k of the reference; a pair where either side collapsed leaves the mean
+    difference, and a candidate that collapses more often fails whatever its difference."""
+    for k, (ref_last, cand_last) in enumerate([(0.60, 0.62), (0.70, 0.71), (0.50, 0.02)]):
+        write_trained_run(tmp_path / f"fp32_s{k}", "sfda", [0.5, ref_last])
+        write_trained_run(tmp_path / f"bf16_s{k}", "sfda", [0.5, cand_last])
+        write_trained_run(tmp_path / f"fp32_s{k}", "fs", [0.5, 0.80 + k / 100])
+        write_trained_run(tmp_path / f"bf16_s{k}", "fs", [0.5, 0.79 + k / 100])
+    refs = [tmp_path / f"fp32_s{k}" for k in range(3)]
+    cands = [tmp_path / f"bf16_s{k}" for k in range(3)]
+    table = report.compare(refs, cands)
+    row = table[table["score"] == "last 3D Dice"].set_index("run").loc["sfda"]
+    assert row["delta"] == pytest.approx(1.5) and row["pairs"] == 2          # (2 + 1) / 2: seed 2 collapsed in bf16
+    assert (row["reference_collapses"], row["candidate_collapses"]) == (0, 1)
+    fs = table[table["score"] == "last 3D Dice"].set_index("run").loc["fs"]
+    assert fs["delta"] == pytest.approx(-1.0) and fs["pairs"] == 3 and fs["reference"] == pytest.approx(81.0)
+    text = report.compare_report(table, refs, cands, tolerance=1.5)
+    assert "| sfda | last 3D Dice | 60.0 ± 10.0 | 45.0 ± 37.5 | +1.5 (2) | 0 / 1 |" in text
+    assert "collapsed more often: **1** (sfda)" in text and "every run passes: **no** (fails: sfda)" in text
+    with pytest.raises(ValueError, match="roots pair by position"):
+        report.compare(refs, cands[:2])
 
 
 def _row(run: str, best: float, last: float, epochs: int = 20) -> dict:
