@@ -11,8 +11,8 @@ Sections (csv columns: section, name, precision, channels_last, metric, value, u
             torch.utils.flop_counter), fraction of the measured peak of that precision
   epoch     a real main.py run (2 epochs, UNet): share of the epoch time outside forward/backward,
             peak resident memory of the process
-  memory    main.py's peak memory against the number of volumes at the CC359 paper spacing, extrapolated
-            to the paper's largest run
+  memory    main.py's peak memory against the number of volumes of a real CC359 scan's size at the paper's
+            spacing (embedded heads padded to 270 x 270 slices), extrapolated to the paper's largest run
   metric    surface Dice at 1 mm and HD95 on a realistic 3D volume, ours vs the DeepMind
             surface-distance package and medpy (if installed): seconds, speed ratio, agreement
 """
@@ -123,18 +123,27 @@ def bench_epoch(precision: str) -> List[dict]:
 
 
 # the paper's CC359 protocol: 1 x 0.95 x 0.95 mm; the largest run holds a pair's test scans (60 - NADD 3), its
-# 2 validation scans and up to 800 training slices (~5 scans): about 64 volumes decoded at once
+# 2 validation scans and up to 800 training slices (~5 scans): about 64 volumes decoded at once. A real scan's
+# 256 mm field of view gives slices of up to 270 x 270 pixels at 0.95 mm (the embedded heads: 180 x 227).
 PAPER_SPACING = "1,0.95,0.95"
 PAPER_VOLUMES = 64
+REAL_SLICE = (270, 270)
 
 
 def paper_size_volume(tmp: Path) -> Path:
-    """One embedded CC359 head resampled to the paper's spacing (cc359.py prep): its slice folder."""
+    """One embedded CC359 head resampled to the paper's spacing (cc359.py prep), its slices padded to a real
+    scan's REAL_SLICE: the slice folder."""
     subprocess.run([sys.executable, str(ROOT / "synth.py"), "cc359", "--out", f"{tmp}/release", "--n_per_domain", "1"],
                    check=True, capture_output=True)
     subprocess.run([sys.executable, str(ROOT / "cc359.py"), "prep", "--meta", f"{tmp}/release/meta.csv",
                     "--spacing", PAPER_SPACING, "--out", f"{tmp}/prep"], check=True, capture_output=True)
-    return Path(tmp) / "prep" / "slices"
+    padded = tmp / "padded"
+    for sub in ("IMG", "GT"):
+        (padded / sub).mkdir(parents=True)
+        for path in (tmp / "prep" / "slices" / sub).glob("*.npy"):
+            arr = np.load(path)
+            np.save(padded / sub / path.name, np.pad(arr, [(0, n - m) for n, m in zip(REAL_SLICE, arr.shape)]))
+    return padded
 
 
 def slice_set(slices: Path, root: Path, n_train: int) -> None:
@@ -150,8 +159,8 @@ def slice_set(slices: Path, root: Path, n_train: int) -> None:
 
 
 def bench_memory(volumes: Sequence[int] = (2, 8, 16)) -> List[dict]:
-    """main.py's peak memory (ResUNet, batch 16, 2 iterations) against the number of training volumes at the
-    paper's spacing, and the line through them extrapolated to the paper's largest run (PAPER_VOLUMES)."""
+    """main.py's peak memory (ResUNet, batch 16, 2 iterations) against the number of training volumes of a real
+    scan's size at the paper's spacing, and the line through them extrapolated to its largest run (PAPER_VOLUMES)."""
     rows, peaks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         slices = paper_size_volume(Path(tmp))

@@ -122,7 +122,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="10 images per loader")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="autocast precision")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS) + ["auto"], default="fp32",
+                        help="autocast precision; auto: bf16 with channels_last where the hardware computes bf16 "
+                             "natively (AMX / AVX512-BF16 CPU, bf16 GPU), else fp32 (params.txt records the choice)")
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default); one per job under make -j")
@@ -529,8 +531,23 @@ class History:
         return self.seconds["total"] + time.perf_counter() - self.life_start
 
 
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the device computes bfloat16 in hardware: a bf16 GPU, or a CPU with AMX-BF16 or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:                     # not Linux: no cheap way to know, so not assumed
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def pick_device(args: argparse.Namespace) -> torch.device:
+    """The device; --precision auto becomes bf16 + channels_last or fp32 here, so the run records what it used."""
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
+        args.channels_last = args.channels_last or args.precision == "bf16"
     if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise OptionError("--precision bf16: this GPU does not support bfloat16")
     return device

@@ -7,7 +7,8 @@ the first/last layers, policies, truncation and feature taps all ask for blocks 
 import copy
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,14 +19,28 @@ from utils import atomic_output
 
 
 class BlockNet(nn.Module):
-    """Base class: subclasses fill ``self.block_order`` with their block names in forward order."""
+    """Base class: subclasses fill ``self.block_order`` with their block names in forward order, and
+    ``self.feature_order`` with their feature layers (modules whose outputs are feature maps) in forward order:
+    finer than the blocks where a block holds two convolutions, without the output layer."""
 
     block_order: List[str]
+    feature_order: List[str]
     init_kwargs: Dict[str, Any]
     n_first = n_last = 1     # how many blocks "the first / last layers" are (fine-tuning baselines)
+    n_last_features = 2      # the last feature layers before the output layer (seed 003's layers 17 and 18)
 
     def blocks(self) -> List[Tuple[str, nn.Module]]:
         return [(name, self.get_submodule(name)) for name in self.block_order]   # names may be dotted
+
+    def feature_layers(self) -> List[str]:
+        return list(self.feature_order)
+
+    def last_feature_layers(self) -> List[str]:
+        return self.feature_order[-self.n_last_features:]
+
+    def crop_to_input(self, feature: Tensor, size: Tuple[int, int]) -> Tensor:
+        """The part of a feature map that covers an input of ``size`` (networks that pad their input crop)."""
+        return feature
 
     def block_group(self, name: str) -> List[str]:
         """Block names of ``first`` or ``last`` (the layers fine-tuned by ft_first / ft_last)."""
@@ -49,13 +64,16 @@ def conv_bn_relu(n_in: int, n_out: int, kernel: int = 3, stride: int = 1) -> nn.
 
 
 class Dimwit(BlockNet):
-    """Two-layer dummy network for debugging recipes in seconds."""
+    """Two-layer dummy network for debugging recipes in seconds; its one feature layer is its last."""
+
+    n_last_features = 1
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 8):
         super().__init__()
         self.conv = conv_bn_relu(in_dim, width)
         self.head = nn.Conv2d(width, out_dim, 1)
         self.block_order = ["conv", "head"]
+        self.feature_order = ["conv"]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.conv(x))
@@ -64,7 +82,8 @@ class Dimwit(BlockNet):
 class UNet(BlockNet):
     """U-Net (Ronneberger et al. 2015) with BatchNorm; ``width`` channels at full resolution.
 
-    Blocks: enc1..enc4, bottleneck, dec4..dec1 (each up-sampling then two convolutions), head.
+    Blocks: enc1..enc4, bottleneck, dec4..dec1 (each up-sampling then two convolutions), head. Feature layers:
+    each block's two convolutions, 18 at depth 4 as in seed 003 (early 1-4, deep 5-14, late 15-18).
     """
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 16, depth: int = 4):
@@ -81,6 +100,9 @@ class UNet(BlockNet):
         for i in reversed(range(depth)):
             self._add(f"dec{i + 1}", UpBlock(widths[i + 1], widths[i]))
         self._add("head", nn.Conv2d(width, out_dim, 1))
+        # seed 003's 18 feature maps: two convolutions per level, encoder, bottleneck, decoder
+        self.feature_order = ([f"enc{i + 1}.{k}" for i in range(depth) for k in (0, 1)] + ["bottleneck.0", "bottleneck.1"]
+                              + [f"dec{i + 1}.convs.{k}" for i in reversed(range(depth)) for k in (0, 1)])
 
     def _add(self, name: str, module: nn.Module) -> None:
         setattr(self, name, module)
@@ -201,6 +223,9 @@ class ENet(BlockNet):
         self.head = nn.ConvTranspose2d(width, out_dim, 2, stride=2)
         self.block_order = ["initial", "stage1", "stage2", "stage3", "stage4", "stage4_refine",
                             "stage5", "stage5_refine", "head"]
+        self.feature_order = (["initial"] + [f"stage1.{i}" for i in range(5)] + [f"stage2.{i}" for i in range(9)]
+                              + [f"stage3.{i}" for i in range(8)] + ["stage4", "stage4_refine.0", "stage4_refine.1",
+                                                                      "stage5", "stage5_refine"])
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -272,6 +297,12 @@ class ResUNet(BlockNet):
         self.block_order = [f"{path}.{i}" for path, k in (("init_path", 4), ("down1", 4), ("down2", 4), ("bottleneck", 5),
                                                          ("up2", 4), ("up1", 4), ("out_path", 4)) for i in range(k)]
         self.block_order += ["shortcut0", "shortcut1", "shortcut2"]
+        self.feature_order = self.block_order[:self.block_order.index("out_path.3")]   # the units but the output's
+
+    def crop_to_input(self, feature: Tensor, size: Tuple[int, int]) -> Tensor:
+        """forward pads the input to multiples of 8: a map at 1/k of the padded size covers ceil(size / k)."""
+        k = -(-size[0] // 8) * 8 // feature.shape[-2]
+        return feature[..., :-(-size[0] // k), :-(-size[1] // k)]
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -388,6 +419,30 @@ class SpotTUnet(nn.Module):
 
 
 NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet, "ResUNet": ResUNet}
+
+
+@contextmanager
+def tapped(net: BlockNet, names: Sequence[str]) -> Iterator[Dict[str, Tensor]]:
+    """Within the block, every forward of ``net`` fills the yielded dict with the outputs of the named feature
+    layers, cropped to the input they cover. A name that is not one of the net's feature layers is refused."""
+    known = net.feature_layers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"{type(net).__name__} has no feature layer {unknown[0]!r} (its feature layers, in forward "
+                         f"order: {', '.join(known)})")
+    taps: Dict[str, Tensor] = {}
+    size: List[Tuple[int, int]] = []
+
+    def keep(name: str) -> Callable:
+        return lambda module, inputs, output: taps.__setitem__(name, net.crop_to_input(output, size[-1]))
+
+    handles = [net.register_forward_pre_hook(lambda module, inputs: size.append(tuple(inputs[0].shape[-2:])))]
+    handles += [net.get_submodule(name).register_forward_hook(keep(name)) for name in names]
+    try:
+        yield taps
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def build_network(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> BlockNet:

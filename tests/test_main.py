@@ -275,3 +275,25 @@ def test_size_ratio_is_predicted_over_prior_foreground():
     assert main.size_ratio(tra) == 0.25
     tra.prior_size = float("nan")
     assert np.isnan(main.size_ratio(tra))
+
+
+@pytest.mark.parametrize("native, precision, channels_last", [(True, "bf16", True), (False, "fp32", False)])
+def test_precision_auto_is_bf16_with_channels_last_only_on_native_bf16_hardware(monkeypatch, native, precision,
+                                                                                channels_last):
+    import argparse
+    monkeypatch.setattr(main, "native_bf16", lambda device: native)
+    args = argparse.Namespace(cpu=True, precision="auto", channels_last=False)
+    assert main.pick_device(args).type == "cpu"
+    assert (args.precision, args.channels_last) == (precision, channels_last)      # what params.txt records
+    args = argparse.Namespace(cpu=True, precision="fp32", channels_last=False)
+    main.pick_device(args)
+    assert (args.precision, args.channels_last) == ("fp32", False)                # explicit choices stay
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+    import torch
+    for flag, expected in {"amx_bf16": True, "avx512_bf16": True, "avx2": False}.items():
+        cpuinfo = tmp_path / flag
+        cpuinfo.write_text(f"processor : 0\nflags : fpu sse {flag} fma\n")
+        assert main.native_bf16(torch.device("cpu"), cpuinfo) is expected, flag
+    assert main.native_bf16(torch.device("cpu"), tmp_path / "absent") is False

@@ -1,0 +1,105 @@
+"""ProtoSeg (seed 003): Algorithm 1 on hand cases, SA and mu scores, and the networks' named feature taps."""
+import pytest
+import torch
+
+import protoseg
+from networks import build_network, tapped
+
+
+def image(*rows) -> torch.Tensor:
+    """A (1, 1, H, W) float tensor from rows of numbers."""
+    return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+def test_two_clusters_segment_into_the_guide():
+    gen = torch.Generator().manual_seed(0)
+    guide = (torch.rand(2, 1, 8, 9, generator=gen) > 0.5).float()
+    centres = torch.tensor([[0.0, 0.0, 0.0], [3.0, -2.0, 1.0]])                 # background, foreground
+    features = centres[guide[:, 0].long()].permute(0, 3, 1, 2) + 0.1 * torch.randn(2, 3, 8, 9, generator=gen)
+    probs = protoseg.protoseg(features, guide)
+    assert probs.shape == (2, 2, 8, 9) and torch.allclose(probs.sum(1), torch.ones(2, 8, 9))
+    assert torch.equal(protoseg.segmentation_map(probs), guide[:, 0].bool())
+    assert torch.equal(protoseg.sa_scores(features, guide), torch.ones(2, dtype=torch.float64))
+
+
+def test_a_soft_guide_weights_the_prototypes():
+    """Features 0, 2, 4, 10 with guide 0, 0, 0.5, 1: foreground prototype (0.5 x 4 + 10) / 1.5 = 8, background
+    (0 + 2 + 0.5 x 4) / 2.5 = 1.6; the pixel at 4 lies 16 from the first and 5.76 from the second."""
+    features, guide = image([0, 2, 4, 10]), image([0, 0, 0.5, 1])
+    d = protoseg.distances(features, guide)
+    assert torch.allclose(d[0, :, 0], torch.tensor([[1.6 ** 2, 0.4 ** 2, 2.4 ** 2, 8.4 ** 2],
+                                                    [8.0 ** 2, 6.0 ** 2, 4.0 ** 2, 2.0 ** 2]]))
+    probs = protoseg.protoseg(features, guide)
+    assert probs[0, 1, 0, 2].item() == pytest.approx(torch.sigmoid(torch.tensor(5.76 - 16.0)).item(), rel=1e-5)
+    assert protoseg.segmentation_map(probs)[0, 0].tolist() == [False, False, False, True]
+
+
+def test_the_mask_shapes_the_prototypes_not_the_map():
+    features, guide = image([0, 1, 9, 100]), image([0, 0, 1, 1])
+    mask = image([1, 1, 1, 0])                                  # the 100 is outside: foreground prototype 9
+    d = protoseg.distances(features, guide, mask)
+    assert d[0, 1, 0].tolist() == pytest.approx([81, 64, 0, 91 ** 2])
+    assert protoseg.segmentation_map(d, from_distances=True)[0, 0].tolist() == [False, False, True, True]
+
+
+def test_sa_is_the_dice_of_the_map_and_empty_ground_truths_are_skipped():
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(3, 4, 6, 6, generator=gen)
+    gt = (torch.rand(3, 1, 6, 6, generator=gen) > 0.6).float()
+    gt[2] = 0                                                             # no foreground: no prototype
+    sa = protoseg.sa_scores(features, gt)
+    sam = protoseg.segmentation_map(protoseg.protoseg(features, gt))
+    for b in range(2):
+        inter = (sam[b] & gt[b, 0].bool()).sum().item()
+        assert sa[b].item() == pytest.approx(2 * inter / (sam[b].sum().item() + gt[b].sum().item()))
+    assert torch.isnan(sa[2]) and int(torch.isnan(sa).sum()) == 1
+    units = protoseg.sa_scores(features, gt, per_unit=True)
+    assert units.shape == (3, 4) and torch.isnan(units[2]).all()
+    for u in range(4):                                                    # a unit = the layer of that one channel
+        assert torch.allclose(units[:2, u], protoseg.sa_scores(features[:, u:u + 1], gt)[:2])
+
+
+def test_mu_reads_only_the_output_one_when_features_are_the_output_zero_when_empty():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 2, 7, 7, generator=gen)
+    probs = torch.softmax(logits, dim=1)
+    output = probs.argmax(1, keepdim=True).float()
+    one_hot = torch.cat([1 - output, output], dim=1)
+    mu = protoseg.mean_sa_score([one_hot, 3 * one_hot], probs)
+    assert torch.allclose(mu, torch.ones(4, dtype=torch.float64))
+    noisy = protoseg.mean_sa_score([torch.randn(4, 5, 7, 7, generator=gen)], probs)
+    assert ((noisy >= 0) & (noisy <= 1)).all() and (noisy < 1).all()
+    empty = torch.stack([torch.ones(7, 7), torch.zeros(7, 7)])[None]           # a collapsed model's output
+    assert protoseg.mean_sa_score([torch.randn(1, 5, 7, 7, generator=gen)], empty).tolist() == [0.0]
+
+
+def test_bad_guides_and_unknown_layers_give_one_clear_error():
+    with pytest.raises(ValueError, match=r"guide must be \(B, 1, \*spatial\)"):
+        protoseg.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4))
+    with pytest.raises(ValueError, match="mask must have the guide's shape"):
+        protoseg.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 3, 4))
+    with pytest.raises(ValueError, match="UNet has no feature layer 'dec9'.*enc1.0, enc1.1"):
+        with tapped(build_network("UNet", 1, 2), ["dec9"]):
+            pass
+    with pytest.raises(ValueError, match="mean_sa_score needs"):
+        protoseg.mean_sa_score([], torch.zeros(1, 2, 3, 3))
+
+
+@pytest.mark.parametrize("name, n_layers, last", [
+    ("Dimwit", 1, ["conv"]), ("UNet", 18, ["dec1.convs.0", "dec1.convs.1"]),
+    ("ENet", 28, ["stage5", "stage5_refine"]), ("ResUNet", 28, ["out_path.1", "out_path.2"])])
+def test_every_network_names_its_feature_layers_and_taps_them_on_the_input_grid(name, n_layers, last):
+    net = build_network(name, 1, 2).eval()
+    assert len(net.feature_layers()) == n_layers and net.last_feature_layers() == last
+    x = torch.randn(2, 1, 36, 44)                                        # not a multiple of 8: ResUNet pads
+    with tapped(net, net.feature_layers()) as taps, torch.no_grad():
+        out = net(x)
+    assert list(taps) == net.feature_layers()
+    scale = {"ENet": 2}.get(name, 1)                                     # ENet's last layers: half resolution
+    assert all(taps[n].shape[-2:] == (36 // scale, 44 // scale) for n in last)
+    assert out.shape == (2, 2, 36, 44)
+    if name == "ResUNet":                                                # a 1/2-resolution unit covers 18 x 22
+        assert taps["down1.0"].shape[-2:] == (18, 22)
+    with torch.no_grad():
+        net(x)
+    assert not net._forward_hooks and not net._forward_pre_hooks          # the taps are gone after the block
