@@ -7,7 +7,7 @@
 NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot runs sourcefree
+.PHONY: all pack report plot runs sourcefree protoseg
 .SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
 
 # ---------------------------------------------------------------- data and protocol
@@ -112,7 +112,7 @@ PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
-all: pack report
+all: pack report protoseg
 runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
 sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
@@ -238,6 +238,31 @@ $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(eval $(call SFDA_VAL,$(p),$(lr
 $(SF_PARAMS): $(SF_VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py choose_lr --runs $^ --out $@
 
+# ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
+# per test pair: the source baseline on its own validation scans and on the target's test scans, and every
+# source-free model (last epoch) on the target's test scans; then one report and figure per pair
+PS = $(CR)/protoseg
+PS_MODELS = adabn sfda sfda_truesize
+PS_RUNS = $(foreach p,$(TEST_PAIRS),$(addprefix $(PS)/$(p)/,baseline_on_source baseline $(PS_MODELS)))
+PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" $(DEBUG)
+protoseg: $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png)
+define PROTOSEG_PAIR
+$(PS)/$(1)/baseline_on_source: $(BASE)/$(call src,$(1)) $(SETS)/baseline_$(call src,$(1)) | $(PYDEP)
+	$(PROTOSEG) --model $(BASE)/$(call src,$(1))/last.pkl --split $(SETS)/baseline_$(call src,$(1))/val --out $$@ \
+		--title "baseline $(call src,$(1)) on its validation scans"
+$(PS)/$(1)/baseline: $(BASE)/$(call src,$(1)) $(SETS)/pair_$(1)_all | $(PYDEP)
+	$(PROTOSEG) --model $(BASE)/$(call src,$(1))/last.pkl --split $(SETS)/pair_$(1)_all/test --out $$@ \
+		--title "baseline $(call src,$(1)) on the test scans of domain $(call tgt,$(1))"
+$(foreach m,$(PS_MODELS),$(PS)/$(1)/$(m)): $(PS)/$(1)/%: $(CR)/%/$(1) $(SETS)/pair_$(1)_all | $(PYDEP)
+	$(PROTOSEG) --model $(CR)/$$*/$(1)/last.pkl --split $(SETS)/pair_$(1)_all/test --out $$@ \
+		--title "$$* on the test scans of domain $(call tgt,$(1))"
+$(PS)/$(1)/report.md: $(addprefix $(PS)/$(1)/,baseline_on_source baseline $(PS_MODELS)) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py report --runs $$^ --out $$@ --title "ProtoSeg on CC359, pair $(1) ($(NET), seed $(SEED))"
+$(PS)/$(1)/sa_layers.png: $(addprefix $(PS)/$(1)/,baseline_on_source baseline $(PS_MODELS)) | $(PYDEP)
+	$(CC) $(CFLAGS) plot.py --sa_runs $$^ --out $$@
+endef
+$(foreach p,$(TEST_PAIRS),$(eval $(call PROTOSEG_PAIR,$(p))))
+
 # ---------------------------------------------------------------- several training seeds
 # make -f cc359.make SEEDS="0 1 2" [-j2 THREADS=1] [SEED_GOAL=sourcefree]: $(RD)/seed<s>/cc359/..., then the tables
 # as mean ± sd over seeds
@@ -269,7 +294,8 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
-$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE)
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
+		$(PS_RUNS) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

@@ -4,12 +4,15 @@
     plot.py --runs results/prostate/cesource results/prostate/sfda ... --out results/prostate/val_dice_3d.png
     plot.py --lambda_runs results/cc359/spottune_val/... --out results/cc359/lambda_val.png
     plot.py --policy_runs results/cc359/spottune/... --out results/cc359/policy.png
+    plot.py --sa_runs results/prostate/protoseg/cesource_on_source ... --out results/prostate/protoseg/sa_layers.png
 
 ``--runs``: validation 3D Dice over epochs, one curve per run (evaluation-only runs: a level line).
 ``--lambda_runs``: SpotTUnet's validation curves (paper Fig. 2): mean test surface Dice of the
 validation pairs against lambda, one line per tau, one panel per budget.
 ``--policy_runs``: SpotTUnet's policy (paper Fig. 4): per unit, the share of test slices that chose
 the fine-tuned copy, averaged over pairs, drawn where the unit sits in the U-Net; one panel per budget.
+``--sa_runs``: ProtoSeg's SA score per feature layer (seed 003 Fig. 5), one line per analysed model, and each
+model's unit SA of the last layer, sorted (Fig. 7).
 """
 import argparse
 import sys
@@ -88,16 +91,39 @@ def policy_picture(runs: Sequence[Path], out: Path) -> None:
     save_figure(fig, out, tight=False)
 
 
+def sa_layers(runs: Sequence[Path], out: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for i, run in enumerate(runs):
+        layers = read_table(run / "sa_layers.csv", ["layer", "order", "sa"])
+        units = read_table(run / "sa_units.csv", ["sa"])
+        left.plot(layers["order"], 100 * layers["sa"], marker="o", ms=3, color=f"C{i}", label=run.name)
+        right.plot(range(1, len(units) + 1), 100 * units["sa"], color=f"C{i}", label=run.name)
+    left.set_xticks(layers["order"], layers["layer"], rotation=90, fontsize=6)
+    left.set_ylabel("SA score (Dice x100 of the feature map's segmentation)")
+    left.set_title("SA per feature layer")
+    right.set_xlabel("unit of the last feature layer, sorted")
+    right.set_title("SA per unit, last layer")
+    for ax in (left, right):
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    save_figure(fig, out)
+
+
 def draw(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, help="curves over epochs")
     parser.add_argument("--lambda_runs", nargs="+", type=Path, help="SpotTUnet validation runs")
     parser.add_argument("--policy_runs", nargs="+", type=Path, help="SpotTUnet test runs")
+    parser.add_argument("--sa_runs", nargs="+", type=Path, help="protoseg.py analysis folders")
     parser.add_argument("--column", default="val_dice_3d")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if sum(x is not None for x in (args.runs, args.lambda_runs, args.policy_runs)) != 1:
-        parser.error("give exactly one of --runs, --lambda_runs, --policy_runs")
+    if sum(x is not None for x in (args.runs, args.lambda_runs, args.policy_runs, args.sa_runs)) != 1:
+        parser.error("give exactly one of --runs, --lambda_runs, --policy_runs, --sa_runs")
+    if args.sa_runs:
+        sa_layers(args.sa_runs, args.out)
+        return 0
     if args.lambda_runs:
         lambda_curves(args.lambda_runs, args.out)
         return 0

@@ -3,7 +3,7 @@
 # SHIFT: default (the target scanner) or hard (target_hard: a source model barely transfers to it).
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot lrgrid
+.PHONY: all pack report plot lrgrid protoseg
 
 G_RGX = Case\d+_\d+
 TT_DATA = [('IMG', png_transform, False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
@@ -32,7 +32,7 @@ PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
 REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
-all: pack report
+all: pack report protoseg
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
@@ -96,6 +96,25 @@ endef
 $(TRN) $(GRID): | $(PYDEP)
 	$(TRAIN)
 
+# ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
+# SA per feature layer and unit, mu per image against Dice: the source model on source and target validation,
+# each adapted model (its last epoch: no label chose it) on target validation; then one report and figure
+PS = $(PR)/protoseg
+PS_RUNS = $(PS)/cesource_on_source $(PS)/cesource $(addprefix $(PS)/,adabn sfda sfda_truesize adaent fs)
+PS_FOLDERS = [('IMG', png_transform, False), ('GT', gt_transform, False)]
+PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --folders "$(PS_FOLDERS)" --grp_regex "$(G_RGX)" $(DEBUG)
+protoseg: $(PS)/report.md $(PS)/sa_layers.png
+$(PS)/cesource_on_source: $(SOURCE_CES) | $(PYDEP)
+	$(PROTOSEG) --model $(M_WEIGHTS) --split $(SRC)/val --out $@ --title "source model on source validation"
+$(PS)/cesource: $(SOURCE_CES) $(TGT) | $(PYDEP)
+	$(PROTOSEG) --model $(M_WEIGHTS) --split $(TGT)/val --out $@ --title "source model on target validation"
+$(PS)/%: $(PR)/% $(TGT) | $(PYDEP)
+	$(PROTOSEG) --model $</last.pkl --split $(TGT)/val --out $@ --title "$* (last epoch) on target validation"
+$(PS)/report.md: $(PS_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py report --runs $^ --out $@ --title "ProtoSeg on prostate MRI, $(SHIFT) shift ($(NET), seed $(SEED))"
+$(PS)/sa_layers.png: $(PS_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) plot.py --sa_runs $^ --out $@
+
 # ---------------------------------------------------------------- several training seeds
 # make -f prostate.make SEEDS="0 1 2" [-j2 THREADS=1]: $(RD)/seed<s>/prostate..., then every run as mean ± sd
 SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
@@ -113,7 +132,7 @@ $(PR)/boxplot.png: $(TRN) | $(PYDEP)
 $(REPORT): $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py --runs $(TRN) --out $@ --title "SFDA on prostate MRI ($(NET), seed $(SEED))"
 
-$(PACK): $(TRN) $(PLT) $(REPORT) $(SIZEFILE)
+$(PACK): $(TRN) $(PLT) $(REPORT) $(SIZEFILE) $(PS_RUNS) $(PS)/report.md $(PS)/sa_layers.png
 	mkdir -p $(@D)
 	tar cf - $^ | $(ZIP) > $@_tmp
 	mv $@_tmp $@

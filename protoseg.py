@@ -10,8 +10,13 @@ network's binarised output: no label is read, so mu estimates the output's quali
 Shapes: features (B, C, *S') from any layer, resized (bilinear / trilinear, align_corners=False) to the
 guide's (B, 1, *S); S is 2D or 3D. Sums run over positions, per image, never over the batch.
 """
-from typing import Optional, Sequence
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -105,3 +110,179 @@ def mean_sa_score(last_features: Sequence[Tensor], output_probs: Tensor) -> Tens
     scores = torch.cat([sa_scores(f, output, per_unit=True) for f in last_features], dim=1)    # (B, units)
     mu = scores.mean(dim=1)
     return torch.where(torch.isnan(mu), torch.zeros_like(mu), mu)
+
+
+# ---------------------------------------------------------------- a model on a labelled split
+
+COVERAGES = (1.0, 0.9, 0.7, 0.5)       # seed 003's Table 2
+
+
+def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device("cpu")) -> Dict[str, pd.DataFrame]:
+    """SA per feature layer and per unit of the last one (ground-truth prototypes), and per image mu, the output's
+    Dice and mean predictive entropy. Foreground = every class > 0. ``data``: a dataloader.SliceSet."""
+    from metrics import confusion_sizes, dice_3d, dice_from_sizes
+    from networks import tapped
+    layers, last = net.feature_layers(), net.last_feature_layers()
+    net = net.to(device).eval()
+    sa = {name: [] for name in layers}
+    units, mu, entropy, preds = [], [], [], []
+    with tapped(net, layers) as taps, torch.no_grad():
+        for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
+            probs = torch.softmax(net(data.images[idx].to(device, torch.float32)).float(), dim=1)
+            fg_probs = torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
+            gt = (data.labels[idx] > 0)[:, None].to(device)
+            for name in layers:
+                sa[name].append(sa_scores(taps[name], gt).cpu())
+            units.append(sa_scores(taps[last[-1]], gt, per_unit=True).cpu())
+            mu.append(mean_sa_score([taps[n] for n in last], fg_probs).cpu())
+            entropy.append(-(probs * torch.log(probs.clamp(min=1e-12))).sum(1).flatten(1).mean(1).cpu())
+            preds.append(fg_probs.argmax(1).to(torch.uint8).cpu())
+    pred, gt = torch.cat(preds), (data.labels > 0).to(torch.uint8)
+    inter, psize, gsize = confusion_sizes(pred, gt, 2)
+    patients, dice3d = dice_3d(inter, psize, gsize, data.patients)
+    images = pd.DataFrame({"image": data.filenames, "patient": data.patients, "mu": torch.cat(mu).numpy(),
+                           "dice": dice_from_sizes(inter, psize, gsize)[:, 1].numpy(),
+                           "gt_empty": (gsize[:, 1] == 0).numpy(), "output_empty": (psize[:, 1] == 0).numpy(),
+                           "entropy": torch.cat(entropy).numpy()})
+    scores = {name: torch.cat(v).numpy() for name, v in sa.items()}
+    layer_table = pd.DataFrame({"layer": layers, "order": range(1, len(layers) + 1),
+                                "sa": [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in scores.values()],
+                                "sa_sd": [np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else np.nan
+                                          for v in scores.values()],
+                                "images": [int(np.isfinite(v).sum()) for v in scores.values()],
+                                "skipped": [int(np.isnan(v).sum()) for v in scores.values()]})
+    unit_sa = torch.cat(units).numpy()
+    kept = np.isfinite(unit_sa).all(axis=1)
+    unit_table = pd.DataFrame({"unit": range(unit_sa.shape[1]),
+                               "sa": unit_sa[kept].mean(axis=0) if kept.any() else np.nan}) \
+        .sort_values("sa", ascending=False, kind="stable").reset_index(drop=True)
+    patient_table = pd.DataFrame({"patient": patients, "dice_3d": dice3d[:, 1].numpy()}).merge(
+        images.groupby("patient", as_index=False)["mu"].mean(), on="patient")
+    return {"sa_layers": layer_table, "sa_units": unit_table, "images": images, "patients": patient_table}
+
+
+def coverage_table(images: pd.DataFrame, coverages: Sequence[float] = COVERAGES) -> pd.DataFrame:
+    """Mean Dice of the images kept at each coverage, keeping the highest mu; beside it the oracle (highest Dice
+    first), the lowest mean predictive entropy first, and random rejection (its expectation: the mean).
+    Images whose ground truth is empty have no meaningful Dice and are left out."""
+    scored = images[~images["gt_empty"]]
+    rows = []
+    for name, key, ascending in (("mu", "mu", False), ("entropy", "entropy", True), ("oracle", "dice", False)):
+        order = scored.sort_values(key, ascending=ascending, kind="stable")["dice"].to_numpy()
+        rows.append({"ranking": name, **{f"{100 * c:g}%": order[:max(1, int(np.ceil(c * len(order))))].mean()
+                                         for c in coverages}})
+    rows.append({"ranking": "random", **{f"{100 * c:g}%": scored["dice"].mean() for c in coverages}})
+    return pd.DataFrame(rows)
+
+
+def summary(tables: Dict[str, pd.DataFrame], title: str) -> str:
+    """Markdown: mu against Dice (Pearson r per image and per patient), the coverage table, the SA per layer."""
+    images, patients = tables["images"], tables["patients"]
+    scored = images[~images["gt_empty"]]
+    r_image = scored["mu"].corr(scored["dice"]) if len(scored) > 2 else np.nan
+    r_patient = patients["mu"].corr(patients["dice_3d"]) if len(patients) > 2 else np.nan
+    cov = coverage_table(images)
+    lines = [f"# {title}\n",
+             f"{len(images)} images ({int(images['gt_empty'].sum())} with an empty ground truth, left out of r and of the "
+             f"coverage table), {len(patients)} patients; {100 * images['output_empty'].mean():.1f}% of the outputs are "
+             f"empty (mu = 0).\n",
+             f"- Pearson r of mu with the output's Dice: {r_image:.3f} per image, {r_patient:.3f} per patient (3D Dice, "
+             "mu averaged over the patient's slices)\n",
+             "Mean Dice x100 of the images kept, by coverage:\n",
+             "| ranking | " + " | ".join(cov.columns[1:]) + " |", "|---|" + "---|" * (len(cov.columns) - 1)]
+    lines += [f"| {r['ranking']} | " + " | ".join(f"{100 * r[c]:.1f}" for c in cov.columns[1:]) + " |"
+              for r in cov.to_dict("records")]
+    lines += ["", "SA per feature layer (Dice x100 of its ground-truth-guided map; images with an empty ground truth "
+                  "skipped):\n", "| # | layer | SA | images | skipped |", "|---|---|---|---|---|"]
+    lines += [f"| {r.order} | {r.layer} | {100 * r.sa:.1f} | {r.images} | {r.skipped} |"
+              for r in tables["sa_layers"].itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def chain_report(runs: Sequence[Path], title: str) -> str:
+    """Markdown over several analysed models: SA per layer side by side; per model mu against Dice and the Dice
+    gained at 70 % coverage by keeping the highest mu."""
+    from report import read_table
+    layers = [read_table(run / "sa_layers.csv", ["layer", "sa"]).set_index("layer")["sa"] for run in runs]
+    names = [run.name for run in runs]
+    lines = [f"# {title}\n", "SA per feature layer (Dice x100; the ground truth guides the prototypes):\n",
+             "| layer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {layer} | " + " | ".join(f"{100 * sa[layer]:.1f}" for sa in layers) + " |" for layer in layers[0].index]
+    lines += ["", "mu (no label read) against the output's Dice (images with a non-empty ground truth):\n",
+              "| model | r per image | r per patient | empty outputs | Dice, all | Dice, 70 % kept by mu | random |",
+              "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy"])
+        patients = read_table(run / "patients.csv", ["mu", "dice_3d"])
+        scored = images[~images["gt_empty"]]
+        cov = coverage_table(images).set_index("ranking")
+        lines.append(f"| {run.name} | {scored['mu'].corr(scored['dice']):.3f} | "
+                     f"{patients['mu'].corr(patients['dice_3d']):.3f} | {100 * images['output_empty'].mean():.0f}% | "
+                     f"{100 * cov.loc['mu', '100%']:.1f} | {100 * cov.loc['mu', '70%']:.1f} | "
+                     f"{100 * cov.loc['random', '70%']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    return analyze_main(argv)
+
+
+def report_main(argv: Sequence[str]) -> int:
+    from utils import atomic_output, one_error_line
+    parser = argparse.ArgumentParser(description="ProtoSeg over a chain's analysed models: one markdown report")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--title", default="ProtoSeg")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    def write(_: object) -> int:
+        text = chain_report(args.runs, args.title)
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(text)
+        print(text)
+        return 0
+    return one_error_line(write, None)
+
+
+def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
+    from dataloader import DataError, load_slices
+    from main import parse_folders
+    from networks import CheckpointError, network_from_checkpoint
+    from utils import atomic_output
+    parser = argparse.ArgumentParser(description="ProtoSeg analysis of one model on one labelled split: SA per "
+                                                 "feature layer and unit, mu per image against Dice, coverage")
+    parser.add_argument("--model", type=Path, required=True, help="a checkpoint (best_3d.pkl, last.pkl)")
+    parser.add_argument("--network", required=True)
+    parser.add_argument("--n_class", type=int, default=2)
+    parser.add_argument("--split", type=Path, required=True, help="a folder with the image and GT subfolders")
+    parser.add_argument("--folders", required=True, help="as main.py's --target_folders")
+    parser.add_argument("--grp_regex", required=True)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--debug", action="store_true", help="10 images")
+    parser.add_argument("--title", default="ProtoSeg")
+    parser.add_argument("--out", type=Path, required=True, help="a folder: sa_layers.csv, sa_units.csv, images.csv, "
+                                                                "patients.csv, summary.md")
+    args = parser.parse_args(argv)
+    try:
+        net = network_from_checkpoint(args.model, args.network, args.n_class)
+        data = load_slices(args.split, parse_folders(args.folders, "--folders"), args.n_class, args.grp_regex,
+                           args.debug)
+        tables = analyze(net, data, args.batch_size)
+        with atomic_output(args.out) as tmp:
+            tmp.mkdir()
+            for name, table in tables.items():
+                table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
+            (tmp / "summary.md").write_text(summary(tables, args.title))
+    except (DataError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print((args.out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,8 +124,10 @@ def test_report_plots_and_archive(tiny_run):
                   "tau chosen once, at N = 45 with lambda = 0", "## Statistics (the paper's one-sided Wilcoxon",
                   "SpotTUnet > the better of ft_all / ft_first", "cannot reach p < 0.05"]:
         assert piece in text, piece
-    for png in ["violin.png", "lambda_val.png", "policy.png"]:
+    for png in ["violin.png", "lambda_val.png", "policy.png", "protoseg/2_5/sa_layers.png"]:
         assert (cr / png).stat().st_size > 1000
+    ps = (cr / "protoseg" / "2_5" / "report.md").read_text()            # ProtoSeg per test pair
+    assert all(f"| {m} |" in ps for m in ["baseline_on_source", "baseline", "adabn", "sfda", "sfda_truesize"])
     archives = list((tiny_run / "archives").glob("*-cc359-seed0.tar.gz"))
     assert len(archives) == 1
     with tarfile.open(archives[0]) as tar:

@@ -38,7 +38,9 @@ def test_cflags_and_debug_reach_every_command(tmp_path):
     assert len(mains) == len(RUNS)
     assert all(f"{sys.executable} -O main.py" in line for line in mains)
     text = out.stdout
-    assert text.count("--network Dimwit") == len(RUNS) and text.count("--debug") == len(RUNS)
+    analyses = [line for line in text.splitlines() if "protoseg.py --network" in line]        # 7 ProtoSeg analyses
+    assert len(analyses) == 7 and all(f"{sys.executable} -O protoseg.py" in line for line in analyses)
+    assert text.count("--network Dimwit") == len(RUNS) + 7 and text.count("--debug") == len(RUNS) + 7
     assert text.count("--n_epoch 5") == len(RUNS)          # noadapt/adabn override it with --n_epoch 0
     assert text.count("--n_epoch 0") == 2
 
@@ -113,6 +115,14 @@ def test_every_output_file(tiny_run):
         assert (pr / name).stat().st_size > 0
     report = (pr / "report.md").read_text()
     assert all(f"| {run} |" in report for run in RUNS)
+    ps = pr / "protoseg"                  # ProtoSeg: the source model on both domains, every adapted model
+    analysed = ["cesource_on_source", "cesource", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
+    for name in analysed:
+        assert {f.name for f in (ps / name).iterdir()} == {"sa_layers.csv", "sa_units.csv", "images.csv",
+                                                           "patients.csv", "summary.md"}, name
+    assert pd.read_csv(ps / "sfda" / "sa_layers.csv")["layer"].tolist() == ["conv"]                # Dimwit
+    text = (ps / "report.md").read_text()
+    assert all(f"| {name} |" in text for name in analysed) and (ps / "sa_layers.png").stat().st_size > 1000
 
 
 def test_archive_holds_the_results_and_nothing_else(tiny_run):

@@ -103,3 +103,57 @@ def test_every_network_names_its_feature_layers_and_taps_them_on_the_input_grid(
     with torch.no_grad():
         net(x)
     assert not net._forward_hooks and not net._forward_pre_hooks          # the taps are gone after the block
+
+
+def test_an_oracle_ordering_gives_a_monotone_coverage_table_and_random_the_mean():
+    import pandas as pd
+    images = pd.DataFrame({"mu": [0.9, 0.1, 0.5, 0.7, 0.3, 0.0], "dice": [0.8, 0.2, 0.9, 0.6, 0.4, 0.0],
+                           "entropy": [0.1, 0.5, 0.2, 0.3, 0.4, 0.0], "gt_empty": [False] * 5 + [True]})
+    table = protoseg.coverage_table(images).set_index("ranking")
+    oracle = table.loc["oracle"].tolist()
+    assert oracle == sorted(oracle) and oracle[-1] == pytest.approx((0.9 + 0.8 + 0.6) / 3)    # top ceil(0.5 x 5)
+    assert table.loc["mu", "100%"] == pytest.approx(0.58) and table.loc["random"].tolist() == [pytest.approx(0.58)] * 4
+    assert table.loc["mu", "50%"] == pytest.approx((0.8 + 0.6 + 0.9) / 3)           # mu 0.9, 0.7, 0.5
+    assert table.loc["entropy", "50%"] == pytest.approx((0.8 + 0.9 + 0.6) / 3)      # entropy 0.1, 0.2, 0.3
+
+
+def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
+    """End to end on a tiny PNG split: tables' shapes, skipped empty ground truths, mu reads no label."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+    from dataloader import gt_transform, load_slices, png_transform
+    from networks import save_checkpoint
+    rng = np.random.default_rng(0)
+    for sub in ("IMG", "GT"):
+        (tmp_path / "val" / sub).mkdir(parents=True)
+    for k in range(6):
+        gt = np.zeros((16, 16), np.uint8)
+        if k < 5:
+            gt[4:10, 3 + k:9 + k] = 1
+        img = (gt * 150 + rng.integers(0, 80, (16, 16))).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / "val" / "IMG" / f"Case0{k // 3}_{k}.png")
+        Image.fromarray(gt).save(tmp_path / "val" / "GT" / f"Case0{k // 3}_{k}.png")
+    folders = [("IMG", png_transform, False), ("GT", gt_transform, False)]
+    data = load_slices(tmp_path / "val", folders, 2, r"Case\d+_\d+")
+    torch.manual_seed(0)
+    net = build_network("UNet", 1, 2, width=4)
+    tables = protoseg.analyze(net, data, batch_size=4)
+    assert tables["sa_layers"]["layer"].tolist() == net.feature_layers()
+    assert (tables["sa_layers"]["skipped"] == 1).all() and (tables["sa_layers"]["images"] == 5).all()
+    assert len(tables["sa_units"]) == 4 and tables["sa_units"]["sa"].is_monotonic_decreasing
+    assert tables["images"]["mu"].between(0, 1).all() and len(tables["patients"]) == 2
+    data.labels[:] = torch.from_numpy(rng.integers(0, 2, tuple(data.labels.shape)).astype(np.uint8))
+    scrambled = protoseg.analyze(net, data, batch_size=4)                          # other labels, the same mu
+    assert np.array_equal(scrambled["images"]["mu"], tables["images"]["mu"])
+    save_checkpoint(tmp_path / "m.pkl", net)
+    args = ["--model", str(tmp_path / "m.pkl"), "--network", "UNet", "--split", str(tmp_path / "val"),
+            "--folders", "[('IMG', png_transform, False), ('GT', gt_transform, False)]", "--grp_regex", r"Case\d+_\d+"]
+    assert protoseg.main(args + ["--out", str(tmp_path / "out")]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"sa_layers.csv", "sa_units.csv", "images.csv",
+                                                              "patients.csv", "summary.md"}
+    assert "| mu |" in (tmp_path / "out" / "summary.md").read_text()
+    assert pd.read_csv(tmp_path / "out" / "images.csv").shape[0] == 6
+    assert protoseg.main(["--model", str(tmp_path / "m.pkl"), "--network", "ENet"] + args[4:]
+                         + ["--out", str(tmp_path / "bad")]) == 1
+    assert "holds a UNet but --network is ENet" in capsys.readouterr().err and not (tmp_path / "bad").exists()
