@@ -29,8 +29,10 @@ bench: | $(PYDEP)
 REF ?= $(RD)/prostate
 CAND ?= results_bf16/prostate
 TOLERANCE ?= 1.5
+ONLY ?=# compare only these runs, e.g. ONLY="cesource noadapt adabn sfda sfda_truesize"
 compare: | $(PYDEP)
-	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) --out $(firstword $(CAND))/compare.md
+	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) \
+		$(if $(ONLY),--only $(ONLY)) --out $(firstword $(CAND))/compare.md
 
 clean:
 	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/prostate_target_hard $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \

@@ -3,7 +3,7 @@
 # SHIFT: default (the target scanner) or hard (target_hard: a source model barely transfers to it).
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot lrgrid protoseg
+.PHONY: all pack report plot lrgrid protoseg sourcefree
 
 G_RGX = Case\d+_\d+
 TT_DATA = [('IMG', png_transform, False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
@@ -33,6 +33,7 @@ REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
 all: pack report protoseg
+sourcefree: $(CES) $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize# the source model and its source-free runs
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)

@@ -583,15 +583,23 @@ def collapsed_scores(scores: Dict[str, float]) -> bool:
     return scores.get("dice", scores.get("last 3D Dice", np.inf)) < 100 * COLLAPSE
 
 
-def paired_scores(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
+def paired_scores(references: Sequence[Path], candidates: Sequence[Path],
+                  only: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per (run, score, pair of roots): both final scores, whether each side collapsed, run times.
-    The k-th reference root pairs with the k-th candidate root (the same training seed in both modes)."""
+    The k-th reference root pairs with the k-th candidate root (the same training seed in both modes);
+    ``only``: these runs (names below the roots), which both sides must hold, and no others."""
     if len(references) != len(candidates):
         raise ValueError(f"{len(references)} reference root(s) but {len(candidates)} candidate root(s): "
                          "roots pair by position (one per seed on each side)")
     rows = []
     for k, (ref_root, cand_root) in enumerate(zip(references, candidates)):
         ref, cand = find_runs(ref_root), find_runs(cand_root)
+        if only:
+            missing = [(root, name) for root, runs in ((ref_root, ref), (cand_root, cand)) for name in only
+                       if name not in runs]
+            if missing:
+                raise ValueError(f"{missing[0][0]}: no complete run {missing[0][1]}")
+            ref, cand = {n: ref[n] for n in only}, {n: cand[n] for n in only}
         check_same_runs(ref_root, ref, cand_root, cand)
         for name in sorted(ref):
             a, b = final_scores(ref[name]), final_scores(cand[name])
@@ -602,10 +610,10 @@ def paired_scores(references: Sequence[Path], candidates: Sequence[Path]) -> pd.
     return pd.DataFrame(rows)
 
 
-def compare(references: Sequence[Path], candidates: Sequence[Path]) -> pd.DataFrame:
+def compare(references: Sequence[Path], candidates: Sequence[Path], only: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Per (run, score): each side's mean and sd x 100 over its roots, the mean paired difference (candidate -
     reference) over the pairs where neither side collapsed, the collapses of each side, mean run times."""
-    pairs = paired_scores(references, candidates)
+    pairs = paired_scores(references, candidates, only)
     rows = []
     for (run, score), g in pairs.groupby(["run", "score"], sort=False):
         kept = g[~g["reference_collapsed"] & ~g["candidate_collapsed"]]
@@ -725,6 +733,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
     parser.add_argument("--candidate", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=1.5, help="points of score (compare)")
+    parser.add_argument("--only", nargs="+", help="compare: these runs only (names below the roots, e.g. sfda)")
     parser.add_argument("--roots", nargs="+", type=Path, help="seeds: one prostate result root per training seed")
     parser.add_argument("--at_epochs", nargs="*", type=int, default=[], help="seeds: 3D Dice also after these epochs")
     parser.add_argument("--out", type=Path, required=True)
@@ -759,7 +768,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
             text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
                     else cc359_seeds_report([read_table(f) for f in args.scores], [str(f.parent.parent) for f in args.scores],
                                             args.title) if args.command == "cc359_seeds"
-                    else compare_report(compare(args.reference, args.candidate), args.reference, args.candidate,
+                    else compare_report(compare(args.reference, args.candidate, args.only), args.reference, args.candidate,
                                         args.tolerance) if args.command == "compare"
                     else cc359_report(pd.read_csv(args.scores[0]), pd.read_csv(args.params), args.title,
                                       pd.read_csv(args.val_scores) if args.val_scores else None,

@@ -122,3 +122,12 @@ def test_missing_or_malformed_run_gives_one_error_line(tmp_path, capsys, script)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(run) in err and "\n" not in err
     assert not out.exists()
+
+
+def test_compare_only_the_named_runs(roots):
+    ref, cand = roots
+    write_tested_run(ref, "hm/2_5", [0.9], [0.9], 1)                           # in the reference only: left out
+    table = report.compare([ref], [cand], only=["ft_all/2_5_n8"])
+    assert table["run"].unique().tolist() == ["ft_all/2_5_n8"]
+    with pytest.raises(ValueError, match="no complete run hm/2_5"):
+        report.compare([ref], [cand], only=["hm/2_5"])
