@@ -160,6 +160,11 @@ TRAIN_FT = $(SGD) --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --lr_de
 $(CR)/baseline/%: OPT = $(TRAIN_BASE)
 $(CR)/baseline/%: $(SETS)/baseline_% | $(PYDEP)
 	$(call RUN,$@,$<)
+# the same training with the online ProtoSeg term (seed 003, Table 1), for the first test pair's source
+ONLINE_SRC = $(call src,$(firstword $(TEST_PAIRS)))
+$(CR)/baseline_online/%: OPT = $(TRAIN_BASE) --target_losses="$(L_ONLINE)"# (the last --target_losses wins)
+$(CR)/baseline_online/%: $(SETS)/baseline_% | $(PYDEP)
+	$(call RUN,$@,$<)
 
 # oracle: 3-fold cross-validation inside the target domain
 define ORACLE
@@ -214,12 +219,15 @@ OPT_hm = $(M_EVAL)
 OPT_noadapt = $(M_EVAL)
 OPT_adabn = $(M_EVAL) --adabn
 # SFDA's Adam learning rate is chosen like SpotTUnet's parameters: sfda on the validation pairs at every rate
-# of SF_LRS (sfda_val/<s>_<t>_lr<lr>), the best mean surface Dice -> $(SF_PARAMS), which the test runs read
+# of SF_LRS (sfda_val/<s>_<t>_lr<lr>), the best mean surface Dice -> $(SF_PARAMS), which the test runs read.
+# The test runs validate every epoch and log mu (MU_OPT), so that the epochs chosen by the target labels, by mu and
+# the last one can be compared (the report's selection table; test scores of all three).
 SFDA_OPT = --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --val_every $(call epochs,$(E_FT)) --test_folder test \
 	--lr_decay 1
+SF_TEST_OPT = $(SFDA_OPT) --val_every 1 $(MU_OPT)
 SF_LR = $$$$(awk -F, 'NR == 2 {print $$$$1}' $(SF_PARAMS))# read by the shell when the run starts (after call + eval)
-OPT_sfda = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT)
-OPT_sfda_truesize = $(SFDA_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,val_gt_size)" $(GUARD_OPT)
+OPT_sfda = $(SF_TEST_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(GUARD_OPT)
+OPT_sfda_truesize = $(SF_TEST_OPT) --l_rate $(SF_LR) --target_losses="$(call SFDA_LOSS,val_gt_size)" $(GUARD_OPT)
 define SOURCE_FREE
 $(CR)/$(1)/$(2): OPT = $(OPT_$(1)) --model_weights $(BASE)/$(call src,$(2))/last.pkl
 $(CR)/$(1)/$(2): $(if $(filter hm,$(1)),$(SETS)/hm_$(2),$(SETS)/pair_$(2)_all) $(BASE)/$(call src,$(2)) \
@@ -245,7 +253,22 @@ PS = $(CR)/protoseg
 PS_MODELS = adabn sfda sfda_truesize
 PS_RUNS = $(foreach p,$(TEST_PAIRS),$(addprefix $(PS)/$(p)/,baseline_on_source baseline $(PS_MODELS)))
 PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" $(DEBUG)
-protoseg: $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png)
+PS_ONLINE = $(PS)/$(firstword $(TEST_PAIRS))/baseline_online_on_source
+SELECTION = $(CR)/selection.md# the source-free runs' epochs chosen by labels, by mu and the last, tested
+SF_SELECTED = $(foreach m,sfda sfda_truesize,$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
+SHIFT_POLICY = $(PS)/shift_vs_policy.md# per layer: the SA drop under shift against SpotTUnet's fine-tuning share
+protoseg: $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) $(SELECTION) $(SHIFT_POLICY)
+$(SHIFT_POLICY:.md=.csv): $(SHIFT_POLICY) ;# written with it
+$(SHIFT_POLICY): $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/baseline_on_source $(PS)/$(p)/baseline) \
+		$(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py shift --pairs $(addprefix $(PS)/,$(TEST_PAIRS)) --policies $(filter $(CR)/spottune/%,$^) \
+		--out $@ --title "CC359: where the shift hits ($(NET) baselines, seed $(SEED)), and what SpotTUnet fine-tunes"
+$(PS_ONLINE): $(CR)/baseline_online/$(ONLINE_SRC) $(SETS)/baseline_$(ONLINE_SRC) | $(PYDEP)
+	$(PROTOSEG) --model $</last.pkl --split $(SETS)/baseline_$(ONLINE_SRC)/val --out $@ \
+		--title "online-ProtoSeg baseline $(ONLINE_SRC) on its validation scans"
+$(SELECTION:.md=.csv): $(SELECTION) ;# written with it
+$(SELECTION): $(SF_SELECTED) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "CC359 source-free runs: which epoch ($(NET), seed $(SEED))"
 define PROTOSEG_PAIR
 $(PS)/$(1)/baseline_on_source: $(BASE)/$(call src,$(1)) $(SETS)/baseline_$(call src,$(1)) | $(PYDEP)
 	$(PROTOSEG) --model $(BASE)/$(call src,$(1))/last.pkl --split $(SETS)/baseline_$(call src,$(1))/val --out $$@ \
@@ -256,9 +279,11 @@ $(PS)/$(1)/baseline: $(BASE)/$(call src,$(1)) $(SETS)/pair_$(1)_all | $(PYDEP)
 $(foreach m,$(PS_MODELS),$(PS)/$(1)/$(m)): $(PS)/$(1)/%: $(CR)/%/$(1) $(SETS)/pair_$(1)_all | $(PYDEP)
 	$(PROTOSEG) --model $(CR)/$$*/$(1)/last.pkl --split $(SETS)/pair_$(1)_all/test --out $$@ \
 		--title "$$* on the test scans of domain $(call tgt,$(1))"
-$(PS)/$(1)/report.md: $(addprefix $(PS)/$(1)/,baseline_on_source baseline $(PS_MODELS)) | $(PYDEP)
+$(PS)/$(1)/report.md $(PS)/$(1)/sa_layers.png: $(addprefix $(PS)/$(1)/,baseline_on_source baseline $(PS_MODELS)) \
+	$(if $(filter $(1),$(firstword $(TEST_PAIRS))),$(PS_ONLINE))
+$(PS)/$(1)/report.md: | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py report --runs $$^ --out $$@ --title "ProtoSeg on CC359, pair $(1) ($(NET), seed $(SEED))"
-$(PS)/$(1)/sa_layers.png: $(addprefix $(PS)/$(1)/,baseline_on_source baseline $(PS_MODELS)) | $(PYDEP)
+$(PS)/$(1)/sa_layers.png: | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --sa_runs $$^ --out $$@
 endef
 $(foreach p,$(TEST_PAIRS),$(eval $(call PROTOSEG_PAIR,$(p))))
@@ -271,7 +296,11 @@ ALL_SETS = $(addprefix $(SETS)/,$(addprefix baseline_,$(SOURCES)) $(foreach t,$(
 SEEDS_REPORT = $(RD)/seeds/cc359$(if $(filter sourcefree,$(SEED_GOAL)),_sourcefree).md
 SEED_SCORES = $(if $(filter sourcefree,$(SEED_GOAL)),sourcefree.csv,scores.csv)
 $(eval $(call SEED_CHAINS,$(SIZEFILE) $(ALL_SETS)))
-seeds: $(SEEDS_REPORT)
+SEEDS_SELECTION = $(RD)/seeds/cc359_selection.md
+seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION)
+$(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py selection --runs $(foreach r,$(SEED_ROOTS),$(patsubst $(CR)/%,$(r)/cc359/%,$(SF_SELECTED))) \
+		--out $@ --title "CC359 source-free runs: which epoch ($(NET), seeds $(SEEDS))"
 $(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py cc359_seeds --scores $(addsuffix /cc359/$(SEED_SCORES),$(SEED_ROOTS)) --out $@ \
 		--title "CC359 domain adaptation ($(NET), seeds $(SEEDS), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
@@ -295,7 +324,8 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
 $(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
-		$(PS_RUNS) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png)
+		$(PS_RUNS) $(PS_ONLINE) $(CR)/baseline_online/$(ONLINE_SRC) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) \
+		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

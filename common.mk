@@ -56,6 +56,12 @@ SFDA_FN ?= norm_soft_size
 # prior's on the training slices (main.py --collapse_guard; 0: off, the seed's behaviour)
 GUARD ?= 0.25
 GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD))
+# label-free epoch choice for the source-free runs (ProtoSeg's mu, seed 003): mu over about MU_IMAGES training
+# slices at every validated epoch, the best -> best_mu.pkl (main.py --mu_images; 0: off)
+MU_IMAGES ?= 64
+MU_OPT = $(if $(filter-out 0,$(MU_IMAGES)),--mu_images $(MU_IMAGES))
+# online ProtoSeg (seed 003, Table 1): the supervised CE plus the SA term of the network's last two feature layers
+L_ONLINE = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1), ('ProtoSegLoss', {'layers': 'last'}, None, None, None, 1)]
 L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
 SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
 	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]

@@ -3,12 +3,14 @@
 ``terms(probs, target, bounds) -> (loss_s, loss_cons)``: the supervised/entropy term and the
 constraint/prior term, logged as ``*_loss_s`` and ``*_loss_cons``; the loss is their sum.
 Shapes: probs and target (B, C, H, W), bounds (B, C, 2) as produced by bounds.py.
+A loss that reads feature maps names them in ``layers``; main.py taps them and passes ``features`` (name -> map).
 """
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from protoseg import has_prototypes, protoseg
 from utils import RATIO_FUNCTIONS, SIZE_FUNCTIONS, simplex
 
 Terms = Tuple[Tensor, Tensor]
@@ -21,6 +23,8 @@ def _require(kwargs: Dict[str, Any], loss: str, *keys: str) -> None:
 
 
 class Loss:
+    layers: Tuple[str, ...] = ()        # the feature layers the loss reads (networks.tapped names)
+
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
         raise NotImplementedError
 
@@ -148,6 +152,43 @@ class NaivePenalty(Loss):
         return torch.zeros_like(loss), loss
 
 
+class ProtoSegLoss(Loss):
+    """Online ProtoSeg (seed 003, Table 1): the mean over the named feature maps of 1 - soft Dice between the
+    ProtoSeg foreground probability (prototypes from this batch's ground truth) and the ground truth.
+
+    Foreground = every class > 0. The seed adds "the SA score" of the N feature segmentation maps to the output's
+    loss; its equation is lost, so the differentiable Dice stands for it (methods/protoseg.md, section 5). Images
+    whose ground truth is all background or all foreground have no prototype and are left out of the mean.
+    The tuple's weight is the term's only weight; the term is logged as loss_cons. ``layers``: feature layer names,
+    or 'last': the network's last two feature layers (mu's; main.py resolves it).
+    """
+    LAST = "last"
+
+    def __init__(self, layers: Any, dtype: Any = None):
+        if layers == self.LAST:
+            layers = [self.LAST]
+        if isinstance(layers, str) or not layers or not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"ProtoSegLoss: 'layers' must be 'last' or a non-empty list of feature layer names, "
+                             f"got {layers!r}")
+        self.layers = tuple(layers)
+
+    def terms(self, probs: Tensor, target: Tensor, bounds: Tensor, features: Optional[Dict[str, Tensor]] = None) -> Terms:
+        if features is None or any(n not in features for n in self.layers):
+            raise ValueError(f"ProtoSegLoss: needs the feature maps {list(self.layers)} (main.py taps them)")
+        gt = (1 - target[:, :1].float())                                  # (B, 1, H, W) foreground
+        ok = has_prototypes(gt)
+        zero = probs.sum() * 0
+        if not ok.any():
+            return zero, zero
+        per_layer = []
+        for name in self.layers:
+            fg = protoseg(features[name][ok], gt[ok])[:, 1]               # (b, H, W)
+            g = gt[ok][:, 0]
+            inter, union = (fg * g).flatten(1).sum(1), (fg + g).flatten(1).sum(1)
+            per_layer.append((1 - 2 * inter / union.clamp(min=1e-10)).mean())
+        return zero, torch.stack(per_layer).mean()
+
+
 class SpotTUnetPenalty:
     """SpotTUnet's L1 policy cost: k_reg * (number of fine-tuned units) / (B * units); a = 1 means frozen."""
 
@@ -159,7 +200,7 @@ class SpotTUnetPenalty:
 
 
 LOSSES = {"CrossEntropy": CrossEntropy, "DiceLoss": DiceLoss, "SelfEntropy": SelfEntropy,
-          "EntKLProp": EntKLProp, "NaivePenalty": NaivePenalty}
+          "EntKLProp": EntKLProp, "NaivePenalty": NaivePenalty, "ProtoSegLoss": ProtoSegLoss}
 
 
 def build_loss(name: str, kwargs: Dict[str, Any], fn: Any) -> Loss:

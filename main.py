@@ -41,7 +41,9 @@ from bounds import Bounds, build_bounds
 from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients, load_slices, strip_extension
 from losses import Loss, SpotTUnetPenalty, build_loss
 from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
-from networks import BlockNet, CheckpointError, SpotTUnet, build_network, network_from_checkpoint, save_checkpoint
+from networks import (BlockNet, CheckpointError, SpotTUnet, build_network, load_checkpoint, network_from_checkpoint,
+                      save_checkpoint, tapped)
+from protoseg import label_free_mu, mu_subsample
 from utils import (OptionError, atomic_output, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
                    record_provenance, str2bool)
 
@@ -117,6 +119,11 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
     parser.add_argument("--do_hd", type=str2bool, default=False, help="HD95 and ASSD per val patient")
     parser.add_argument("--saveim", type=str2bool, default=False, help="save the best epoch's val predictions")
+    parser.add_argument("--mu_images", type=int, default=0,
+                        help="label-free selection (ProtoSeg's mu, seed 003): at every validated epoch, the mean mu "
+                             "over a fixed subsample of about this many training slices (at least 2 per patient) is "
+                             "logged, the best epoch saved as best_mu.pkl, and with a test folder the best-mu and "
+                             "best-label checkpoints are tested too (0: off)")
     parser.add_argument("--entmap", action="store_true", help="save the best epoch's entropy maps")
     parser.add_argument("--csv", default="metrics.csv")
     parser.add_argument("--debug", action="store_true", help="10 images per loader")
@@ -177,6 +184,9 @@ def check_options(args: argparse.Namespace) -> None:
     """Checks that argparse cannot express; each failure is one ``error:`` line (OptionError)."""
     if not args.metric_axis:
         raise OptionError("--metric_axis needs at least one class, e.g. --metric_axis 1")
+    if args.mu_images < 0 or (args.mu_images and args.spottune):
+        raise OptionError(f"--mu_images {args.mu_images}: expected a slice count >= 0, and no --spottune "
+                          f"(mu reads a plain network's last feature layers)")
     try:
         re.compile(args.grp_regex)
     except re.error as e:
@@ -220,6 +230,18 @@ def build_model(args: argparse.Namespace) -> BlockNet:
     if args.spottune:
         net = SpotTUnet(net, 1, args.tau)
     return net
+
+
+def check_loss_layers(net: torch.nn.Module, specs: Sequence[LossSpec]) -> None:
+    """Every feature layer a loss reads (e.g. ProtoSegLoss's) exists in the network; 'last' becomes its last ones."""
+    known = net.feature_layers() if isinstance(net, BlockNet) else []
+    for spec in specs:
+        if spec.loss.layers == ("last",) and known:
+            spec.loss.layers = tuple(net.last_feature_layers())
+        unknown = [name for name in spec.loss.layers if name not in known]
+        if unknown:
+            raise OptionError(f"--target_losses: {spec.name} reads layer {unknown[0]!r}, which {type(net).__name__} "
+                              f"does not have; its feature layers: {', '.join(known) or 'none'}")
 
 
 def freeze_except(net: BlockNet, names: Sequence[str]) -> None:
@@ -351,7 +373,8 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
         batches = list(data.random_batches(args.batch_size, args.iterations, generator))
     else:
         batches = list(data.batches(args.batch_size, training, generator))
-    with torch.enable_grad() if training else torch.no_grad():
+    tap_names = sorted({name for spec in specs for name in spec.loss.layers})      # losses that read features
+    with torch.enable_grad() if training else torch.no_grad(), tapped(net, tap_names) as taps:
         for idx in tqdm(batches, desc=desc, leave=False, disable=None):
             images = data.images[idx].to(device, torch.float32, memory_format=memory)
             target = class2one_hot(data.labels[idx], args.n_class).to(device)
@@ -361,7 +384,8 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
             probs = logits.float().softmax(dim=1)
             loss_s = loss_cons = torch.zeros((), device=device)
             for spec, bounds in zip(specs, data.bounds):
-                s, cons = spec.loss.terms(probs, target, bounds[idx].to(device))
+                features = {"features": taps} if spec.loss.layers else {}
+                s, cons = spec.loss.terms(probs, target, bounds[idx].to(device), **features)
                 loss_s, loss_cons = loss_s + spec.weight * s, loss_cons + spec.weight * cons
             if spot is not None:
                 loss_cons = loss_cons + penalty(spot.last_actions)     # lambda x share of fine-tuned units
@@ -515,6 +539,7 @@ class Data:
     train: SliceSet
     val: SliceSet
     test: Optional[SliceSet]
+    mu_index: Optional[Tensor] = None    # --mu_images: the training slices that mu is measured on
 
 
 @dataclass
@@ -522,8 +547,9 @@ class History:
     """What the epochs produced so far; with the weights and optimizers, all a resumed run needs."""
     rows: List[Dict[str, float]] = field(default_factory=list)
     best: Dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "epoch": -1})
+    best_mu: Dict[str, float] = field(default_factory=lambda: {"mu": -1.0, "epoch": -1})
     seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("load", "train", "val", "test", "compute", "epochs", "total"), 0.0))   # summed over the run's lives
+        ("load", "train", "val", "mu", "test", "compute", "epochs", "total"), 0.0))   # summed over the run's lives
     next_epoch: int = 0
     life_start: float = field(default_factory=time.perf_counter)                # this process's start
 
@@ -593,7 +619,7 @@ def save_resume_state(savedir: Path, args: argparse.Namespace, net: torch.nn.Mod
              "optimizers": [o.state_dict() for o in optimizers], "torch_rng": torch.get_rng_state(),
              "generator": generator.get_state(), "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                                                              *np_state[2:]],
-             "python_rng": random.getstate(), "rows": history.rows, "best": best,
+             "python_rng": random.getstate(), "rows": history.rows, "best": best, "best_mu": history.best_mu,
              "seconds": {**history.seconds, "total": history.total_seconds()}, "next_epoch": history.next_epoch}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -629,8 +655,8 @@ def restore(state: Dict[str, Any], net: torch.nn.Module, optimizers: Sequence[to
     best = dict(state["best"])
     if isinstance(best.get("per_patient"), dict):
         best["per_patient"] = pd.DataFrame(best["per_patient"])
-    return History(rows=list(state["rows"]), best=best, seconds=dict(state["seconds"]), next_epoch=state["next_epoch"],
-                   life_start=life_start)
+    return History(rows=list(state["rows"]), best=best, best_mu=dict(state.get("best_mu", {"mu": -1.0, "epoch": -1})), seconds=dict(state["seconds"]),
+                   next_epoch=state["next_epoch"], life_start=life_start)
 
 
 def start_run(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
@@ -703,6 +729,8 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
             seconds["val"] += t2 - t1
             seconds["compute"] += val_pass.compute_s
             row = epoch_row(epoch, tra, data.train, val_pass, val_eval, data.val)
+            if data.mu_index is not None:
+                row["mu"], row["mu_empty_share"] = select_by_mu(net, epoch, data, args, device, savedir, history)
             history.rows.append(row)
             write_csv_atomic(pd.DataFrame(history.rows), savedir / metrics_csv(args))
             if val_eval["dice3d"] > best["dice"]:
@@ -724,13 +752,34 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
     return history
 
 
-def test_last_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
-                      device: torch.device, generator: torch.Generator, savedir: Path) -> None:
-    """test_metrics.csv (Dice and surface Dice per test volume) and, for SpotTUnet, policy.csv."""
-    test_pass = run_pass(net, test, specs, args, device, [], generator, "test")
+def select_by_mu(net: torch.nn.Module, epoch: int, data: Data, args: argparse.Namespace, device: torch.device,
+                 savedir: Path, history: History) -> Tuple[float, float]:
+    """The epoch's mean mu over the fixed training subsample (no label read); the best so far -> best_mu.pkl."""
+    t0 = time.perf_counter()
+    mu, empty = label_free_mu(net, data.train.images[data.mu_index], args.batch_size, device,
+                              lambda: autocast(device, args.precision))
+    if mu > history.best_mu["mu"]:
+        history.best_mu = {"mu": mu, "epoch": epoch}
+        save_checkpoint(savedir / "best_mu.pkl", net, epoch=epoch, mu=mu)
+        (savedir / "mubestepoch.txt").write_text(f"{epoch},{mu:.4f}")
+    history.seconds["mu"] += time.perf_counter() - t0
+    return mu, empty
+
+
+# what a run tests: the last epoch's weights, and with --mu_images the epochs chosen by labels and by mu
+TESTED_WEIGHTS = {"last": "test_metrics.csv", "best_3d.pkl": "test_metrics_best_3d.csv",
+                  "best_mu.pkl": "test_metrics_best_mu.csv"}
+
+
+def test_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
+                 device: torch.device, generator: torch.Generator, savedir: Path, weights: str = "last") -> None:
+    """Dice and surface Dice per test volume into TESTED_WEIGHTS[weights] and, for SpotTUnet, policy.csv."""
+    if weights != "last":
+        net.load_state_dict(load_checkpoint(savedir / weights)["state_dict"])
+    test_pass = run_pass(net, test, specs, args, device, [], generator, f"test {weights}")
     per_volume = evaluate_volumes(test_pass.pred, test, args)
-    write_csv_atomic(per_volume, savedir / "test_metrics.csv")
-    print(f">> test ({len(per_volume)} volumes, last epoch): Dice {per_volume['dice'].mean():.4f}  "
+    write_csv_atomic(per_volume, savedir / TESTED_WEIGHTS[weights])
+    print(f">> test ({len(per_volume)} volumes, {weights}): Dice {per_volume['dice'].mean():.4f}  "
           f"surface Dice@{args.sdice_tol:g}mm {per_volume['sdice'].mean():.4f}")
     if test_pass.frozen_sum is not None:
         write_csv_atomic(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
@@ -767,7 +816,10 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args)
     specs = parse_losses(args.target_losses)
     data = load_data(args, specs)
+    if args.mu_images:
+        data.mu_index = mu_subsample(data.train.patients, data.train.slice_numbers, args.mu_images)
     net = build_model(args).to(device)
+    check_loss_layers(net, specs)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(net, args)
@@ -779,9 +831,12 @@ def run(args: argparse.Namespace) -> None:
     history = train_and_validate(net, optimizers, data, specs, args, device, generator, savedir, history, start)
     t_test = time.perf_counter()
     if data.test is not None:
-        test_last_weights(net, data.test, specs, args, device, generator, savedir)
-    history.seconds["test"] = time.perf_counter() - t_test
+        test_weights(net, data.test, specs, args, device, generator, savedir)
     write_outputs(savedir, args, net, data.val, history)
+    if data.test is not None and args.mu_images:       # after last.pkl is written: these load other weights
+        for weights in ("best_3d.pkl", "best_mu.pkl"):
+            test_weights(net, data.test, specs, args, device, generator, savedir, weights)
+    history.seconds["test"] = time.perf_counter() - t_test
     history.seconds["total"] = history.total_seconds()
     (savedir / RESUME).unlink(missing_ok=True)
     write_run_stats(savedir, history.seconds)

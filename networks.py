@@ -425,7 +425,10 @@ NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, 
 def tapped(net: BlockNet, names: Sequence[str]) -> Iterator[Dict[str, Tensor]]:
     """Within the block, every forward of ``net`` fills the yielded dict with the outputs of the named feature
     layers, cropped to the input they cover. A name that is not one of the net's feature layers is refused."""
-    known = net.feature_layers()
+    if not names:                                   # nothing to tap: any module, no hook
+        yield {}
+        return
+    known = net.feature_layers() if hasattr(net, "feature_layers") else []
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"{type(net).__name__} has no feature layer {unknown[0]!r} (its feature layers, in forward "
@@ -436,7 +439,7 @@ def tapped(net: BlockNet, names: Sequence[str]) -> Iterator[Dict[str, Tensor]]:
     def keep(name: str) -> Callable:
         return lambda module, inputs, output: taps.__setitem__(name, net.crop_to_input(output, size[-1]))
 
-    handles = [net.register_forward_pre_hook(lambda module, inputs: size.append(tuple(inputs[0].shape[-2:])))]
+    handles = [net.register_forward_pre_hook(lambda module, inputs: size.__setitem__(slice(None), [inputs[0].shape[-2:]]))]
     handles += [net.get_submodule(name).register_forward_hook(keep(name)) for name in names]
     try:
         yield taps

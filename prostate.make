@@ -23,6 +23,7 @@ SRC = $(DATA)/prostate_source
 TGT = $(DATA)/prostate_$(TDOM)
 # one source model for both shifts; the adaptation starts from its epoch chosen on the *source* validation set
 CES = $(RD)/prostate/cesource
+CES_ONLINE = $(RD)/prostate/cesource_online# the same training with the online ProtoSeg term (seed 003, Table 1)
 SOURCE_CES = $(SOURCE_RD)/prostate/cesource# what the adaptation runs start from (SOURCE_RD: another root's)
 M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 N_EP = 0
@@ -50,11 +51,14 @@ $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 $(CES): OPT = --target_dataset $(SRC) --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
 $(CES): N_EP = 30
 $(CES): $(SRC)
+$(CES_ONLINE): OPT = --target_dataset $(SRC) --target_losses="$(L_ONLINE)" --l_rate 5e-4 --lr_decay 1
+$(CES_ONLINE): N_EP = 30
+$(CES_ONLINE): $(SRC)
 
 $(PR)/noadapt: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0
 $(PR)/adabn: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0 --adabn
 
-SFDA_OPT = --l_rate 5e-5 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap
+SFDA_OPT = --l_rate 5e-5 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap $(MU_OPT)
 $(PR)/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SFDA_OPT) $(GUARD_OPT)
 $(PR)/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SFDA_OPT) $(GUARD_OPT)
 $(PR)/adaent: OPT = --target_losses="[('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]" $(SFDA_OPT)
@@ -67,7 +71,7 @@ LR_GRID ?= 1e-6 5e-6 1e-5 5e-5
 GRID_EPC ?= 40
 GRID = $(foreach lr,$(LR_GRID),$(PR)/lrgrid/sfda_lr$(lr))
 $(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $(patsubst sfda_lr%,%,$(notdir $@)) --lr_decay 0.9 \
-	--model_weights $(M_WEIGHTS)
+	--model_weights $(M_WEIGHTS) $(MU_OPT)
 $(PR)/lrgrid/sfda_lr%: N_EP = $(GRID_EPC)
 $(GRID): $(SIZEFILE) $(TGT) $(SOURCE_CES)
 lrgrid: $(GRID)
@@ -94,21 +98,30 @@ define TRAIN
 		$(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $@ && mv $@_tmp $@
 endef
-$(TRN) $(GRID): | $(PYDEP)
+$(TRN) $(GRID) $(CES_ONLINE): | $(PYDEP)
 	$(TRAIN)
 
 # ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
 # SA per feature layer and unit, mu per image against Dice: the source model on source and target validation,
 # each adapted model (its last epoch: no label chose it) on target validation; then one report and figure
 PS = $(PR)/protoseg
-PS_RUNS = $(PS)/cesource_on_source $(PS)/cesource $(addprefix $(PS)/,adabn sfda sfda_truesize adaent fs)
+PS_RUNS = $(PS)/cesource_on_source $(PS)/cesource_online_on_source $(PS)/cesource $(PS)/cesource_online \
+	$(addprefix $(PS)/,adabn sfda sfda_truesize adaent fs)
 PS_FOLDERS = [('IMG', png_transform, False), ('GT', gt_transform, False)]
 PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --folders "$(PS_FOLDERS)" --grp_regex "$(G_RGX)" $(DEBUG)
-protoseg: $(PS)/report.md $(PS)/sa_layers.png
+SELECTION = $(PR)/selection.md# the source-free runs' epochs chosen by labels, by mu and the last
+protoseg: $(PS)/report.md $(PS)/sa_layers.png $(SELECTION)
+$(SELECTION:.md=.csv): $(SELECTION) ;# written with it
+$(SELECTION): $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "Prostate source-free runs: which epoch ($(NET), seed $(SEED))"
 $(PS)/cesource_on_source: $(SOURCE_CES) | $(PYDEP)
 	$(PROTOSEG) --model $(M_WEIGHTS) --split $(SRC)/val --out $@ --title "source model on source validation"
 $(PS)/cesource: $(SOURCE_CES) $(TGT) | $(PYDEP)
 	$(PROTOSEG) --model $(M_WEIGHTS) --split $(TGT)/val --out $@ --title "source model on target validation"
+$(PS)/cesource_online_on_source: $(CES_ONLINE) | $(PYDEP)
+	$(PROTOSEG) --model $</best_3d.pkl --split $(SRC)/val --out $@ --title "online-ProtoSeg source model on source validation"
+$(PS)/cesource_online: $(CES_ONLINE) $(TGT) | $(PYDEP)
+	$(PROTOSEG) --model $</best_3d.pkl --split $(TGT)/val --out $@ --title "online-ProtoSeg source model on target validation"
 $(PS)/%: $(PR)/% $(TGT) | $(PYDEP)
 	$(PROTOSEG) --model $</last.pkl --split $(TGT)/val --out $@ --title "$* (last epoch) on target validation"
 $(PS)/report.md: $(PS_RUNS) | $(PYDEP)
@@ -120,7 +133,11 @@ $(PS)/sa_layers.png: $(PS_RUNS) | $(PYDEP)
 # make -f prostate.make SEEDS="0 1 2" [-j2 THREADS=1]: $(RD)/seed<s>/prostate..., then every run as mean ± sd
 SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
 $(eval $(call SEED_CHAINS,$(SIZEFILE)))
-seeds: $(SEEDS_REPORT)
+SEEDS_SELECTION = $(RD)/seeds/$(notdir $(PR))_selection.md
+seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION)
+$(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py selection --runs $(foreach m,sfda sfda_truesize,$(addsuffix /$(notdir $(PR))/$(m),$(SEED_ROOTS))) \
+		--out $@ --title "Prostate source-free runs, $(SHIFT) shift: which epoch ($(NET), seeds $(SEEDS))"
 $(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py seeds --roots $(addsuffix /$(notdir $(PR)),$(SEED_ROOTS)) --at_epochs 20 --out $@ \
 		--title "SFDA on prostate MRI, $(SHIFT) shift ($(NET), seeds $(SEEDS))"
@@ -133,7 +150,8 @@ $(PR)/boxplot.png: $(TRN) | $(PYDEP)
 $(REPORT): $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py --runs $(TRN) --out $@ --title "SFDA on prostate MRI ($(NET), seed $(SEED))"
 
-$(PACK): $(TRN) $(PLT) $(REPORT) $(SIZEFILE) $(PS_RUNS) $(PS)/report.md $(PS)/sa_layers.png
+$(PACK): $(TRN) $(CES_ONLINE) $(PLT) $(REPORT) $(SIZEFILE) $(PS_RUNS) $(PS)/report.md $(PS)/sa_layers.png $(SELECTION) \
+		$(SELECTION:.md=.csv)
 	mkdir -p $(@D)
 	tar cf - $^ | $(ZIP) > $@_tmp
 	mv $@_tmp $@

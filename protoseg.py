@@ -11,15 +11,19 @@ Shapes: features (B, C, *S') from any layer, resized (bilinear / trilinear, alig
 guide's (B, 1, *S); S is 2D or 3D. Sums run over positions, per image, never over the batch.
 """
 import argparse
+import contextlib
+import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from networks import tapped
 
 
 def resized(features: Tensor, size: Sequence[int]) -> Tensor:
@@ -112,6 +116,40 @@ def mean_sa_score(last_features: Sequence[Tensor], output_probs: Tensor) -> Tens
     return torch.where(torch.isnan(mu), torch.zeros_like(mu), mu)
 
 
+# ---------------------------------------------------------------- label-free model selection
+
+def mu_subsample(patients: Sequence[str], slice_numbers: Sequence[int], n_images: int) -> Tensor:
+    """Indices of a fixed, label-free subsample of about ``n_images`` slices: per patient, k = max(2, round(n /
+    patients)) slices at the centres of k equal bins of its slices in slice order (no label is read)."""
+    table = pd.DataFrame({"patient": list(patients), "slice": list(slice_numbers), "index": range(len(patients))})
+    k = max(2, round(n_images / max(table["patient"].nunique(), 1)))
+    chosen: List[int] = []
+    for _, group in table.sort_values(["patient", "slice"], kind="stable").groupby("patient", sort=True):
+        index = group["index"].to_numpy()
+        chosen.extend(index[np.unique(((np.arange(k) + 0.5) * len(index) / k).astype(int))].tolist())
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def label_free_mu(net, images: Tensor, batch_size: int, device: torch.device,
+                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Tuple[float, float]:
+    """(mean mu, share of empty outputs) of ``net`` over ``images`` (N, 1, H, W): mu per image (Eq. 12) from the
+    network's last feature layers and its own output, 0 for an empty output, so a collapsed model scores low."""
+    last = net.last_feature_layers()
+    was_training = net.training
+    net.eval()
+    mu, empty = [], []
+    with tapped(net, last) as taps, torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            with autocast():
+                logits = net(images[start:start + batch_size].to(device, torch.float32))
+            probs = logits.float().softmax(dim=1)
+            fg_probs = torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
+            mu.append(mean_sa_score([taps[name].float() for name in last], fg_probs))
+            empty.append((fg_probs.argmax(1) == 0).flatten(1).all(1))
+    net.train(was_training)
+    return torch.cat(mu).mean().item(), torch.cat(empty).double().mean().item()
+
+
 # ---------------------------------------------------------------- a model on a labelled split
 
 COVERAGES = (1.0, 0.9, 0.7, 0.5)       # seed 003's Table 2
@@ -121,7 +159,6 @@ def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device
     """SA per feature layer and per unit of the last one (ground-truth prototypes), and per image mu, the output's
     Dice and mean predictive entropy. Foreground = every class > 0. ``data``: a dataloader.SliceSet."""
     from metrics import confusion_sizes, dice_3d, dice_from_sizes
-    from networks import tapped
     layers, last = net.feature_layers(), net.last_feature_layers()
     net = net.to(device).eval()
     sa = {name: [] for name in layers}
@@ -220,7 +257,168 @@ def chain_report(runs: Sequence[Path], title: str) -> str:
                      f"{patients['mu'].corr(patients['dice_3d']):.3f} | {100 * images['output_empty'].mean():.0f}% | "
                      f"{100 * cov.loc['mu', '100%']:.1f} | {100 * cov.loc['mu', '70%']:.1f} | "
                      f"{100 * cov.loc['random', '70%']:.1f} |")
+    return "\n".join(lines + online_table(runs)) + "\n"
+
+
+def online_table(runs: Sequence[Path]) -> List[str]:
+    """Seed 003's Table 1 for every model <x>_online* analysed beside <x>*: the output's Dice and the last feature
+    layer's SA, trained without and with the online ProtoSeg term (images with an empty ground truth left out)."""
+    from report import read_table
+    by_name = {run.name: run for run in runs}
+    pairs = [(by_name[name.replace("_online", "", 1)], run) for name, run in by_name.items()
+             if "_online" in name and name.replace("_online", "", 1) in by_name]
+    if not pairs:
+        return []
+    lines = ["", "Online ProtoSeg (seed 003, Table 1): the same training without and with the SA term of the last two "
+                 "feature layers; Dice x100 of the output B and SA x100 of the last feature layer:\n",
+             "| model | output Dice | last-layer SA | images |", "|---|---|---|---|"]
+    for run in (r for pair in pairs for r in pair):
+        images = read_table(run / "images.csv", ["dice", "gt_empty"])
+        last = read_table(run / "sa_layers.csv", ["layer", "sa"]).iloc[-1]
+        scored = images[~images["gt_empty"]]
+        lines.append(f"| {run.name} | {100 * scored['dice'].mean():.1f} | {100 * last['sa']:.1f} ({last['layer']}) | "
+                     f"{len(scored)} |")
+    return lines
+
+
+# ---------------------------------------------------------------- where the shift hits against SpotTUnet's policy
+
+def shift_table(pairs: Sequence[Path], policies: Sequence[Path]) -> pd.DataFrame:
+    """Per feature layer: the source model's SA on source validation and on the target scans, mean over the pairs'
+    analysis folders (each holding baseline_on_source/ and baseline/), the drop, and SpotTUnet's share of slices
+    fine-tuning that unit (policy.csv), mean over the test pairs per budget (run names <pair>_n<N>)."""
+    from report import read_table
+    sa = {}
+    for where, sub in (("sa_source", "baseline_on_source"), ("sa_target", "baseline")):
+        tables = [read_table(pair / sub / "sa_layers.csv", ["layer", "sa"]).set_index("layer")["sa"] for pair in pairs]
+        sa[where] = pd.concat(tables, axis=1).mean(axis=1)
+    table = pd.DataFrame(sa)
+    table["sa_drop"] = table["sa_source"] - table["sa_target"]
+    frames = []
+    for run in policies:
+        match = re.fullmatch(r".+_n(\d+)", run.name)
+        if match is None:
+            raise ValueError(f"{run}: a SpotTUnet test run is named <pair>_n<budget>")
+        frames.append(read_table(run / "policy.csv", ["unit", "p_finetuned"]).assign(budget=int(match.group(1))))
+    policy = pd.concat(frames).groupby(["unit", "budget"])["p_finetuned"].mean().unstack("budget")
+    policy.columns = [f"p_finetuned_n{b}" for b in policy.columns]
+    return table.join(policy, how="left").rename_axis("layer").reset_index()
+
+
+def shift_report(table: pd.DataFrame, title: str) -> str:
+    """Markdown: the per-layer table and Spearman's rho of the SA drop with each budget's fine-tuning share."""
+    from scipy.stats import spearmanr
+    budgets = [c for c in table.columns if c.startswith("p_finetuned_n")]
+    lines = [f"# {title}\n", "Per feature layer of the source baseline: SA x100 on its own validation scans and on the "
+             "target's test scans (ground-truth prototypes, mean over the test pairs), the drop under the shift, and "
+             "the share of test slices whose SpotTUnet policy fine-tunes that unit (mean over the test pairs).\n",
+             "| layer | SA source | SA target | drop | " + " | ".join(f"fine-tuned, N = {c[13:]}" for c in budgets) + " |",
+             "|---|---|---|---|" + "---|" * len(budgets)]
+    for r in table.to_dict("records"):
+        lines.append(f"| {r['layer']} | {100 * r['sa_source']:.1f} | {100 * r['sa_target']:.1f} | "
+                     f"{100 * r['sa_drop']:+.1f} | " + " | ".join(f"{r[c]:.2f}" for c in budgets) + " |")
+    lines.append("")
+    for c in budgets:
+        both = table[["sa_drop", c]].dropna()
+        rho, p = spearmanr(both["sa_drop"], both[c]) if len(both) > 2 else (np.nan, np.nan)
+        lines.append(f"- N = {c[13:]}: Spearman rho of the SA drop with the fine-tuned share {rho:+.2f} "
+                     f"(p = {p:.2g}, {len(both)} layers)")
     return "\n".join(lines) + "\n"
+
+
+def shift_main(argv: Sequence[str]) -> int:
+    from report import write_csv_atomic, write_text_atomic
+    from utils import one_error_line
+    parser = argparse.ArgumentParser(description="SA drop under shift per layer against SpotTUnet's policy")
+    parser.add_argument("--pairs", nargs="+", type=Path, required=True, help="protoseg/<pair> analysis folders")
+    parser.add_argument("--policies", nargs="+", type=Path, required=True, help="spottune/<pair>_n<N> test runs")
+    parser.add_argument("--title", default="Where the shift hits, and what SpotTUnet fine-tunes")
+    parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
+    args = parser.parse_args(argv)
+
+    def write(_: object) -> int:
+        table = shift_table(args.pairs, args.policies)
+        write_csv_atomic(table, args.out.with_suffix(".csv"), float_format="%.4f")
+        text = shift_report(table, args.title)
+        write_text_atomic(text, args.out)
+        print(text)
+        return 0
+    return one_error_line(write, None)
+
+
+# ---------------------------------------------------------------- which epoch: labels, the last, or mu
+
+COLLAPSE = 0.05      # a last-epoch 3D Dice below this is a collapse (the source-free issue's threshold)
+CHOICES = ("label", "last", "mu")
+
+
+def epoch_choices(run: Path) -> Dict[str, object]:
+    """A run's epochs chosen by target validation labels (the seed's protocol), the last one, and by mu (no label),
+    with their validation 3D Dice and, when the run tested them (test_metrics*.csv), their test scores x100."""
+    from report import metrics_file, read_table
+    rows = read_table(metrics_file(run), ["epoch", "val_dice_3d", "mu", "mu_empty_share"])
+    picks = {"label": rows["val_dice_3d"].idxmax(), "last": rows.index[-1], "mu": rows["mu"].idxmax()}  # first max
+    out: Dict[str, object] = {"run": str(run), "collapse_guard": (run / "collapse.txt").is_file(),
+                              "mu_last": rows["mu"].iloc[-1], "empty_last": rows["mu_empty_share"].iloc[-1]}
+    for choice, at in picks.items():
+        out[f"{choice}_epoch"], out[f"{choice}_dice"] = int(rows["epoch"][at]), 100 * rows["val_dice_3d"][at]
+    for choice, name in (("last", "test_metrics.csv"), ("label", "test_metrics_best_3d.csv"),
+                         ("mu", "test_metrics_best_mu.csv")):
+        if (run / name).is_file():
+            out[f"{choice}_test_sdice"] = 100 * read_table(run / name, ["sdice"])["sdice"].mean()
+    return out
+
+
+def selection_report(table: pd.DataFrame, title: str) -> str:
+    """Markdown: per run the three choices; the mean of each over runs of the same name (seeds); collapses."""
+    test = [c for c in ("label", "last", "mu") if f"{c}_test_sdice" in table]
+    head = ["run"] + [f"{c}: epoch, val Dice" for c in CHOICES] + [f"{c}: test surface Dice" for c in test] + \
+        ["mu at the last epoch", "empty outputs"]
+    lines = [f"# {title}\n", "Each source-free run's epoch chosen by the target validation labels (the seed's "
+             "protocol, which a source-free method cannot use), its last epoch, and the epoch of the highest mean mu "
+             "over a fixed subsample of training slices (ProtoSeg, no label read). Dice x100.\n",
+             "| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
+    for r in table.to_dict("records"):
+        cells = [r["run"] + (" (guard fallback)" if r["collapse_guard"] else "")]
+        cells += [f"{r[f'{c}_epoch']}, {r[f'{c}_dice']:.1f}" for c in CHOICES]
+        cells += [f"{r[f'{c}_test_sdice']:.1f}" for c in test] + [f"{r['mu_last']:.3f}", f"{100 * r['empty_last']:.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = table.assign(name=[re.sub(r"(^|/)seed\d+/", r"\1", r) for r in table["run"]])   # seeds pooled
+    mean_cols = [f"{c}_dice" for c in CHOICES] + [f"{c}_test_sdice" for c in test]
+    means = table.groupby("name", sort=False)[mean_cols].agg(["mean", "count"])
+    lines += ["", "Mean over the runs of each name (e.g. over seeds), and mu's choice against the others in points:\n",
+              "| run | runs | " + " | ".join(mean_cols) + " | mu - label | mu - last |", "|---|---|" + "---|" * (len(mean_cols) + 2)]
+    for name, m in means.iterrows():
+        lines.append(f"| {name} | {int(m[(mean_cols[0], 'count')])} | "
+                     + " | ".join(f"{m[(c, 'mean')]:.1f}" for c in mean_cols)
+                     + f" | {m[('mu_dice', 'mean')] - m[('label_dice', 'mean')]:+.1f}"
+                     + f" | {m[('mu_dice', 'mean')] - m[('last_dice', 'mean')]:+.1f} |")
+    down = table[table["last_dice"] < 100 * COLLAPSE]
+    lines += ["", f"Collapsed runs (last-epoch 3D Dice below {100 * COLLAPSE:g}): {len(down)} of {len(table)}"
+              + ("; their mu at the last epoch: " + ", ".join(f"{Path(r.run).name} {r.mu_last:.3f}" for r in down.itertuples())
+                 if len(down) else "") + "; healthy runs' mu at the last epoch: "
+              + (f"{table[table['last_dice'] >= 100 * COLLAPSE]['mu_last'].min():.3f} at the lowest" if len(down) < len(table)
+                 else "none") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def selection_main(argv: Sequence[str]) -> int:
+    from report import write_csv_atomic, write_text_atomic
+    from utils import one_error_line
+    parser = argparse.ArgumentParser(description="label-free epoch choice (mu) against labels and the last epoch")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="runs made with main.py --mu_images")
+    parser.add_argument("--title", default="Label-free epoch choice")
+    parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
+    args = parser.parse_args(argv)
+
+    def write(_: object) -> int:
+        table = pd.DataFrame([epoch_choices(run) for run in args.runs])
+        write_csv_atomic(table, args.out.with_suffix(".csv"), float_format="%.4f")
+        text = selection_report(table, args.title)
+        write_text_atomic(text, args.out)
+        print(text)
+        return 0
+    return one_error_line(write, None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -228,6 +426,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = sys.argv[1:]
     if argv and argv[0] == "report":
         return report_main(argv[1:])
+    if argv and argv[0] == "selection":
+        return selection_main(argv[1:])
+    if argv and argv[0] == "shift":
+        return shift_main(argv[1:])
     return analyze_main(argv)
 
 

@@ -128,6 +128,12 @@ def test_report_plots_and_archive(tiny_run):
         assert (cr / png).stat().st_size > 1000
     ps = (cr / "protoseg" / "2_5" / "report.md").read_text()            # ProtoSeg per test pair
     assert all(f"| {m} |" in ps for m in ["baseline_on_source", "baseline", "adabn", "sfda", "sfda_truesize"])
+    assert "| baseline_online_on_source |" in ps and "Online ProtoSeg (seed 003, Table 1)" in ps
+    for run in ("sfda/2_5", "sfda_truesize/2_5"):                      # validated every epoch, mu logged, 3 tests
+        assert (cr / run / "best_mu.pkl").is_file() and "mu" in pd.read_csv(cr / run / "IMG_target_metrics.csv")
+        assert all((cr / run / f).is_file() for f in ("test_metrics_best_3d.csv", "test_metrics_best_mu.csv"))
+    selection = pd.read_csv(cr / "selection.csv")
+    assert {"label_test_sdice", "last_test_sdice", "mu_test_sdice"} <= set(selection.columns) and len(selection) == 2
     archives = list((tiny_run / "archives").glob("*-cc359-seed0.tar.gz"))
     assert len(archives) == 1
     with tarfile.open(archives[0]) as tar:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from losses import CrossEntropy, EntKLProp, NaivePenalty, SelfEntropy, build_loss
+from losses import CrossEntropy, EntKLProp, NaivePenalty, ProtoSegLoss, SelfEntropy, build_loss
 from utils import norm_soft_size
 
 # one image, two classes, 1 x 2 pixels: pixel a is uncertain (0.5 / 0.5), pixel b is background (1 / 0)
@@ -97,3 +97,27 @@ def test_soft_ratio_is_the_mean_probability_and_entklprop_uses_it():
 def test_entklprop_refuses_a_size_function_that_is_not_a_ratio():
     with pytest.raises(ValueError, match="does not give a class ratio"):
         build_loss("EntKLProp", {"weights_se": [0.1, 0.9]}, "soft_size")
+
+
+# ---------------------------------------------------------------- online ProtoSeg (seed 003)
+
+def test_protoseg_loss_is_one_minus_the_soft_dice_of_the_feature_map_and_skips_images_without_foreground():
+    gt = torch.zeros(2, 1, 4, 4)
+    gt[0, 0, :2, :] = 1                                     # image 0: 8 foreground, 8 background pixels
+    target = torch.cat([1 - gt, gt], dim=1)                 # image 1: no foreground -> no prototype, left out
+    feature = gt.clone().requires_grad_(True)               # one channel equal to the ground truth
+    loss = ProtoSegLoss(["f"])
+    s, cons = loss.terms(torch.full((2, 2, 4, 4), 0.5), target, torch.zeros(2, 2, 2), features={"f": feature})
+    sig = 1 / (1 + math.exp(-1))                            # foreground prob: sigmoid(d_neg - d_pos) = sigmoid(+-1)
+    dice = 2 * 8 * sig / (8 * sig + 8 * (1 - sig) + 8)
+    assert s.item() == 0 and cons.item() == pytest.approx(1 - dice, abs=1e-6)
+    cons.backward()
+    assert feature.grad is not None and feature.grad[0].abs().sum() > 0      # the gradient reaches the features
+    assert feature.grad[1].abs().sum() == 0
+
+
+def test_protoseg_loss_needs_layer_names_and_features():
+    with pytest.raises(ValueError, match="'last' or a non-empty list of feature layer names"):
+        build_loss("ProtoSegLoss", {"layers": "up4"}, None)
+    with pytest.raises(ValueError, match="needs the feature maps"):
+        ProtoSegLoss(["up4"]).terms(torch.rand(1, 2, 4, 4), torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 2))

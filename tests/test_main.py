@@ -212,15 +212,17 @@ def test_bad_options_give_one_error_line_and_no_run(nii_data, tmp_path, capsys, 
     assert not (tmp_path / "run_tmp").exists()
 
 
-@pytest.mark.parametrize("extra", [[], ["--spottune", "--iterations", "3", "--optimizer", "sgd", "--tau", "0.5"]],
-                         ids=["adam", "spottune"])
+@pytest.mark.parametrize("extra", [[], ["--mu_images", "4"],
+                                   ["--spottune", "--iterations", "3", "--optimizer", "sgd", "--tau", "0.5"]],
+                         ids=["adam", "adam_mu", "spottune"])
 def test_a_killed_run_resumes_to_byte_identical_metrics(nii_data, tmp_path, monkeypatch, capsys, extra):
     """Killed after its second epoch, the same command resumes from the saved state (weights, optimizers,
     schedule, every generator incl. SpotTUnet's Gumbel noise and --iterations sampling) and ends as if never
     stopped; different options restart instead."""
-    network = ["--network", "ResUNet", "--net_width", "4"] if extra else []
+    spottune = "--spottune" in extra
+    network = ["--network", "ResUNet", "--net_width", "4"] if spottune else []
     ckpt = []
-    if extra:
+    if spottune:
         src = tmp_path / "src_tmp"
         assert main.main(base_args(nii_data / "data", src, L_OR) + network + ["--n_epoch", "1", "--batch_size", "4"]) == 0
         ckpt = ["--model_weights", str(src / "last.pkl")]
@@ -241,7 +243,8 @@ def test_a_killed_run_resumes_to_byte_identical_metrics(nii_data, tmp_path, monk
     monkeypatch.setattr(main, "run_pass", real_pass)
     assert main.main([*args, "--workdir", str(cut)]) == 0
     assert "resumed" in capsys.readouterr().out and not (cut / main.RESUME).exists()
-    for name in ["IMG_target_metrics.csv", "3dbestepoch.txt", "val_dice_3d_per_patient.csv", "test_metrics.csv"]:
+    mu_files = ["mubestepoch.txt", "test_metrics_best_mu.csv", "test_metrics_best_3d.csv"] if "--mu_images" in extra else []
+    for name in ["IMG_target_metrics.csv", "3dbestepoch.txt", "val_dice_3d_per_patient.csv", "test_metrics.csv", *mu_files]:
         assert (cut / name).read_bytes() == (whole / name).read_bytes(), name
     (cut / main.RESUME).write_bytes(b"")             # a state that does not match (here: unreadable) restarts
     assert main.main([*args, "--workdir", str(cut), "--seed", "1"]) == 0 and "resumed" not in capsys.readouterr().out
@@ -297,3 +300,49 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path):
         cpuinfo.write_text(f"processor : 0\nflags : fpu sse {flag} fma\n")
         assert main.native_bf16(torch.device("cpu"), cpuinfo) is expected, flag
     assert main.native_bf16(torch.device("cpu"), tmp_path / "absent") is False
+
+
+# ---------------------------------------------------------------- ProtoSeg in training (seed 003)
+
+def test_mu_selection_logs_mu_saves_the_best_mu_epoch_and_tests_both_chosen_checkpoints(nii_data, tmp_path):
+    """--mu_images: mu every validated epoch (no label read), best_mu.pkl at its highest, the label-chosen and
+    mu-chosen checkpoints tested beside the last; scrambling the training labels leaves mu unchanged."""
+    data = tmp_path / "data"
+    write_nii_dataset(data)
+    (data / "test").symlink_to(data / "val")
+    args = base_args(data, tmp_path / "run", L_OR) + ["--n_epoch", "3", "--batch_size", "4", "--mu_images", "4",
+                                                       "--test_folder", "test", "--model_weights",
+                                                       str(nii_data / "src" / "last.pkl")]
+    assert main.main(args) == 0
+    run = tmp_path / "run"
+    metrics = pd.read_csv(run / "IMG_target_metrics.csv")
+    assert metrics["mu"].between(0, 1).all() and metrics["mu_empty_share"].between(0, 1).all()
+    epoch, mu = (run / "mubestepoch.txt").read_text().split(",")
+    assert int(epoch) == metrics["epoch"][metrics["mu"].idxmax()] and float(mu) == pytest.approx(metrics["mu"].max(), abs=1e-4)
+    assert main.load_checkpoint(run / "best_mu.pkl")["epoch"] == int(epoch)
+    for name in ("test_metrics.csv", "test_metrics_best_3d.csv", "test_metrics_best_mu.csv"):
+        assert pd.read_csv(run / name)["patient"].tolist() == ["Case02"]
+    assert "mu" in pd.read_csv(run / "run_stats.csv").set_index("name").index
+    for gt in (data / "train" / "GT").iterdir():                      # other training labels: the same mu
+        nib.save(nib.Nifti1Image(np.ones((12, 12), np.uint8), np.eye(4)), gt)
+    args[args.index(str(run))] = str(tmp_path / "scrambled")
+    assert main.main(args[:args.index("--n_epoch") + 1] + ["0"] + args[args.index("--n_epoch") + 2:]) == 0
+    again = pd.read_csv(tmp_path / "scrambled" / "IMG_target_metrics.csv")
+    args[args.index(str(tmp_path / "scrambled"))] = str(tmp_path / "original0")
+    write_nii_dataset(data)
+    assert main.main(args[:args.index("--n_epoch") + 1] + ["0"] + args[args.index("--n_epoch") + 2:]) == 0
+    assert again["mu"].tolist() == pd.read_csv(tmp_path / "original0" / "IMG_target_metrics.csv")["mu"].tolist()
+
+
+def test_the_online_protoseg_loss_trains_and_an_unknown_layer_is_one_error(nii_data, tmp_path, capsys):
+    online = L_OR[:-1] + ", ('ProtoSegLoss', {'layers': ['conv']}, None, None, None, 0.5)]"
+    assert main.main(base_args(nii_data / "data", tmp_path / "on", online) + ["--n_epoch", "1"]) == 0
+    cons = pd.read_csv(tmp_path / "on" / "IMG_target_metrics.csv")["tra_loss_cons"].iloc[0]
+    assert 0 < cons <= 0.5                                           # 0.5 x (1 - soft Dice)
+    last = online.replace("['conv']", "'last'")                      # Dimwit's last feature layer: conv
+    assert main.main(base_args(nii_data / "data", tmp_path / "last", last) + ["--n_epoch", "1"]) == 0
+    assert pd.read_csv(tmp_path / "last" / "IMG_target_metrics.csv")["tra_loss_cons"].iloc[0] == cons
+    bad = online.replace("'conv'", "'up9'")
+    assert main.main(base_args(nii_data / "data", tmp_path / "bad", bad) + ["--n_epoch", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "'up9'" in err and "conv" in err and "\n" not in err

@@ -11,6 +11,8 @@ from conftest import TINY_PROSTATE, run_make
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ["cesource", "noadapt", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
+TRAININGS = len(RUNS) + 1          # and cesource_online, the source training with the online ProtoSeg term
+ANALYSES = 9                       # ProtoSeg: both source models on both domains, every adapted model
 
 
 def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -35,21 +37,21 @@ def test_dry_run_shows_the_whole_chain(tmp_path):
 def test_cflags_and_debug_reach_every_command(tmp_path):
     out = make(tmp_path, "-n", "CFLAGS=-O", "NET=Dimwit", "EPC=5", "DEBUG=--debug")
     mains = [line for line in out.stdout.splitlines() if "main.py" in line]
-    assert len(mains) == len(RUNS)
+    assert len(mains) == TRAININGS
     assert all(f"{sys.executable} -O main.py" in line for line in mains)
     text = out.stdout
-    analyses = [line for line in text.splitlines() if "protoseg.py --network" in line]        # 7 ProtoSeg analyses
-    assert len(analyses) == 7 and all(f"{sys.executable} -O protoseg.py" in line for line in analyses)
-    assert text.count("--network Dimwit") == len(RUNS) + 7 and text.count("--debug") == len(RUNS) + 7
-    assert text.count("--n_epoch 5") == len(RUNS)          # noadapt/adabn override it with --n_epoch 0
+    analyses = [line for line in text.splitlines() if "protoseg.py --network" in line]
+    assert len(analyses) == ANALYSES and all(f"{sys.executable} -O protoseg.py" in line for line in analyses)
+    assert text.count("--network Dimwit") == TRAININGS + ANALYSES and text.count("--debug") == TRAININGS + ANALYSES
+    assert text.count("--n_epoch 5") == TRAININGS          # noadapt/adabn override it with --n_epoch 0
     assert text.count("--n_epoch 0") == 2
 
 
 def test_precision_and_layout_reach_every_command(tmp_path):
     default = make(tmp_path, "-n").stdout
-    assert default.count("--precision fp32") == len(RUNS) and "--channels_last" not in default
+    assert default.count("--precision fp32") == TRAININGS and "--channels_last" not in default
     fast = make(tmp_path, "-n", "PREC=bf16", "CL=1").stdout
-    assert fast.count("--precision bf16 --channels_last") == len(RUNS)
+    assert fast.count("--precision bf16 --channels_last") == TRAININGS
 
 
 def test_hard_shift_shares_the_source_model_and_options_reach_the_runs(tmp_path):
@@ -60,7 +62,7 @@ def test_hard_shift_shares_the_source_model_and_options_reach_the_runs(tmp_path)
     assert f"--workdir {tmp_path}/results/prostate/cesource_tmp" in text          # one source model for both shifts
     assert f"--model_weights {tmp_path}/results/prostate/cesource/best_3d.pkl" in text
     assert "synth.py prostate --domain target_hard" in text and text.count("--seed 7") == 2   # the two data folders
-    assert text.count("--seed 3") == len(RUNS) and text.count("--threads 1") == len(RUNS)
+    assert text.count("--seed 3") == TRAININGS and text.count("--threads 1") == TRAININGS
     assert text.count("'soft_ratio',1)]") == 2 and f"sizefile':'{tmp_path}/sizes/prostate_hard.csv'" in text
     assert "-prostate_hard-seed3.tar.gz" in text
     grid = make(tmp_path, "-n", "lrgrid", "LR_GRID=1e-5 5e-6", "GRID_EPC=30").stdout
@@ -116,13 +118,23 @@ def test_every_output_file(tiny_run):
     report = (pr / "report.md").read_text()
     assert all(f"| {run} |" in report for run in RUNS)
     ps = pr / "protoseg"                  # ProtoSeg: the source model on both domains, every adapted model
-    analysed = ["cesource_on_source", "cesource", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
+    analysed = ["cesource_on_source", "cesource_online_on_source", "cesource", "cesource_online", "adabn", "sfda",
+                "sfda_truesize", "adaent", "fs"]
     for name in analysed:
         assert {f.name for f in (ps / name).iterdir()} == {"sa_layers.csv", "sa_units.csv", "images.csv",
                                                            "patients.csv", "summary.md"}, name
     assert pd.read_csv(ps / "sfda" / "sa_layers.csv")["layer"].tolist() == ["conv"]                # Dimwit
     text = (ps / "report.md").read_text()
     assert all(f"| {name} |" in text for name in analysed) and (ps / "sa_layers.png").stat().st_size > 1000
+    assert "Online ProtoSeg (seed 003, Table 1)" in text and "| cesource_online_on_source | " in text
+    online = pd.read_csv(pr / "cesource_online" / "IMG_target_metrics.csv")
+    assert online["tra_loss_cons"].iloc[0] > 0                           # the SA term of the online training
+    for run in ("sfda", "sfda_truesize", "adaent"):                     # label-free choice: mu every epoch
+        assert pd.read_csv(pr / run / "IMG_target_metrics.csv")["mu"].between(0, 1).all()
+        assert (pr / run / "best_mu.pkl").is_file() and (pr / run / "mubestepoch.txt").is_file()
+    selection = pd.read_csv(pr / "selection.csv")
+    assert [Path(r).name for r in selection["run"]] == ["sfda", "sfda_truesize", "adaent"]
+    assert "mu - label" in (pr / "selection.md").read_text()
 
 
 def test_archive_holds_the_results_and_nothing_else(tiny_run):
@@ -184,6 +196,9 @@ def test_seeds_run_the_chain_per_seed_on_one_dataset_and_report_over_them(tiny_r
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])      # two trainings, not one
     text = (tiny_run / "results" / "seeds" / "prostate.md").read_text()
     assert "mean ± sd over 2 training seeds" in text and all(f"| {run} |" in text for run in RUNS)
+    selection = pd.read_csv(tiny_run / "results" / "seeds" / "prostate_selection.csv")
+    assert len(selection) == 4 and f"| {tiny_run}/results/prostate/sfda | 2 |" in \
+        (tiny_run / "results" / "seeds" / "prostate_selection.md").read_text()
 
 
 def test_seeds_build_the_shared_data_before_any_seed_starts(tmp_path):

@@ -157,3 +157,66 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     assert protoseg.main(["--model", str(tmp_path / "m.pkl"), "--network", "ENet"] + args[4:]
                          + ["--out", str(tmp_path / "bad")]) == 1
     assert "holds a UNet but --network is ENet" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_the_mu_subsample_takes_evenly_spaced_slices_of_every_patient_and_no_label():
+    patients = ["B"] * 3 + ["A"] * 10
+    slices = [2, 0, 1] + list(range(9, -1, -1))                  # unordered on purpose
+    index = protoseg.mu_subsample(patients, slices, 4)           # k = 2 per patient: bins' centres
+    chosen = sorted((patients[i], slices[i]) for i in index.tolist())
+    assert chosen == [("A", 2), ("A", 7), ("B", 0), ("B", 2)]
+    assert len(protoseg.mu_subsample(patients, slices, 1)) == 4   # at least 2 per patient
+    assert len(protoseg.mu_subsample(patients, slices, 100)) == 13
+
+
+def test_label_free_mu_is_zero_for_a_model_that_predicts_nothing():
+    net = build_network("Dimwit", 1, 2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.get_submodule(net.block_order[-1]).bias.copy_(torch.tensor([5.0, -5.0]))   # always background
+    mu, empty = protoseg.label_free_mu(net, torch.rand(5, 1, 12, 12), 2, torch.device("cpu"))
+    assert mu == 0 and empty == 1
+
+
+def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
+    import pandas as pd
+    runs = []
+    for seed, (dice, mu) in enumerate([([0.5, 0.7, 0.6], [0.3, 0.2, 0.4]), ([0.4, 0.02, 0.01], [0.5, 0.1, 0.0])]):
+        run = tmp_path / f"seed{seed}" / "prostate" / "sfda"
+        run.mkdir(parents=True)
+        pd.DataFrame({"epoch": [0, 1, 2], "val_dice_3d": dice, "mu": mu, "mu_empty_share": [0, 0, 1]}) \
+            .to_csv(run / "IMG_target_metrics.csv", index=False)
+        runs.append(run)
+    pd.DataFrame({"sdice": [0.8, 0.6]}).to_csv(runs[0] / "test_metrics_best_mu.csv", index=False)
+    table = pd.DataFrame([protoseg.epoch_choices(run) for run in runs])
+    assert table[["label_epoch", "last_epoch", "mu_epoch"]].values.tolist() == [[1, 2, 2], [0, 2, 0]]
+    assert table["mu_dice"].tolist() == pytest.approx([60, 40]) and table["mu_test_sdice"][0] == pytest.approx(70)
+    text = protoseg.selection_report(table, "t")
+    assert f"| {tmp_path}/prostate/sfda | 2 | 55.0 | 30.5 | 50.0 |" in text        # label, last, mu means
+    assert "| -5.0 | +19.5 |" in text and "Collapsed runs (last-epoch 3D Dice below 5): 1 of 2" in text
+    assert protoseg.main(["selection", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "s.md")]) == 1
+
+
+def test_the_shift_table_joins_the_sa_drop_with_spottunes_fine_tuned_share(tmp_path):
+    import pandas as pd
+    layers = ["a", "b", "c", "d"]
+    pairs = []
+    for k, target in enumerate([[0.5, 0.6, 0.2, 0.1], [0.7, 0.6, 0.4, 0.3]]):
+        pair = tmp_path / f"2_{k}"
+        for sub, sa in (("baseline_on_source", [0.8, 0.8, 0.8, 0.8]), ("baseline", target)):
+            (pair / sub).mkdir(parents=True)
+            pd.DataFrame({"layer": layers, "sa": sa}).to_csv(pair / sub / "sa_layers.csv", index=False)
+        pairs.append(pair)
+    policies = []
+    for name, share in (("2_0_n8", [0.1, 0.2, 0.5, 0.9]), ("2_1_n8", [0.3, 0.2, 0.7, 0.7]), ("2_0_n45", [1, 1, 1, 1])):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"unit": layers + ["shortcut0"], "p_finetuned": share + [0.5]}) \
+            .to_csv(tmp_path / name / "policy.csv", index=False)
+        policies.append(tmp_path / name)
+    table = protoseg.shift_table(pairs, policies).set_index("layer")
+    assert table["sa_drop"].tolist() == pytest.approx([0.2, 0.2, 0.5, 0.6])
+    assert table["p_finetuned_n8"].tolist() == pytest.approx([0.2, 0.2, 0.6, 0.8]) and "shortcut0" not in table.index
+    text = protoseg.shift_report(table.reset_index(), "t")
+    assert "N = 8: Spearman rho of the SA drop with the fine-tuned share +1.00" in text
+    assert "| c | 80.0 | 30.0 | +50.0 | 0.60 | 1.00 |" in text

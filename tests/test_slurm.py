@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import TINY_CC359, TINY_PROSTATE, run_make
+from test_pipeline import ANALYSES, RUNS, TRAININGS
 
-RUNS = ["cesource", "noadapt", "adabn", "sfda", "sfda_truesize", "adaent", "fs"]
 DAEMONS = ["munged", "slurmctld", "slurmd", "srun", "scancel", "squeue", "sinfo"]
 
 
@@ -101,8 +101,9 @@ def test_chains_run_on_slurm_and_equal_the_local_runs(slurm, tiny_prostate, tiny
     launch = "LAUNCH=srun -c 1 -J maketest"
     out = run_make("prostate.make", tmp_path, "-j2", *TINY_PROSTATE, launch, data=tiny_prostate, env=slurm)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert completed_jobs(slurm, "maketest") == 2 * len(RUNS)       # every main.py run and ProtoSeg analysis: a job
-    for run in RUNS:
+    jobs = TRAININGS + ANALYSES                                       # every main.py run and ProtoSeg analysis: a job
+    assert completed_jobs(slurm, "maketest") == jobs
+    for run in [*RUNS, "cesource_online"]:
         local = pd.read_csv(tiny_prostate / "results" / "seed0" / "prostate" / run / "IMG_target_metrics.csv")
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results" / "prostate" / run / "IMG_target_metrics.csv"),
                                       local, obj=run)
@@ -111,7 +112,7 @@ def test_chains_run_on_slurm_and_equal_the_local_runs(slurm, tiny_prostate, tiny
     out = run_make("cc359.make", cc, "-j2", *TINY_CC359, launch, *[f"{cc}/results/cc359/{r}" for r in runs],
                    data=tiny_cc359, env=slurm)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert completed_jobs(slurm, "maketest") == 2 * len(RUNS) + len(runs)
+    assert completed_jobs(slurm, "maketest") == jobs + len(runs)
     for run, table in zip(runs, ["IMG_target_metrics.csv", "test_metrics.csv"]):     # the baseline is not tested
         pd.testing.assert_frame_equal(pd.read_csv(cc / "results" / "cc359" / run / table),
                                       pd.read_csv(tiny_cc359 / "results" / "cc359" / run / table), obj=run)
