@@ -7,7 +7,7 @@
 NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot runs sourcefree protoseg
+.PHONY: all pack report plot runs sourcefree protoseg transfer
 .SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
 
 # ---------------------------------------------------------------- data and protocol
@@ -112,7 +112,7 @@ PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
-all: pack report protoseg
+all: pack report protoseg transfer
 runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
 sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
@@ -157,7 +157,7 @@ TRAIN_BASE = $(SGD) --n_epoch $(call epochs,$(E_BASE)) --iterations $(IT_BASE) -
 TRAIN_FT = $(SGD) --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --lr_decay_epoch $(LRD_FT) \
 	--val_every $(call epochs,$(E_FT))
 
-$(CR)/baseline/%: OPT = $(TRAIN_BASE)
+$(CR)/baseline/%: OPT = $(TRAIN_BASE) --save_epochs $(TE_EARLY)# the early checkpoint: a transfer candidate
 $(CR)/baseline/%: $(SETS)/baseline_% | $(PYDEP)
 	$(call RUN,$@,$<)
 # the same training with the online ProtoSeg term (seed 003, Table 1), for the first test pair's source
@@ -288,6 +288,67 @@ $(PS)/$(1)/sa_layers.png: | $(PYDEP)
 endef
 $(foreach p,$(TEST_PAIRS),$(eval $(call PROTOSEG_PAIR,$(p))))
 
+# ---------------------------------------------------------------- which pre-trained model to reuse (seed 001)
+# per target domain t of TE_TARGETS: a bank of candidate checkpoints, scored by transfer.py on voxels sampled once
+# on t's annotated pool (the same voxels for every model), and each fine-tuned (ft_all, the chain's schedule) on
+# that pool with every seed of TE_SEEDS, tested on t's test scans: transfer/<t>/{voxels.npz,score/,ft/}, then seed
+# 001's tables in transfer/report.md. The pool and test scans are those of the first test pair that targets t.
+TE = $(CR)/transfer
+TE_TARGETS ?= $(TARGETS)
+TE_SEEDS ?= 0 1# fine-tuning seeds; the first two give the ceiling (their rankings' weighted tau)
+TE_EARLY ?= $(if $(filter 1,$(call epochs,$(E_BASE))),0,1)# every baseline after this (0-based) epoch is a candidate too
+TE_NARROW ?= 8# width of the narrower baseline (ResUNet's default: 16)
+TE_DOMAINS ?= 0 1 2 3 4 5# the domains whose baselines (but the target's own) enter the default bank
+te_pair = $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p))))
+te_others = $(filter-out $(1),$(TE_DOMAINS))
+# the default bank of target $(1): every other domain's baseline, also at epoch TE_EARLY; a narrower baseline; a
+# random initialisation (the paper's "no pre-train", fine-tuned like the others); prostate.make's source model
+# (another organ and scanner: seed 001's bank is cross-task). TE_BANK (checkpoint paths) replaces it for every target.
+te_default_bank = $(foreach d,$(call te_others,$(1)),$(CR)/baseline/$(d)/last.pkl $(CR)/baseline/$(d)/epoch$(TE_EARLY).pkl) \
+	$(CR)/baseline_narrow/$(firstword $(call te_others,$(1)))/last.pkl $(CR)/random/last.pkl $(RD)/prostate/cesource/best_3d.pkl
+TE_BANK ?=
+te_bank = $(or $(TE_BANK),$(call te_default_bank,$(1)))
+te_name = $(subst /,_,$(patsubst $(RD)/%,%,$(patsubst $(CR)/%,%,$(basename $(1)))))# baseline_1_last, prostate_cesource_best_3d
+TRANSFER = $(CC) $(CFLAGS) transfer.py
+TE_DATA = --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" --n_class 2
+TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t)/score/$(call te_name,$(c)).csv))
+TE_FT = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(foreach k,$(TE_SEEDS),$(TE)/$(t)/ft/$(call te_name,$(c))_s$(k))))
+transfer: $(TE)/report.md
+
+# the candidates the chain trains: checkpoints of run directories (an empty recipe: the run writes them)
+$(CR)/baseline/%/last.pkl $(CR)/baseline/%/epoch$(TE_EARLY).pkl: $(CR)/baseline/% ;
+$(CR)/baseline_narrow/%/last.pkl: $(CR)/baseline_narrow/% ;
+$(CR)/random/last.pkl: $(CR)/random ;
+$(CR)/baseline_narrow/%: OPT = $(TRAIN_BASE) --net_width $(TE_NARROW)
+$(CR)/baseline_narrow/%: $(SETS)/baseline_% | $(PYDEP)
+	$(call RUN,$@,$<)
+$(CR)/random: OPT = --n_epoch 0 --target_losses="$(L_OR)"# weights as initialised with the run's seed
+$(CR)/random: $(SETS)/baseline_0 | $(PYDEP)
+	$(call RUN,$@,$<)
+$(RD)/prostate/cesource/best_3d.pkl: | $(PYDEP)
+	+$(MAKE) -f prostate.make $(RD)/prostate/cesource
+
+# $(1) target, $(2) checkpoint
+define TRANSFER_CANDIDATE
+$(TE)/$(1)/score/$(call te_name,$(2)).csv: $(2) $(TE)/$(1)/voxels.npz | $(PYDEP)
+	$(LAUNCH) $(TRANSFER) score --model $(2) --name $(call te_name,$(2)) --voxels $(TE)/$(1)/voxels.npz \
+		--pool $(SETS)/pair_$(call te_pair,$(1))_all/train $(TE_DATA) $(if $(THREADS),--threads $(THREADS)) --out $$@
+$(TE)/$(1)/ft/$(call te_name,$(2))_s%: OPT = $(TRAIN_FT) --test_folder test --model_weights $(2) --network checkpoint \
+	--new_head --seed $$*
+$(TE)/$(1)/ft/$(call te_name,$(2))_s%: $(2) $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
+	$$(call RUN,$$@,$(SETS)/pair_$(call te_pair,$(1))_all)
+endef
+define TRANSFER_TARGET
+$(TE)/$(1)/voxels.npz: $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
+	$(TRANSFER) sample --pool $$</train $(TE_DATA) --out $$@
+endef
+$(foreach t,$(TE_TARGETS),$(if $(call te_pair,$(t)),,$(error TE_TARGETS: no test pair targets domain $(t) (TEST_PAIRS=$(TEST_PAIRS)))))
+$(foreach t,$(TE_TARGETS),$(eval $(call TRANSFER_TARGET,$(t))))
+$(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(eval $(call TRANSFER_CANDIDATE,$(t),$(c)))))
+$(TE)/report.md: $(TE_SCORES) $(TE_FT) | $(PYDEP)
+	$(TRANSFER) report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ \
+		--title "Which pre-trained model to reuse: CC359 ($(NET) bank, seed $(SEED), targets $(TE_TARGETS))"
+
 # ---------------------------------------------------------------- several training seeds
 # make -f cc359.make SEEDS="0 1 2" [-j2 THREADS=1] [SEED_GOAL=sourcefree]: $(RD)/seed<s>/cc359/..., then the tables
 # as mean ± sd over seeds
@@ -325,7 +386,7 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
 $(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
 		$(PS_RUNS) $(PS_ONLINE) $(CR)/baseline_online/$(ONLINE_SRC) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) \
-		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv)
+		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report.md $(TE_SCORES) $(TE_FT)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

@@ -96,7 +96,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="list of (loss, params, bounds, bounds params, fn, weight)")
     parser.add_argument("--target_folders", required=True, help="list of (subfolder, transform, is_hot) for train")
     parser.add_argument("--val_target_folders", required=True, help="same for val")
-    parser.add_argument("--network", required=True, help="UNet, ENet or Dimwit")
+    parser.add_argument("--network", required=True,
+                        help="UNet, ResUNet, ENet or Dimwit; checkpoint: the one --model_weights names")
     parser.add_argument("--grp_regex", required=True, help="regex of a slice name; group 1 (if any) is the patient")
     parser.add_argument("--n_class", type=int, required=True)
     parser.add_argument("--metric_axis", type=int, nargs="*", required=True, help="classes reported in the metrics")
@@ -124,6 +125,11 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "over a fixed subsample of about this many training slices (at least 2 per patient) is "
                              "logged, the best epoch saved as best_mu.pkl, and with a test folder the best-mu and "
                              "best-label checkpoints are tested too (0: off)")
+    parser.add_argument("--new_head", action="store_true",
+                        help="--model_weights of another class count: load all but the output layer, which starts "
+                             "fresh (seed 001); with --network checkpoint any architecture the checkpoint names")
+    parser.add_argument("--save_epochs", type=int, nargs="*", default=[],
+                        help="also save the weights after these (0-based) epochs, as epoch<k>.pkl")
     parser.add_argument("--entmap", action="store_true", help="save the best epoch's entropy maps")
     parser.add_argument("--csv", default="metrics.csv")
     parser.add_argument("--debug", action="store_true", help="10 images per loader")
@@ -184,6 +190,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Checks that argparse cannot express; each failure is one ``error:`` line (OptionError)."""
     if not args.metric_axis:
         raise OptionError("--metric_axis needs at least one class, e.g. --metric_axis 1")
+    if args.network == "checkpoint" and not args.model_weights:
+        raise OptionError("--network checkpoint reads the architecture from --model_weights, which is missing")
     if args.mu_images < 0 or (args.mu_images and args.spottune):
         raise OptionError(f"--mu_images {args.mu_images}: expected a slice count >= 0, and no --spottune "
                           f"(mu reads a plain network's last feature layers)")
@@ -214,7 +222,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 def build_model(args: argparse.Namespace) -> BlockNet:
     if args.model_weights:
-        net = network_from_checkpoint(Path(args.model_weights), args.network, args.n_class)
+        net = network_from_checkpoint(Path(args.model_weights), args.network, args.n_class, args.new_head)
+        args.network = type(net).__name__          # --network checkpoint: the run records what it read
         print(f">> loaded {args.model_weights}")
     else:
         kwargs = {} if args.net_width is None else {"width": args.net_width}
@@ -712,6 +721,8 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
                 for optimizer in optimizers:
                     exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch,
                                      once=args.lr_schedule == "step_once")
+        if tra and epoch in args.save_epochs:
+            save_checkpoint(savedir / f"epoch{epoch}.pkl", net, epoch=epoch)
         ratio = size_ratio(tra) if tra and args.collapse_guard else float("nan")
         collapsed = bool(ratio < args.collapse_guard)
         if collapsed:

@@ -25,6 +25,7 @@ class BlockNet(nn.Module):
 
     block_order: List[str]
     feature_order: List[str]
+    decoder_order: List[str]   # the last feature layer of each of the (up to) three finest decoder scales, coarse first
     init_kwargs: Dict[str, Any]
     n_first = n_last = 1     # how many blocks "the first / last layers" are (fine-tuning baselines)
     n_last_features = 2      # the last feature layers before the output layer (seed 003's layers 17 and 18)
@@ -37,6 +38,10 @@ class BlockNet(nn.Module):
 
     def last_feature_layers(self) -> List[str]:
         return self.feature_order[-self.n_last_features:]
+
+    def decoder_scales(self) -> List[str]:
+        """Feature layers read by the transferability estimators (seed 001 hooks three decoder stages)."""
+        return list(self.decoder_order)
 
     def crop_to_input(self, feature: Tensor, size: Tuple[int, int]) -> Tensor:
         """The part of a feature map that covers an input of ``size`` (networks that pad their input crop)."""
@@ -74,6 +79,7 @@ class Dimwit(BlockNet):
         self.head = nn.Conv2d(width, out_dim, 1)
         self.block_order = ["conv", "head"]
         self.feature_order = ["conv"]
+        self.decoder_order = ["conv"]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.conv(x))
@@ -103,6 +109,7 @@ class UNet(BlockNet):
         # seed 003's 18 feature maps: two convolutions per level, encoder, bottleneck, decoder
         self.feature_order = ([f"enc{i + 1}.{k}" for i in range(depth) for k in (0, 1)] + ["bottleneck.0", "bottleneck.1"]
                               + [f"dec{i + 1}.convs.{k}" for i in reversed(range(depth)) for k in (0, 1)])
+        self.decoder_order = [f"dec{i + 1}.convs.1" for i in reversed(range(min(depth, 3)))]
 
     def _add(self, name: str, module: nn.Module) -> None:
         setattr(self, name, module)
@@ -226,6 +233,7 @@ class ENet(BlockNet):
         self.feature_order = (["initial"] + [f"stage1.{i}" for i in range(5)] + [f"stage2.{i}" for i in range(9)]
                               + [f"stage3.{i}" for i in range(8)] + ["stage4", "stage4_refine.0", "stage4_refine.1",
                                                                       "stage5", "stage5_refine"])
+        self.decoder_order = ["stage3.7", "stage4_refine.1", "stage5_refine"]          # 1/8, 1/4, 1/2
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -298,6 +306,7 @@ class ResUNet(BlockNet):
                                                          ("up2", 4), ("up1", 4), ("out_path", 4)) for i in range(k)]
         self.block_order += ["shortcut0", "shortcut1", "shortcut2"]
         self.feature_order = self.block_order[:self.block_order.index("out_path.3")]   # the units but the output's
+        self.decoder_order = ["up2.2", "up1.2", "out_path.2"]                            # 1/4, 1/2, full resolution
 
     def crop_to_input(self, feature: Tensor, size: Tuple[int, int]) -> Tensor:
         """forward pads the input to multiples of 8: a map at 1/k of the padded size covers ceil(size / k)."""
@@ -490,20 +499,30 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
-def network_from_checkpoint(path: Path, expected_network: str, n_class: int) -> BlockNet:
-    """Rebuild the network a checkpoint describes, checking it is the expected architecture and class count."""
+def network_from_checkpoint(path: Path, expected_network: str, n_class: int, new_head: bool = False) -> BlockNet:
+    """Rebuild the network a checkpoint describes, checking it is the expected architecture (``checkpoint``: any) and
+    class count. ``new_head``: another class count is accepted; every weight but the output layer's is loaded (seed
+    001 loads everything but the last convolution) and the output layer keeps its fresh initialisation."""
     ckpt = load_checkpoint(path)
-    if ckpt["network"] != expected_network:
+    if expected_network not in ("checkpoint", ckpt["network"]):
         raise CheckpointError(f"{path}: holds a {ckpt['network']} but --network is {expected_network}")
-    kwargs = ckpt["kwargs"]
-    if kwargs.get("out_dim") != n_class:
+    kwargs = dict(ckpt["kwargs"])
+    if kwargs.get("out_dim") != n_class and not new_head:
         raise CheckpointError(f"{path}: trained for {kwargs.get('out_dim')} classes but --n_class is {n_class}")
+    kwargs["out_dim"] = n_class
     try:
         net = build_network(ckpt["network"], **kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot build {ckpt['network']} from the checkpoint's arguments {kwargs}: {e}") from None
+    state = ckpt["state_dict"]
+    if new_head:
+        own = net.state_dict()
+        reset = [k for k in own if k in state and state[k].shape != own[k].shape]
+        state = {**state, **{k: own[k] for k in reset}}
+        if reset:
+            print(f">> {path}: {len(reset)} output-layer tensor(s) re-initialised for {n_class} classes: {', '.join(reset)}")
     try:
-        net.load_state_dict(ckpt["state_dict"])
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {ckpt['network']}({kwargs}): {str(e).splitlines()[0]}") from None
     return net

@@ -153,24 +153,64 @@ def label_free_mu(net, images: Tensor, batch_size: int, device: torch.device,
 # ---------------------------------------------------------------- a model on a labelled split
 
 COVERAGES = (1.0, 0.9, 0.7, 0.5)       # seed 003's Table 2
+NOISE_LEVELS = (0.1, 0.5, 1.0)         # seed 003's Fig. 16: maximum noise level, 0.1 to 1
 
 
-def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device("cpu")) -> Dict[str, pd.DataFrame]:
-    """SA per feature layer and per unit of the last one (ground-truth prototypes), and per image mu, the output's
-    Dice and mean predictive entropy. Foreground = every class > 0. ``data``: a dataloader.SliceSet."""
+def noisy(images: Tensor, level: float, generator: torch.Generator) -> Tensor:
+    """Per-pixel uniform noise in [-level, level] x each image's intensity range (max - min), added to the images:
+    the same relative noise on PNG (0-1) and standardised (npy) inputs."""
+    flat = images.flatten(1)
+    spread = (flat.max(1).values - flat.min(1).values).view(-1, *[1] * (images.dim() - 1))
+    noise = torch.rand(images.shape, generator=generator, dtype=images.dtype) * 2 - 1
+    return images + level * spread * noise
+
+
+def layer_sa(net, data, images: Tensor, batch_size: int, device: torch.device) -> Dict[str, np.ndarray]:
+    """Per feature layer, the SA score of every image (NaN where the ground truth has no prototype)."""
+    layers = net.feature_layers()
+    sa: Dict[str, List[Tensor]] = {name: [] for name in layers}
+    with tapped(net, layers) as taps, torch.no_grad():
+        for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
+            net(images[idx].to(device, torch.float32))
+            gt = (data.labels[idx] > 0)[:, None].to(device)
+            for name in layers:
+                sa[name].append(sa_scores(taps[name], gt).cpu())
+    return {name: torch.cat(v).numpy() for name, v in sa.items()}
+
+
+def noise_table(net, data, clean: Dict[str, np.ndarray], levels: Sequence[float], batch_size: int,
+                device: torch.device, seed: int = 0) -> pd.DataFrame:
+    """Fig. 16: per layer and noise level, the mean SA on noisy inputs and its change from the clean inputs."""
+    rows = []
+    for level in levels:
+        scores = layer_sa(net, data, noisy(data.images.float(), level, torch.Generator().manual_seed(seed)),
+                          batch_size, device)
+        for order, (name, values) in enumerate(scores.items(), start=1):
+            rows.append({"layer": name, "order": order, "level": level, "sa": np.nanmean(values),
+                         "change": np.nanmean(values) - np.nanmean(clean[name])})
+    return pd.DataFrame(rows)
+
+
+def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device("cpu"),
+            noise_levels: Sequence[float] = NOISE_LEVELS) -> Dict[str, pd.DataFrame]:
+    """SA per feature layer and per unit of the last one (ground-truth prototypes); per image mu, the output's
+    Dice, the mean predictive entropy and the input's separability S_x (ProtoSeg on the intensities, Table 3); SA
+    per layer under input noise (Fig. 16). Foreground = every class > 0. ``data``: a dataloader.SliceSet."""
     from metrics import confusion_sizes, dice_3d, dice_from_sizes
     layers, last = net.feature_layers(), net.last_feature_layers()
     net = net.to(device).eval()
     sa = {name: [] for name in layers}
-    units, mu, entropy, preds = [], [], [], []
+    units, mu, entropy, preds, sx = [], [], [], [], []
     with tapped(net, layers) as taps, torch.no_grad():
         for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
-            probs = torch.softmax(net(data.images[idx].to(device, torch.float32)).float(), dim=1)
+            images = data.images[idx].to(device, torch.float32)
+            probs = torch.softmax(net(images).float(), dim=1)
             fg_probs = torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
             gt = (data.labels[idx] > 0)[:, None].to(device)
             for name in layers:
                 sa[name].append(sa_scores(taps[name], gt).cpu())
             units.append(sa_scores(taps[last[-1]], gt, per_unit=True).cpu())
+            sx.append(sa_scores(images, gt).cpu())
             mu.append(mean_sa_score([taps[n] for n in last], fg_probs).cpu())
             entropy.append(-(probs * torch.log(probs.clamp(min=1e-12))).sum(1).flatten(1).mean(1).cpu())
             preds.append(fg_probs.argmax(1).to(torch.uint8).cpu())
@@ -180,7 +220,7 @@ def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device
     images = pd.DataFrame({"image": data.filenames, "patient": data.patients, "mu": torch.cat(mu).numpy(),
                            "dice": dice_from_sizes(inter, psize, gsize)[:, 1].numpy(),
                            "gt_empty": (gsize[:, 1] == 0).numpy(), "output_empty": (psize[:, 1] == 0).numpy(),
-                           "entropy": torch.cat(entropy).numpy()})
+                           "entropy": torch.cat(entropy).numpy(), "sx": torch.cat(sx).numpy()})
     scores = {name: torch.cat(v).numpy() for name, v in sa.items()}
     layer_table = pd.DataFrame({"layer": layers, "order": range(1, len(layers) + 1),
                                 "sa": [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in scores.values()],
@@ -195,7 +235,10 @@ def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device
         .sort_values("sa", ascending=False, kind="stable").reset_index(drop=True)
     patient_table = pd.DataFrame({"patient": patients, "dice_3d": dice3d[:, 1].numpy()}).merge(
         images.groupby("patient", as_index=False)["mu"].mean(), on="patient")
-    return {"sa_layers": layer_table, "sa_units": unit_table, "images": images, "patients": patient_table}
+    tables = {"sa_layers": layer_table, "sa_units": unit_table, "images": images, "patients": patient_table}
+    if noise_levels:
+        tables["sa_noise"] = noise_table(net, data, scores, noise_levels, batch_size, device)
+    return tables
 
 
 def coverage_table(images: pd.DataFrame, coverages: Sequence[float] = COVERAGES) -> pd.DataFrame:
@@ -229,9 +272,19 @@ def summary(tables: Dict[str, pd.DataFrame], title: str) -> str:
              "| ranking | " + " | ".join(cov.columns[1:]) + " |", "|---|" + "---|" * (len(cov.columns) - 1)]
     lines += [f"| {r['ranking']} | " + " | ".join(f"{100 * r[c]:.1f}" for c in cov.columns[1:]) + " |"
               for r in cov.to_dict("records")]
-    lines += ["", "SA per feature layer (Dice x100 of its ground-truth-guided map; images with an empty ground truth "
-                  "skipped):\n", "| # | layer | SA | images | skipped |", "|---|---|---|---|---|"]
+    lines += ["", f"Input separability (Table 3): S_x = {100 * scored['sx'].mean():.1f} (ProtoSeg on the intensities, "
+                  f"ground-truth prototypes), output Dice {100 * scored['dice'].mean():.1f}, "
+                  f"m(d) = {100 * (scored['dice'] - scored['sx']).mean():.1f} (mean over images of Dice - S_x).\n"]
+    noise = tables.get("sa_noise")
+    levels = sorted(noise["level"].unique()) if noise is not None else []
+    lines += ["SA per feature layer (Dice x100 of its ground-truth-guided map; images with an empty ground truth "
+              "skipped)" + (", and its change under input noise of maximum level " + ", ".join(f"{v:g}" for v in levels)
+                            + " (Fig. 16)" if levels else "") + ":\n",
+              "| # | layer | SA | images | skipped |" + "".join(f" noise {v:g} |" for v in levels),
+              "|---|---|---|---|---|" + "---|" * len(levels)]
+    change = noise.pivot(index="layer", columns="level", values="change") if levels else None
     lines += [f"| {r.order} | {r.layer} | {100 * r.sa:.1f} | {r.images} | {r.skipped} |"
+              + "".join(f" {100 * change.loc[r.layer, v]:+.1f} |" for v in levels)
               for r in tables["sa_layers"].itertuples()]
     return "\n".join(lines) + "\n"
 
@@ -246,17 +299,18 @@ def chain_report(runs: Sequence[Path], title: str) -> str:
              "| layer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {layer} | " + " | ".join(f"{100 * sa[layer]:.1f}" for sa in layers) + " |" for layer in layers[0].index]
     lines += ["", "mu (no label read) against the output's Dice (images with a non-empty ground truth):\n",
-              "| model | r per image | r per patient | empty outputs | Dice, all | Dice, 70 % kept by mu | random |",
-              "|---|---|---|---|---|---|---|"]
+              "| model | r per image | r per patient | empty outputs | Dice, all | Dice, 70 % kept by mu | random | S_x | m(d) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy"])
+        images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy", "sx"])
         patients = read_table(run / "patients.csv", ["mu", "dice_3d"])
         scored = images[~images["gt_empty"]]
         cov = coverage_table(images).set_index("ranking")
         lines.append(f"| {run.name} | {scored['mu'].corr(scored['dice']):.3f} | "
                      f"{patients['mu'].corr(patients['dice_3d']):.3f} | {100 * images['output_empty'].mean():.0f}% | "
                      f"{100 * cov.loc['mu', '100%']:.1f} | {100 * cov.loc['mu', '70%']:.1f} | "
-                     f"{100 * cov.loc['random', '70%']:.1f} |")
+                     f"{100 * cov.loc['random', '70%']:.1f} | {100 * scored['sx'].mean():.1f} | "
+                     f"{100 * (scored['dice'] - scored['sx']).mean():.1f} |")
     return "\n".join(lines + online_table(runs)) + "\n"
 
 
@@ -320,30 +374,37 @@ def shift_report(table: pd.DataFrame, title: str) -> str:
     lines.append("")
     for c in budgets:
         both = table[["sa_drop", c]].dropna()
-        rho, p = spearmanr(both["sa_drop"], both[c]) if len(both) > 2 else (np.nan, np.nan)
+        varies = len(both) > 2 and both["sa_drop"].nunique() > 1 and both[c].nunique() > 1
+        rho, p = spearmanr(both["sa_drop"], both[c]) if varies else (np.nan, np.nan)     # undefined when constant
         lines.append(f"- N = {c[13:]}: Spearman rho of the SA drop with the fine-tuned share {rho:+.2f} "
                      f"(p = {p:.2g}, {len(both)} layers)")
     return "\n".join(lines) + "\n"
 
 
-def shift_main(argv: Sequence[str]) -> int:
+def write_table_and_markdown(build: Callable[[], pd.DataFrame], render: Callable[[pd.DataFrame, str], str],
+                             out: Path, title: str) -> int:
+    """The table ``build`` makes as <out>.csv, ``render``'s markdown of it as <out>; a bad input: one error line."""
     from report import write_csv_atomic, write_text_atomic
     from utils import one_error_line
+
+    def write(_: object) -> int:
+        table = build()
+        write_csv_atomic(table, out.with_suffix(".csv"), float_format="%.4f")
+        text = render(table, title)
+        write_text_atomic(text, out)
+        print(text)
+        return 0
+    return one_error_line(write, None)
+
+
+def shift_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(description="SA drop under shift per layer against SpotTUnet's policy")
     parser.add_argument("--pairs", nargs="+", type=Path, required=True, help="protoseg/<pair> analysis folders")
     parser.add_argument("--policies", nargs="+", type=Path, required=True, help="spottune/<pair>_n<N> test runs")
     parser.add_argument("--title", default="Where the shift hits, and what SpotTUnet fine-tunes")
     parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
     args = parser.parse_args(argv)
-
-    def write(_: object) -> int:
-        table = shift_table(args.pairs, args.policies)
-        write_csv_atomic(table, args.out.with_suffix(".csv"), float_format="%.4f")
-        text = shift_report(table, args.title)
-        write_text_atomic(text, args.out)
-        print(text)
-        return 0
-    return one_error_line(write, None)
+    return write_table_and_markdown(lambda: shift_table(args.pairs, args.policies), shift_report, args.out, args.title)
 
 
 # ---------------------------------------------------------------- which epoch: labels, the last, or mu
@@ -403,22 +464,13 @@ def selection_report(table: pd.DataFrame, title: str) -> str:
 
 
 def selection_main(argv: Sequence[str]) -> int:
-    from report import write_csv_atomic, write_text_atomic
-    from utils import one_error_line
     parser = argparse.ArgumentParser(description="label-free epoch choice (mu) against labels and the last epoch")
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="runs made with main.py --mu_images")
     parser.add_argument("--title", default="Label-free epoch choice")
     parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
     args = parser.parse_args(argv)
-
-    def write(_: object) -> int:
-        table = pd.DataFrame([epoch_choices(run) for run in args.runs])
-        write_csv_atomic(table, args.out.with_suffix(".csv"), float_format="%.4f")
-        text = selection_report(table, args.title)
-        write_text_atomic(text, args.out)
-        print(text)
-        return 0
-    return one_error_line(write, None)
+    return write_table_and_markdown(lambda: pd.DataFrame([epoch_choices(run) for run in args.runs]), selection_report,
+                                    args.out, args.title)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

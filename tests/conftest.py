@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 # the tiny chains every end-to-end test reads: the dummy network, one epoch, debug-sized sets, one thread per job
 # so that two jobs share the two cores (make -j2) and any THREADS=1 run of the same command gives the same numbers
 TINY_PROSTATE = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O", "THREADS=1"]
-TINY_CC359 = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O", "THREADS=1", "NPD=4", "VAL=1", "NADD=1",
+TINY_CC359 = ["NET=Dimwit", "EPC=1", "DEBUG=--debug", "CFLAGS=-O", "THREADS=1", "NPD=4", "VAL=1", "NADD=2", "TE_DOMAINS=0 2",
               "VAL_PAIRS=0_3", "TEST_PAIRS=2_5", "BUDGETS=8 45", "TAUS=0.1", "LAMBDAS=0 0.01", "IT_BASE=2", "IT_FT=2"]
 
 

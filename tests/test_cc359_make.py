@@ -4,6 +4,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY_CC359, run_make
@@ -33,6 +34,20 @@ def test_dry_run_shows_the_protocol(tmp_path):
     for piece in ["synth.py cc359", "cc359.py prep", "sizes.py --gt_dir", "moustache.py --scores", "plot.py --lambda_runs",
                   "plot.py --policy_runs", "report.py cc359", "-cc359-seed0.tar.gz"]:
         assert piece in text, piece
+
+
+def test_the_default_bank_holds_every_other_domain_early_and_late_a_narrow_a_random_and_a_cross_task_model(tmp_path):
+    text = make(tmp_path, "-n", "transfer").stdout
+    cr = f"{tmp_path}/results/cc359"
+    for target, others in (("5", "01234"), ("1", "02345")):
+        scored = re.findall(rf"transfer.py score --model (\S+) --name \S+ --voxels {cr}/transfer/{target}/", text)
+        expected = [f"{cr}/baseline/{d}/{e}.pkl" for d in others for e in ("last", "epoch1")]
+        expected += [f"{cr}/baseline_narrow/{others[0]}/last.pkl", f"{cr}/random/last.pkl",
+                     f"{tmp_path}/results/prostate/cesource/best_3d.pkl"]
+        assert sorted(scored) == sorted(expected), target
+        assert len(re.findall(rf"--workdir {cr}/transfer/{target}/ft/\S+_s[01]_tmp", text)) == 2 * len(expected)
+    assert "--net_width 8" in text and "--save_epochs 1" in text and "make -f prostate.make" in text
+    assert make(tmp_path, "-n", "transfer", "TE_TARGETS=3").returncode != 0       # no test pair targets domain 3
 
 
 def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
@@ -165,3 +180,25 @@ def test_a_bad_meta_csv_stops_make_with_one_message_and_no_cache(tmp_path, edit,
 def test_second_make_has_nothing_to_do(tiny_run):
     out = make(tiny_run, *TINY_CC359, "-n")
     assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]
+
+
+def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
+    """Target 5 (the test pair 2_5's): the default bank on TE_DOMAINS 0 and 2 (7 models), one scored row and two
+    fine-tunings each, the tables."""
+    te = tiny_run / "results" / "cc359" / "transfer"
+    scores = pd.read_csv(te / "scores.csv")
+    names = {f"baseline_{d}_{e}" for d in (0, 2) for e in ("last", "epoch0")}
+    assert set(scores["candidate"]) == names | {"baseline_narrow_0_last", "random_last", "prostate_cesource_best_3d"}
+    assert (scores["target"] == 5).all() and scores[["sdice_s0", "sdice_s1"]].notna().all().all()
+    assert scores.loc[scores["candidate"] == "prostate_cesource_best_3d", "network"].item() == "Dimwit"
+    for name in ["ccfv", "ccfv_code", "logme", "leep", "gbc", "transrate", "ccfv_kl", "ccfv_wo_fv"]:
+        assert np.isfinite(scores[name]).all() and (scores[f"{name}_s"] >= 0).all(), name
+    with np.load(te / "5" / "voxels.npz") as voxels:
+        assert list(voxels["caps"]) == [100, 200, 400] and voxels["scale2"].shape[1] == 5
+    text = (te / "report.md").read_text()
+    for piece in ["## Table 1: estimators", "| ceiling (seed vs seed) |", "## Table 2: CC-FV ablations",
+                  "| ccfv_bhattacharyya |", "CC-FV, paper variant", "Scoring one model"]:
+        assert piece in text, piece
+    assert (te / "scatter.png").stat().st_size > 1000
+    ft = te / "5" / "ft" / "prostate_cesource_best_3d_s1"
+    assert "--network checkpoint --new_head --seed 1" in (ft / "command.txt").read_text()

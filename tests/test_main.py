@@ -346,3 +346,16 @@ def test_the_online_protoseg_loss_trains_and_an_unknown_layer_is_one_error(nii_d
     assert main.main(base_args(nii_data / "data", tmp_path / "bad", bad) + ["--n_epoch", "1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "'up9'" in err and "conv" in err and "\n" not in err
+
+
+def test_chosen_epochs_are_saved_and_network_checkpoint_reads_the_architecture(nii_data, tmp_path, capsys):
+    args = base_args(nii_data / "data", tmp_path / "run", L_OR) + ["--n_epoch", "3", "--save_epochs", "0", "2"]
+    assert main.main(args) == 0
+    assert main.load_checkpoint(tmp_path / "run" / "epoch0.pkl")["epoch"] == 0
+    assert main.load_checkpoint(tmp_path / "run" / "epoch2.pkl")["epoch"] == 2
+    assert not (tmp_path / "run" / "epoch1.pkl").exists()
+    tuned = base_args(nii_data / "data", tmp_path / "ft", L_OR) + ["--network", "checkpoint", "--n_epoch", "1",
+                                                                    "--model_weights", str(tmp_path / "run" / "epoch0.pkl")]
+    assert main.main(tuned) == 0 and "Dimwit" in (tmp_path / "ft" / "params.txt").read_text()
+    assert main.main(base_args(nii_data / "data", tmp_path / "x", L_OR) + ["--network", "checkpoint"]) == 1
+    assert "--network checkpoint reads the architecture from --model_weights" in capsys.readouterr().err

@@ -65,3 +65,29 @@ def test_checkpoint_whose_network_arguments_do_not_fit_is_refused(tmp_path):
     torch.save(ckpt, tmp_path / "w.pkl")
     with pytest.raises(CheckpointError, match="cannot build UNet from the checkpoint's arguments"):
         network_from_checkpoint(tmp_path / "w.pkl", "UNet", 2)
+
+
+@pytest.mark.parametrize("name", ["UNet", "ResUNet", "ENet", "Dimwit"])
+def test_decoder_scales_are_feature_layers_from_coarse_to_fine(name):
+    from networks import tapped
+    net = build_network(name, 1, 2).eval()
+    scales = net.decoder_scales()
+    assert set(scales) <= set(net.feature_layers()) and len(scales) == (1 if name == "Dimwit" else 3)
+    with tapped(net, scales) as taps, torch.no_grad():
+        net(torch.rand(1, 1, 64, 64))
+    sizes = [taps[s].shape[-1] for s in scales]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+
+
+def test_a_checkpoint_of_another_class_count_loads_all_but_the_output_layer(tmp_path, capsys):
+    from networks import CheckpointError, network_from_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    source = build_network("ResUNet", 1, 3, width=4)
+    save_checkpoint(tmp_path / "m.pkl", source)
+    with pytest.raises(CheckpointError, match="trained for 3 classes but --n_class is 2"):
+        network_from_checkpoint(tmp_path / "m.pkl", "ResUNet", 2)
+    net = network_from_checkpoint(tmp_path / "m.pkl", "checkpoint", 2, new_head=True)
+    reset = {k for k, v in net.state_dict().items() if v.shape != source.state_dict()[k].shape}
+    assert reset and all(k.startswith("out_path.3") for k in reset)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in net.state_dict().items() if k not in reset)
+    assert "re-initialised for 2 classes" in capsys.readouterr().out

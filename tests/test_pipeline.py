@@ -122,7 +122,7 @@ def test_every_output_file(tiny_run):
                 "sfda_truesize", "adaent", "fs"]
     for name in analysed:
         assert {f.name for f in (ps / name).iterdir()} == {"sa_layers.csv", "sa_units.csv", "images.csv",
-                                                           "patients.csv", "summary.md"}, name
+                                                           "patients.csv", "sa_noise.csv", "summary.md"}, name
     assert pd.read_csv(ps / "sfda" / "sa_layers.csv")["layer"].tolist() == ["conv"]                # Dimwit
     text = (ps / "report.md").read_text()
     assert all(f"| {name} |" in text for name in analysed) and (ps / "sa_layers.png").stat().st_size > 1000

@@ -143,6 +143,7 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     assert (tables["sa_layers"]["skipped"] == 1).all() and (tables["sa_layers"]["images"] == 5).all()
     assert len(tables["sa_units"]) == 4 and tables["sa_units"]["sa"].is_monotonic_decreasing
     assert tables["images"]["mu"].between(0, 1).all() and len(tables["patients"]) == 2
+    assert tables["images"]["sx"][:5].between(0.5, 1).all()          # the square is brighter: separable by intensity
     data.labels[:] = torch.from_numpy(rng.integers(0, 2, tuple(data.labels.shape)).astype(np.uint8))
     scrambled = protoseg.analyze(net, data, batch_size=4)                          # other labels, the same mu
     assert np.array_equal(scrambled["images"]["mu"], tables["images"]["mu"])
@@ -151,7 +152,10 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
             "--folders", "[('IMG', png_transform, False), ('GT', gt_transform, False)]", "--grp_regex", r"Case\d+_\d+"]
     assert protoseg.main(args + ["--out", str(tmp_path / "out")]) == 0
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"sa_layers.csv", "sa_units.csv", "images.csv",
-                                                              "patients.csv", "summary.md"}
+                                                              "patients.csv", "sa_noise.csv", "summary.md"}
+    noise = pd.read_csv(tmp_path / "out" / "sa_noise.csv")
+    assert noise["level"].tolist() == [0.1] * 18 + [0.5] * 18 + [1.0] * 18 and noise["sa"].between(0, 1).all()
+    assert "m(d) = " in (tmp_path / "out" / "summary.md").read_text()
     assert "| mu |" in (tmp_path / "out" / "summary.md").read_text()
     assert pd.read_csv(tmp_path / "out" / "images.csv").shape[0] == 6
     assert protoseg.main(["--model", str(tmp_path / "m.pkl"), "--network", "ENet"] + args[4:]
@@ -220,3 +224,15 @@ def test_the_shift_table_joins_the_sa_drop_with_spottunes_fine_tuned_share(tmp_p
     text = protoseg.shift_report(table.reset_index(), "t")
     assert "N = 8: Spearman rho of the SA drop with the fine-tuned share +1.00" in text
     assert "| c | 80.0 | 30.0 | +50.0 | 0.60 | 1.00 |" in text
+
+
+def test_input_separability_is_protoseg_on_the_intensities_and_noise_is_relative_to_each_images_range():
+    gt = torch.zeros(2, 1, 4, 4)
+    gt[:, :, 1:3, 1:3] = 1
+    bright = gt * 0.8 + 0.1                                     # the object is brighter: S_x = 1
+    assert protoseg.sa_scores(bright, gt).tolist() == [1.0, 1.0]
+    images = torch.stack([torch.zeros(1, 4, 4), torch.full((1, 4, 4), 2.0)])
+    images[1, 0, 0, 0] = 12.0                                   # range 10
+    noisy = protoseg.noisy(images, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[0], images[0])                     # a flat image has no range: no noise
+    assert ((noisy[1] - images[1]).abs() <= 5).all() and (noisy[1] - images[1]).abs().max() > 2
