@@ -505,20 +505,26 @@ def fine_tuned_scores(runs: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def agreement(scores: np.ndarray, performance: np.ndarray) -> Dict[str, float]:
+    """Weighted tau and Pearson r of a ranking, NaN (undefined) where either side is constant."""
+    if np.ptp(scores) == 0 or np.ptp(performance) == 0:
+        return {"tau": np.nan, "pearson": np.nan}
+    return {"tau": weighted_tau(scores, performance), "pearson": pearson(scores, performance)}
+
+
 def ranking_table(scores: pd.DataFrame, estimators: Sequence[str]) -> pd.DataFrame:
     """Per estimator and target: weighted tau and Pearson of its scores against the fine-tuned surface Dice (mean
-    over seeds); the ceiling row: the weighted tau between the first two seeds' surface Dice."""
+    over seeds); the ceiling row: the weighted tau between the first two seeds' surface Dice. Undefined (NaN) where
+    either side is constant, e.g. when every fine-tuning failed alike."""
     rows = []
     for target, group in scores.groupby("target", sort=True):
         performance = group["sdice"].to_numpy()
         for name in estimators:
-            rows.append({"estimator": name, "target": target, "tau": weighted_tau(group[name].to_numpy(), performance),
-                         "pearson": pearson(group[name].to_numpy(), performance)})
+            rows.append({"estimator": name, "target": target, **agreement(group[name].to_numpy(), performance)})
         seeds = [c for c in group.columns if re.fullmatch(r"sdice_s\d+", c)]
         if len(seeds) >= 2:
             rows.append({"estimator": "ceiling (seed vs seed)", "target": target,
-                         "tau": weighted_tau(group[seeds[0]].to_numpy(), group[seeds[1]].to_numpy()),
-                         "pearson": pearson(group[seeds[0]].to_numpy(), group[seeds[1]].to_numpy())})
+                         **agreement(group[seeds[0]].to_numpy(), group[seeds[1]].to_numpy())})
     return pd.DataFrame(rows)
 
 
@@ -548,16 +554,18 @@ def transfer_report(scores: pd.DataFrame, title: str) -> str:
     table2 = table2[table2["estimator"] != "ceiling (seed vs seed)"]
     seeds = sorted(int(c[7:]) for c in scores.columns if re.fullmatch(r"sdice_s\d+", c))
     means = table1.groupby("estimator", sort=False)["tau"].mean()
-    best = means.drop(["ccfv", "ccfv_code", "ceiling (seed vs seed)"], errors="ignore")
+    best = means.drop(["ccfv", "ccfv_code", "ceiling (seed vs seed)"], errors="ignore").dropna()
+    leader = (f"the best baseline's ({best.idxmax()}) {best.max():.3f}" if len(best)
+              else "no baseline's (undefined: a constant score or truth)")
     score_s = scores[[f"{e}_s" for e in ESTIMATORS]].sum(axis=1) + scores["forward_s"]
-    lines = [f"# {title}\n", f"{len(scores)} candidate models over {scores['target'].nunique()} target domains; "
+    lines = [f"# {title}\n", f"{len(scores)} candidate models over {scores['target'].nunique()} target domain(s); "
              f"ground truth: each candidate fine-tuned (ft_all) on the target's annotated pool, mean test surface Dice "
              f"over fine-tuning seeds {seeds}. Weighted Kendall tau (scipy) and Pearson r of each estimator's score "
              "against it; the ceiling row ranks one fine-tuning seed by the other.\n",
              "## Table 1: estimators\n", *ranking_markdown(table1), "",
              *[f"- {k}: {v}" for k, v in VARIANT_NOTE.items()], "",
-             f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against the best baseline's "
-             f"({best.idxmax()}) {best.max():.3f} and the ceiling {means.get('ceiling (seed vs seed)', np.nan):.3f}.\n",
+             f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against {leader} and the ceiling "
+             f"{means.get('ceiling (seed vs seed)', np.nan):.3f} (nan: undefined, a constant score or truth).\n",
              "## Table 2: CC-FV ablations (paper variant)\n", *ranking_markdown(table2), "",
              f"Scoring one model (one forward pass over the pool's sampled slices and every estimator) takes "
              f"{score_s.mean():.1f} s on average; fine-tuning one takes {scores['ft_s'].mean():.1f} s: "
@@ -581,7 +589,7 @@ def scatter(scores: pd.DataFrame, out: Path) -> None:
             ax.scatter(group[name], group["sdice"], s=14)
             top = group.loc[group[name].idxmax()]
             ax.scatter([top[name]], [top["sdice"]], s=90, facecolors="none", edgecolors="red")
-            ax.set_title(f"{name}, target {target}: tau {weighted_tau(group[name].to_numpy(), group['sdice'].to_numpy()):.2f}",
+            ax.set_title(f"{name}, target {target}: tau {agreement(group[name].to_numpy(), group['sdice'].to_numpy())['tau']:.2f}",
                          fontsize=8)
             ax.set_xlabel("score", fontsize=7)
             ax.set_ylabel("fine-tuned surface Dice" if j == 0 else "", fontsize=7)

@@ -350,6 +350,8 @@ def test_the_ranking_table_and_its_ceiling():
     table = transfer.ranking_table(scores, ["ccfv"]).set_index("estimator")
     assert table.loc["ccfv", "tau"] == pytest.approx(1.0) and table.loc["ccfv", "pearson"] == pytest.approx(1.0)
     assert table.loc["ceiling (seed vs seed)", "tau"] == pytest.approx(1.0)
+    flat = transfer.ranking_table(scores.assign(sdice=70.0), ["ccfv"]).set_index("estimator")   # every run alike
+    assert np.isnan(flat.loc["ccfv", "tau"]) and np.isnan(flat.loc["ccfv", "pearson"])
 
 
 def test_a_pool_of_one_case_or_a_missing_class_is_refused(tmp_path, capsys):
