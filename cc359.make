@@ -252,7 +252,7 @@ $(SF_PARAMS): $(SF_VAL_RUNS) | $(PYDEP)
 PS = $(CR)/protoseg
 PS_MODELS = adabn sfda sfda_truesize
 PS_RUNS = $(foreach p,$(TEST_PAIRS),$(addprefix $(PS)/$(p)/,baseline_on_source baseline $(PS_MODELS)))
-PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" $(DEBUG)
+PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) $(if $(THREADS),--threads $(THREADS)) --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" $(DEBUG)
 PS_ONLINE = $(PS)/$(firstword $(TEST_PAIRS))/baseline_online_on_source
 SELECTION = $(CR)/selection.md# the source-free runs' epochs chosen by labels, by mu and the last, tested
 SF_SELECTED = $(foreach m,sfda sfda_truesize,$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))

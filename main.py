@@ -664,7 +664,8 @@ def restore(state: Dict[str, Any], net: torch.nn.Module, optimizers: Sequence[to
     best = dict(state["best"])
     if isinstance(best.get("per_patient"), dict):
         best["per_patient"] = pd.DataFrame(best["per_patient"])
-    return History(rows=list(state["rows"]), best=best, best_mu=dict(state.get("best_mu", {"mu": -1.0, "epoch": -1})), seconds=dict(state["seconds"]),
+    best_mu = dict(state.get("best_mu", {"mu": -1.0, "epoch": -1}))
+    return History(rows=list(state["rows"]), best=best, best_mu=best_mu, seconds=dict(state["seconds"]),
                    next_epoch=state["next_epoch"], life_start=life_start)
 
 

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
@@ -154,6 +155,7 @@ def label_free_mu(net, images: Tensor, batch_size: int, device: torch.device,
 
 COVERAGES = (1.0, 0.9, 0.7, 0.5)       # seed 003's Table 2
 NOISE_LEVELS = (0.1, 0.5, 1.0)         # seed 003's Fig. 16: maximum noise level, 0.1 to 1
+NOISE_IMAGES = 64                      # the noise study's images: this many with a ground truth, evenly spaced
 
 
 def noisy(images: Tensor, level: float, generator: torch.Generator) -> Tensor:
@@ -165,29 +167,34 @@ def noisy(images: Tensor, level: float, generator: torch.Generator) -> Tensor:
     return images + level * spread * noise
 
 
-def layer_sa(net, data, images: Tensor, batch_size: int, device: torch.device) -> Dict[str, np.ndarray]:
+def layer_sa(net, images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> Dict[str, np.ndarray]:
     """Per feature layer, the SA score of every image (NaN where the ground truth has no prototype)."""
     layers = net.feature_layers()
     sa: Dict[str, List[Tensor]] = {name: [] for name in layers}
     with tapped(net, layers) as taps, torch.no_grad():
-        for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
-            net(images[idx].to(device, torch.float32))
-            gt = (data.labels[idx] > 0)[:, None].to(device)
+        for start in range(0, len(images), batch_size):
+            net(images[start:start + batch_size].to(device, torch.float32))
+            gt = (labels[start:start + batch_size] > 0)[:, None].to(device)
             for name in layers:
                 sa[name].append(sa_scores(taps[name], gt).cpu())
     return {name: torch.cat(v).numpy() for name, v in sa.items()}
 
 
-def noise_table(net, data, clean: Dict[str, np.ndarray], levels: Sequence[float], batch_size: int,
-                device: torch.device, seed: int = 0) -> pd.DataFrame:
-    """Fig. 16: per layer and noise level, the mean SA on noisy inputs and its change from the clean inputs."""
+def noise_table(net, data, levels: Sequence[float], batch_size: int, device: torch.device, seed: int = 0,
+                n_images: int = NOISE_IMAGES) -> pd.DataFrame:
+    """Fig. 16: per layer and noise level, the mean SA on noisy inputs and its change from the clean ones, on up to
+    ``n_images`` images with a non-empty ground truth, evenly spaced over the split (the study costs 1 + levels
+    passes over every layer, so it keeps to a subsample)."""
+    with_gt = torch.nonzero((data.labels > 0).flatten(1).any(1)).flatten()
+    index = with_gt[torch.linspace(0, len(with_gt) - 1, min(n_images, len(with_gt))).round().long().unique()]
+    images, labels = data.images[index].float(), data.labels[index]
+    clean = layer_sa(net, images, labels, batch_size, device)
     rows = []
     for level in levels:
-        scores = layer_sa(net, data, noisy(data.images.float(), level, torch.Generator().manual_seed(seed)),
-                          batch_size, device)
+        scores = layer_sa(net, noisy(images, level, torch.Generator().manual_seed(seed)), labels, batch_size, device)
         for order, (name, values) in enumerate(scores.items(), start=1):
-            rows.append({"layer": name, "order": order, "level": level, "sa": np.nanmean(values),
-                         "change": np.nanmean(values) - np.nanmean(clean[name])})
+            rows.append({"layer": name, "order": order, "level": level, "images": len(index),
+                         "sa": np.nanmean(values), "change": np.nanmean(values) - np.nanmean(clean[name])})
     return pd.DataFrame(rows)
 
 
@@ -237,7 +244,7 @@ def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device
         images.groupby("patient", as_index=False)["mu"].mean(), on="patient")
     tables = {"sa_layers": layer_table, "sa_units": unit_table, "images": images, "patients": patient_table}
     if noise_levels:
-        tables["sa_noise"] = noise_table(net, data, scores, noise_levels, batch_size, device)
+        tables["sa_noise"] = noise_table(net, data, noise_levels, batch_size, device)
     return tables
 
 
@@ -279,7 +286,8 @@ def summary(tables: Dict[str, pd.DataFrame], title: str) -> str:
     levels = sorted(noise["level"].unique()) if noise is not None else []
     lines += ["SA per feature layer (Dice x100 of its ground-truth-guided map; images with an empty ground truth "
               "skipped)" + (", and its change under input noise of maximum level " + ", ".join(f"{v:g}" for v in levels)
-                            + " (Fig. 16)" if levels else "") + ":\n",
+                            + f" (Fig. 16, on {int(noise['images'].iloc[0])} images with a ground truth)" if levels
+                            else "") + ":\n",
               "| # | layer | SA | images | skipped |" + "".join(f" noise {v:g} |" for v in levels),
               "|---|---|---|---|---|" + "---|" * len(levels)]
     change = noise.pivot(index="layer", columns="level", values="change") if levels else None
@@ -410,7 +418,7 @@ def shift_main(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------- which epoch: labels, the last, or mu
 
 COLLAPSE = 0.05      # a last-epoch 3D Dice below this is a collapse (the source-free issue's threshold)
-CHOICES = ("label", "last", "mu")
+CHOICES = ("label", "last", "mu", "mu_fg")   # mu_fg: mu over the non-empty outputs only, mu / (1 - empty share)
 
 
 def epoch_choices(run: Path) -> Dict[str, object]:
@@ -418,7 +426,9 @@ def epoch_choices(run: Path) -> Dict[str, object]:
     with their validation 3D Dice and, when the run tested them (test_metrics*.csv), their test scores x100."""
     from report import metrics_file, read_table
     rows = read_table(metrics_file(run), ["epoch", "val_dice_3d", "mu", "mu_empty_share"])
-    picks = {"label": rows["val_dice_3d"].idxmax(), "last": rows.index[-1], "mu": rows["mu"].idxmax()}  # first max
+    mu_fg = (rows["mu"] / (1 - rows["mu_empty_share"])).where(rows["mu_empty_share"] < 1, 0.0)
+    picks = {"label": rows["val_dice_3d"].idxmax(), "last": rows.index[-1], "mu": rows["mu"].idxmax(),   # first max
+             "mu_fg": mu_fg.idxmax()}
     out: Dict[str, object] = {"run": str(run), "collapse_guard": (run / "collapse.txt").is_file(),
                               "mu_last": rows["mu"].iloc[-1], "empty_last": rows["mu_empty_share"].iloc[-1]}
     for choice, at in picks.items():
@@ -431,13 +441,15 @@ def epoch_choices(run: Path) -> Dict[str, object]:
 
 
 def selection_report(table: pd.DataFrame, title: str) -> str:
-    """Markdown: per run the three choices; the mean of each over runs of the same name (seeds); collapses."""
+    """Markdown: per run the choices; the mean of each over runs of the same name (seeds); collapses."""
     test = [c for c in ("label", "last", "mu") if f"{c}_test_sdice" in table]
     head = ["run"] + [f"{c}: epoch, val Dice" for c in CHOICES] + [f"{c}: test surface Dice" for c in test] + \
         ["mu at the last epoch", "empty outputs"]
     lines = [f"# {title}\n", "Each source-free run's epoch chosen by the target validation labels (the seed's "
-             "protocol, which a source-free method cannot use), its last epoch, and the epoch of the highest mean mu "
-             "over a fixed subsample of training slices (ProtoSeg, no label read). Dice x100.\n",
+             "protocol, which a source-free method cannot use), its last epoch, the epoch of the highest mean mu "
+             "over a fixed subsample of training slices (ProtoSeg, no label read; an empty output counts 0), and "
+             "mu_fg: the highest mean mu over the subsample's non-empty outputs (also label-free; computed from the "
+             "logged columns, its weights not kept). Dice x100.\n",
              "| " + " | ".join(head) + " |", "|---|" + "---|" * (len(head) - 1)]
     for r in table.to_dict("records"):
         cells = [r["run"] + (" (guard fallback)" if r["collapse_guard"] else "")]
@@ -516,6 +528,7 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--folders", required=True, help="as main.py's --target_folders")
     parser.add_argument("--grp_regex", required=True)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads (make passes THREADS)")
     parser.add_argument("--debug", action="store_true", help="10 images")
     parser.add_argument("--title", default="ProtoSeg")
     parser.add_argument("--out", type=Path, required=True, help="a folder: sa_layers.csv, sa_units.csv, images.csv, "
@@ -525,12 +538,17 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
         net = network_from_checkpoint(args.model, args.network, args.n_class)
         data = load_slices(args.split, parse_folders(args.folders, "--folders"), args.n_class, args.grp_regex,
                            args.debug)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
         tables = analyze(net, data, args.batch_size)
+        seconds = time.perf_counter() - t0
         with atomic_output(args.out) as tmp:
             tmp.mkdir()
             for name, table in tables.items():
                 table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
-            (tmp / "summary.md").write_text(summary(tables, args.title))
+            (tmp / "summary.md").write_text(summary(tables, args.title)
+                                            + f"\nThe analysis took {seconds:.1f} s ({len(data)} images).\n")
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_make(makefile: str, tmp: Path, *extra: str, timeout: int = 900, data: Path = None, env: dict = None):
+def run_make(makefile: str, tmp: Path, *extra: str, timeout: int = 2400, data: Path = None, env: dict = None):
     """``make -f makefile`` with every output root (results, data, sizes, archives) under ``tmp``; ``data``: take
     the data and size files from that root instead (another test's, already built)."""
     import subprocess

@@ -62,7 +62,7 @@ def test_hard_shift_shares_the_source_model_and_options_reach_the_runs(tmp_path)
     assert f"--workdir {tmp_path}/results/prostate/cesource_tmp" in text          # one source model for both shifts
     assert f"--model_weights {tmp_path}/results/prostate/cesource/best_3d.pkl" in text
     assert "synth.py prostate --domain target_hard" in text and text.count("--seed 7") == 2   # the two data folders
-    assert text.count("--seed 3") == TRAININGS and text.count("--threads 1") == TRAININGS
+    assert text.count("--seed 3") == TRAININGS and text.count("--threads 1") == TRAININGS + ANALYSES
     assert text.count("'soft_ratio',1)]") == 2 and f"sizefile':'{tmp_path}/sizes/prostate_hard.csv'" in text
     assert "-prostate_hard-seed3.tar.gz" in text
     grid = make(tmp_path, "-n", "lrgrid", "LR_GRID=1e-5 5e-6", "GRID_EPC=30").stdout

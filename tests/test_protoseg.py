@@ -155,6 +155,7 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
                                                               "patients.csv", "sa_noise.csv", "summary.md"}
     noise = pd.read_csv(tmp_path / "out" / "sa_noise.csv")
     assert noise["level"].tolist() == [0.1] * 18 + [0.5] * 18 + [1.0] * 18 and noise["sa"].between(0, 1).all()
+    assert (noise["images"] == 5).all()                               # the images with a ground truth
     assert "m(d) = " in (tmp_path / "out" / "summary.md").read_text()
     assert "| mu |" in (tmp_path / "out" / "summary.md").read_text()
     assert pd.read_csv(tmp_path / "out" / "images.csv").shape[0] == 6
@@ -194,10 +195,10 @@ def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
         runs.append(run)
     pd.DataFrame({"sdice": [0.8, 0.6]}).to_csv(runs[0] / "test_metrics_best_mu.csv", index=False)
     table = pd.DataFrame([protoseg.epoch_choices(run) for run in runs])
-    assert table[["label_epoch", "last_epoch", "mu_epoch"]].values.tolist() == [[1, 2, 2], [0, 2, 0]]
+    assert table[["label_epoch", "last_epoch", "mu_epoch", "mu_fg_epoch"]].values.tolist() == [[1, 2, 2, 0], [0, 2, 0, 0]]
     assert table["mu_dice"].tolist() == pytest.approx([60, 40]) and table["mu_test_sdice"][0] == pytest.approx(70)
     text = protoseg.selection_report(table, "t")
-    assert f"| {tmp_path}/prostate/sfda | 2 | 55.0 | 30.5 | 50.0 |" in text        # label, last, mu means
+    assert f"| {tmp_path}/prostate/sfda | 2 | 55.0 | 30.5 | 50.0 | 45.0 |" in text        # label, last, mu, mu_fg
     assert "| -5.0 | +19.5 |" in text and "Collapsed runs (last-epoch 3D Dice below 5): 1 of 2" in text
     assert protoseg.main(["selection", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "s.md")]) == 1
 
