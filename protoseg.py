@@ -315,7 +315,8 @@ def chain_report(runs: Sequence[Path], title: str) -> str:
         scored = images[~images["gt_empty"]]
         cov = coverage_table(images).set_index("ranking")
         lines.append(f"| {run.name} | {scored['mu'].corr(scored['dice']):.3f} | "
-                     f"{patients['mu'].corr(patients['dice_3d']):.3f} | {100 * images['output_empty'].mean():.0f}% | "
+                     f"{patients['mu'].corr(patients['dice_3d']) if len(patients) > 2 else np.nan:.3f} | "
+                     f"{100 * images['output_empty'].mean():.0f}% | "
                      f"{100 * cov.loc['mu', '100%']:.1f} | {100 * cov.loc['mu', '70%']:.1f} | "
                      f"{100 * cov.loc['random', '70%']:.1f} | {100 * scored['sx'].mean():.1f} | "
                      f"{100 * (scored['dice'] - scored['sx']).mean():.1f} |")
