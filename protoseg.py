@@ -486,6 +486,45 @@ def selection_main(argv: Sequence[str]) -> int:
                                     args.out, args.title)
 
 
+def flag_main(argv: Sequence[str]) -> int:
+    """Label-free mu of finished runs' last weights on their target training slices: does it flag collapses?"""
+    from dataloader import load_slices
+    from main import parse_folders
+    from networks import network_from_checkpoint
+    from report import metrics_file, read_table
+    parser = argparse.ArgumentParser(description="mu (no label read) of runs' last weights, beside their last Dice")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="the target training slices the runs adapted on")
+    parser.add_argument("--network", required=True)
+    parser.add_argument("--folders", required=True)
+    parser.add_argument("--grp_regex", required=True)
+    parser.add_argument("--images", type=int, default=64, help="as main.py --mu_images")
+    parser.add_argument("--title", default="Does mu flag collapsed adaptations?")
+    parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
+    args = parser.parse_args(argv)
+
+    def table() -> pd.DataFrame:
+        data = load_slices(args.split, parse_folders(args.folders, "--folders"), 2, args.grp_regex)
+        index = mu_subsample(data.patients, data.slice_numbers, args.images)
+        rows = []
+        for run in args.runs:
+            net = network_from_checkpoint(run / "last.pkl", args.network, 2)
+            mu, empty = label_free_mu(net, data.images[index], 16, torch.device("cpu"))
+            last = read_table(metrics_file(run), ["val_dice_3d"])["val_dice_3d"].iloc[-1]
+            rows.append({"run": str(run), "last_dice": 100 * last, "collapsed": last < COLLAPSE, "mu": mu,
+                         "empty_share": empty})
+        return pd.DataFrame(rows)
+
+    def render(t: pd.DataFrame, title: str) -> str:
+        lines = [f"# {title}\n", f"mu of each run's last weights over {args.images} target training slices (no label "
+                 f"read; an empty output counts 0) beside its last-epoch validation 3D Dice x100.\n",
+                 "| run | last 3D Dice | collapsed | mu | empty outputs |", "|---|---|---|---|---|"]
+        lines += [f"| {r.run} | {r.last_dice:.1f} | {'yes' if r.collapsed else 'no'} | {r.mu:.3f} | "
+                  f"{100 * r.empty_share:.0f}% |" for r in t.itertuples()]
+        return "\n".join(lines) + "\n"
+    return write_table_and_markdown(table, render, args.out, args.title)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -495,6 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return selection_main(argv[1:])
     if argv and argv[0] == "shift":
         return shift_main(argv[1:])
+    if argv and argv[0] == "flag":
+        return flag_main(argv[1:])
     return analyze_main(argv)
 
 

@@ -159,6 +159,14 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     assert "m(d) = " in (tmp_path / "out" / "summary.md").read_text()
     assert "| mu |" in (tmp_path / "out" / "summary.md").read_text()
     assert pd.read_csv(tmp_path / "out" / "images.csv").shape[0] == 6
+    run = tmp_path / "run"                                     # mu of a finished run's last weights (flag)
+    run.mkdir()
+    save_checkpoint(run / "last.pkl", net)
+    pd.DataFrame({"epoch": [0], "val_dice_3d": [0.01]}).to_csv(run / "IMG_target_metrics.csv", index=False)
+    assert protoseg.main(["flag", "--runs", str(run), "--split", str(tmp_path / "val"), *args[2:4], *args[6:],
+                          "--images", "4", "--out", str(tmp_path / "flag.md")]) == 0
+    flag = pd.read_csv(tmp_path / "flag.csv")
+    assert flag["collapsed"].tolist() == [True] and flag["mu"].between(0, 1).all()
     assert protoseg.main(["--model", str(tmp_path / "m.pkl"), "--network", "ENet"] + args[4:]
                          + ["--out", str(tmp_path / "bad")]) == 1
     assert "holds a UNet but --network is ENet" in capsys.readouterr().err and not (tmp_path / "bad").exists()
