@@ -258,7 +258,7 @@ SELECTION = $(CR)/selection.md# the source-free runs' epochs chosen by labels, b
 SF_SELECTED = $(foreach m,sfda sfda_truesize,$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
 SHIFT_POLICY = $(PS)/shift_vs_policy.md# per layer: the SA drop under shift against SpotTUnet's fine-tuning share
 protoseg: $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) $(SELECTION) $(SHIFT_POLICY)
-$(SHIFT_POLICY:.md=.csv): $(SHIFT_POLICY) ;# written with it
+$(SHIFT_POLICY:.md=.csv): | $(SHIFT_POLICY) ;
 $(SHIFT_POLICY): $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/baseline_on_source $(PS)/$(p)/baseline) \
 		$(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py shift --pairs $(addprefix $(PS)/,$(TEST_PAIRS)) --policies $(filter $(CR)/spottune/%,$^) \
@@ -266,7 +266,7 @@ $(SHIFT_POLICY): $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/baseline_on_source $(PS)/$
 $(PS_ONLINE): $(CR)/baseline_online/$(ONLINE_SRC) $(SETS)/baseline_$(ONLINE_SRC) | $(PYDEP)
 	$(PROTOSEG) --model $</last.pkl --split $(SETS)/baseline_$(ONLINE_SRC)/val --out $@ \
 		--title "online-ProtoSeg baseline $(ONLINE_SRC) on its validation scans"
-$(SELECTION:.md=.csv): $(SELECTION) ;# written with it
+$(SELECTION:.md=.csv): | $(SELECTION) ;
 $(SELECTION): $(SF_SELECTED) | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "CC359 source-free runs: which epoch ($(NET), seed $(SEED))"
 define PROTOSEG_PAIR
@@ -315,10 +315,11 @@ TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t
 TE_FT = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(foreach k,$(TE_SEEDS),$(TE)/$(t)/ft/$(call te_name,$(c))_s$(k))))
 transfer: $(TE)/report.md
 
-# the candidates the chain trains: checkpoints of run directories (an empty recipe: the run writes them)
-$(CR)/baseline/%/last.pkl $(CR)/baseline/%/epoch$(TE_EARLY).pkl: $(CR)/baseline/% ;
-$(CR)/baseline_narrow/%/last.pkl: $(CR)/baseline_narrow/% ;
-$(CR)/random/last.pkl: $(CR)/random ;
+# the candidates the chain trains: checkpoints of run directories, made by the run (an empty recipe; order-only, as a
+# run directory's time changes after its checkpoints are written); a .csv beside a .md: written with it
+$(CR)/baseline/%/last.pkl $(CR)/baseline/%/epoch$(TE_EARLY).pkl: | $(CR)/baseline/% ;
+$(CR)/baseline_narrow/%/last.pkl: | $(CR)/baseline_narrow/% ;
+$(CR)/random/last.pkl: | $(CR)/random ;
 $(CR)/baseline_narrow/%: OPT = $(TRAIN_BASE) --net_width $(TE_NARROW)
 $(CR)/baseline_narrow/%: $(SETS)/baseline_% | $(PYDEP)
 	$(call RUN,$@,$<)

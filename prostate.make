@@ -111,7 +111,7 @@ PS_FOLDERS = [('IMG', png_transform, False), ('GT', gt_transform, False)]
 PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) $(if $(THREADS),--threads $(THREADS)) --folders "$(PS_FOLDERS)" --grp_regex "$(G_RGX)" $(DEBUG)
 SELECTION = $(PR)/selection.md# the source-free runs' epochs chosen by labels, by mu and the last
 protoseg: $(PS)/report.md $(PS)/sa_layers.png $(SELECTION)
-$(SELECTION:.md=.csv): $(SELECTION) ;# written with it
+$(SELECTION:.md=.csv): | $(SELECTION) ;
 $(SELECTION): $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "Prostate source-free runs: which epoch ($(NET), seed $(SEED))"
 $(PS)/cesource_on_source: $(SOURCE_CES) | $(PYDEP)
