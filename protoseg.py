@@ -92,15 +92,46 @@ def has_prototypes(guide: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     return g.flatten(1).any(1) & rest.flatten(1).any(1)
 
 
+def _pooled_weights(weights: Tensor, size: Sequence[int]) -> Tensor:
+    """The adjoint of ``resized`` applied to (B, K, *S) weights: (B, K, *size) with sum(w * resized(x)) = sum(that
+    * x) for every x (interpolation is linear), so weighted means of the resized features never build them."""
+    if tuple(weights.shape[2:]) == tuple(size):
+        return weights
+    probe = torch.zeros(*weights.shape[:2], *size, dtype=weights.dtype, device=weights.device, requires_grad=True)
+    with torch.enable_grad():
+        (pooled,) = torch.autograd.grad((resized(probe, weights.shape[2:]) * weights).sum(), probe)
+    return pooled
+
+
+def sam(features: Tensor, guide: Tensor, mask: Optional[Tensor] = None, per_unit: bool = False) -> Tensor:
+    """The SAM, (B, [C,] *S) bool: ``segmentation_map(distances(...), from_distances=True)`` computed in float64
+    without the full-size features where it can. The foreground prototype p is nearer than the background's n iff
+    2 x.(p - n) > |p|^2 - |n|^2, linear in x, so the dot product is taken at the layer's own resolution and then
+    resized; the prototypes come from the adjoint of the resize. Per unit, every channel is resized (1D test)."""
+    check_guide(features, guide, mask)
+    size, x = guide.shape[2:], features.double()
+    g = guide.double()
+    m = torch.ones_like(g) if mask is None else mask.double()
+    weights = torch.cat([g * m, (1 - g) * m], dim=1)                                       # (B, 2, *S)
+    dims = tuple(range(2, x.dim()))
+    pooled = _pooled_weights(weights, x.shape[2:])                                         # (B, 2, *s)
+    protos = torch.einsum("bc...,bk...->bkc", x, pooled) / weights.sum(dims)[..., None]   # (B, 2, C): 0/0 -> NaN
+    pos, neg = protos[:, 0], protos[:, 1]
+    if per_unit:
+        view = (*pos.shape, *[1] * len(size))
+        return (pos - neg).view(view) * (2 * resized(x, size) - (pos + neg).view(view)) > 0
+    score = resized(torch.einsum("bc...,bc->b...", x, pos - neg)[:, None], size)[:, 0]    # (B, *S)
+    return 2 * score > ((pos ** 2).sum(1) - (neg ** 2).sum(1)).view(-1, *[1] * len(size))
+
+
 def sa_scores(features: Tensor, gt: Tensor, mask: Optional[Tensor] = None, per_unit: bool = False) -> Tensor:
     """SA score (Eq. 8) of a layer per image, (B,), or of each unit, (B, C): Dice(SAM, GT) with GT prototypes.
 
     gt: (B, 1, *S) binary. Images whose ground truth has no foreground (or no background) inside the mask
     have no prototype: NaN, for the caller to skip and count (``torch.isnan``)."""
     target = gt.bool()
-    sam = segmentation_map(distances(features, gt, mask, per_unit), from_distances=True)   # (B, [C,] *S)
     n_spatial = gt.dim() - 2
-    scores = dice(sam, target if per_unit else target[:, 0], n_spatial)                   # (B, C) or (B,)
+    scores = dice(sam(features, gt, mask, per_unit), target if per_unit else target[:, 0], n_spatial)  # (B, [C])
     ok = has_prototypes(gt, mask).view(-1, *[1] * (scores.dim() - 1))
     return torch.where(ok, scores, torch.full_like(scores, float("nan")))
 

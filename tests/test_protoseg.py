@@ -59,6 +59,24 @@ def test_sa_is_the_dice_of_the_map_and_empty_ground_truths_are_skipped():
         assert torch.allclose(units[:2, u], protoseg.sa_scores(features[:, u:u + 1], gt)[:2])
 
 
+@pytest.mark.parametrize("size", [(6, 6), (3, 4), (2, 2, 3)])
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_the_fast_map_equals_the_map_of_the_explicit_distances(size, per_unit):
+    """sam() takes the dot product at the layer's resolution and the prototypes through the resize's adjoint; it
+    must give the map of the full-size distances (float64 both), soft guide, mask and empty guides included."""
+    gen = torch.Generator().manual_seed(7)
+    full = (6, 6) if len(size) == 2 else (4, 4, 6)
+    features = torch.randn(4, 5, *size, generator=gen, dtype=torch.float64)
+    guide = (torch.rand(4, 1, *full, generator=gen, dtype=torch.float64) > 0.6).double()
+    guide[0] *= torch.rand(1, *full, generator=gen, dtype=torch.float64)          # a soft guide
+    guide[3] = 0                                                                   # no foreground prototype
+    mask = (torch.rand(4, 1, *full, generator=gen) > 0.2)
+    fast = protoseg.sam(features, guide, mask, per_unit)
+    slow = protoseg.segmentation_map(protoseg.distances(features, guide, mask, per_unit), from_distances=True)
+    assert fast.shape == slow.shape and torch.equal(fast, slow)
+    assert not fast[3].any()
+
+
 def test_mu_reads_only_the_output_one_when_features_are_the_output_zero_when_empty():
     gen = torch.Generator().manual_seed(2)
     logits = torch.randn(4, 2, 7, 7, generator=gen)
