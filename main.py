@@ -42,12 +42,13 @@ from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients,
 from losses import Loss, SpotTUnetPenalty, build_loss
 from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
 from networks import (BlockNet, CheckpointError, SpotTUnet, build_network, load_checkpoint, network_from_checkpoint,
-                      save_checkpoint, tapped)
+                      lwft_blocks, save_checkpoint, tapped, transfusion, truncated)
 from protoseg import label_free_mu, mu_subsample
 from utils import (OptionError, atomic_output, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
                    record_provenance, str2bool)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+LWFT_DECAY = 10      # seed 002's ptl_decay: LWFT's pre-trained layers learn at lr / 10
 
 
 # ---------------------------------------------------------------- options
@@ -150,6 +151,11 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--trainable", default="",
                         help="block names (networks.py blocks(), comma-separated), or first / last: fine-tune "
                              "only those, freeze the others")
+    parser.add_argument("--reuse", default="",
+                        help="seed 002's reuse of the --model_weights ResUNet: ttl:K (cut after encoder level K, all "
+                             "fine-tuned), lwft:K (the top K stages fine-tuned, the output layer at --l_rate, the "
+                             "others at --l_rate / 10, the rest frozen) or transfusion:K (levels above K halved and "
+                             "trained from scratch)")
     parser.add_argument("--spottune", action="store_true", help="SpotTUnet around --model_weights (seed 000)")
     parser.add_argument("--tau", type=float, default=0.1, help="SpotTUnet Gumbel-softmax temperature")
     parser.add_argument("--k_reg", type=float, default=0.0, help="SpotTUnet cost per fine-tuned unit (lambda)")
@@ -176,6 +182,10 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
     if args.spottune and not args.model_weights:
         parser.error("--spottune needs --model_weights (the pre-trained network it fine-tunes)")
+    if args.reuse:
+        args.reuse = parse_reuse(args.reuse, parser)
+        if not args.model_weights or args.spottune or args.trainable:
+            parser.error("--reuse needs --model_weights (the pre-trained network) and no --spottune or --trainable")
     if args.spacing:
         try:
             args.spacing = tuple(float(v) for v in args.spacing.split(","))
@@ -184,6 +194,17 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if len(args.spacing) != 3 or min(args.spacing) <= 0:
             parser.error(f"--spacing {args.spacing}: expected three positive numbers")
     return args
+
+
+REUSE_METHODS = ("ttl", "lwft", "transfusion")
+
+
+def parse_reuse(text: str, parser: argparse.ArgumentParser) -> Tuple[str, int]:
+    """--reuse ttl:2 -> ("ttl", 2); the level is checked against the network once it is loaded."""
+    method, _, k = text.partition(":")
+    if method not in REUSE_METHODS or not k.strip().isdigit():
+        parser.error(f"--reuse {text!r}: expected METHOD:K with METHOD one of {', '.join(REUSE_METHODS)}, e.g. ttl:2")
+    return method, int(k)
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -228,6 +249,8 @@ def build_model(args: argparse.Namespace) -> BlockNet:
     else:
         kwargs = {} if args.net_width is None else {"width": args.net_width}
         net = build_network(args.network, 1, args.n_class, **kwargs)
+    if args.reuse:
+        net = reused(net, *args.reuse)
     if args.trainable:
         names = [name.strip() for name in args.trainable.split(",") if name.strip()]
         group = names[0] if names in (["first"], ["last"]) else None
@@ -238,6 +261,21 @@ def build_model(args: argparse.Namespace) -> BlockNet:
             net.get_parameter(name).requires_grad_(False)
     if args.spottune:
         net = SpotTUnet(net, 1, args.tau)
+    return net
+
+
+def reused(net: BlockNet, method: str, k: int) -> BlockNet:
+    """Seed 002's strategies on the pre-trained network (networks.py): TTL and TransFusion build a new network
+    from its levels 0..k; LWFT freezes all but the top k stages (its two learning rates: build_optimizers)."""
+    try:
+        if method == "ttl":
+            return truncated(net, k)
+        if method == "transfusion":
+            return transfusion(net, k)
+        head, rest = lwft_blocks(net, k)
+    except ValueError as e:
+        raise OptionError(f"--reuse {method}:{k}: {e}") from None
+    freeze_except(net, head + rest)
     return net
 
 
@@ -269,6 +307,10 @@ def build_optimizers(net: torch.nn.Module, args: argparse.Namespace) -> List[tor
     policy = list(net.policy.parameters()) if isinstance(net, SpotTUnet) else []
     policy_ids = {id(p) for p in policy}
     params = [p for p in net.parameters() if p.requires_grad and id(p) not in policy_ids]
+    if args.reuse and args.reuse[0] == "lwft":                  # the output layer at lr, the other stages at lr / 10
+        head = {id(p) for p in net.get_submodule(lwft_blocks(net, args.reuse[1])[0][0]).parameters()}
+        params = [{"params": [p for p in params if id(p) in head]},
+                  {"params": [p for p in params if id(p) not in head], "lr": args.l_rate / LWFT_DECAY}]
     if args.optimizer == "adam":
         optimizers = [torch.optim.Adam(params, lr=args.l_rate, betas=(0.9, 0.999), weight_decay=args.weight_decay)]
     else:

@@ -278,8 +278,16 @@ class ResUNet(BlockNet):
     routes the final BatchNorm with shortcut0's decision; here it belongs to the last out_path unit.
     "First layers" (fine-tuning as in the paper's ref. [12]) = init_path.0 and init_path.1;
     "last layers" = out_path.2 and out_path.3, but the final BatchNorm's affine (frozen_in_group).
+
+    Level l (0-3) runs at 1/2^l of the input with width x 2^l channels: its encoder stage (init_path, down1,
+    down2, bottleneck), its skip (shortcut<l>) and its decoder stage (out_path, up1, up2; the bottleneck is
+    both). Seed 002's reuse strategies cut or rebuild levels: ``depth`` k keeps levels 0..k (TruncatedTL: the
+    deepest kept skip feeds the decoder alone), ``halved_above`` k halves the width of every level above k
+    (TransFusion). The defaults build the whole network, unchanged.
     """
     n_first = n_last = 2
+    LEVELS = 3                                    # down-samplings of the whole network; level 3 is the bottleneck
+    DECODERS = ("out_path", "up1", "up2")         # the decoder stage of levels 0, 1, 2
 
     def frozen_in_group(self, name: str) -> List[str]:
         """ft_last (the paper's unfreeze_last: out_path.2 and out_path.3 train) leaves the final
@@ -287,44 +295,116 @@ class ResUNet(BlockNet):
         self.block_group(name)
         return ["out_path.3.1.weight", "out_path.3.1.bias"] if name == "last" else []
 
-    def __init__(self, in_dim: int, out_dim: int, width: int = 16):
+    def __init__(self, in_dim: int, out_dim: int, width: int = 16, depth: int = 3, halved_above: Optional[int] = None):
         super().__init__()
-        n = width
-        self.init_path = nn.Sequential(nn.Conv2d(in_dim, n, 3, padding=1, bias=False), *[ResBlock(n) for _ in range(3)])
-        self.down1 = nn.Sequential(pre_act(n, 2 * n, 2, 2), *[ResBlock(2 * n) for _ in range(3)])
-        self.down2 = nn.Sequential(pre_act(2 * n, 4 * n, 2, 2), *[ResBlock(4 * n) for _ in range(3)])
-        self.bottleneck = nn.Sequential(pre_act(4 * n, 8 * n, 2, 2), *[ResBlock(8 * n) for _ in range(3)],
-                                        nn.ConvTranspose2d(8 * n, 4 * n, 2, stride=2, bias=False))
-        self.up2 = nn.Sequential(*[ResBlock(4 * n) for _ in range(3)], nn.ConvTranspose2d(4 * n, 2 * n, 2, stride=2, bias=False))
-        self.up1 = nn.Sequential(*[ResBlock(2 * n) for _ in range(3)], nn.ConvTranspose2d(2 * n, n, 2, stride=2, bias=False))
-        self.out_path = nn.Sequential(*[ResBlock(n) for _ in range(3)],
-                                      nn.Sequential(pre_act(n, out_dim, 1, bias=True), nn.BatchNorm2d(out_dim)))
-        self.shortcut0 = nn.Conv2d(n, n, 1)
-        self.shortcut1 = nn.Conv2d(2 * n, 2 * n, 1)
-        self.shortcut2 = nn.Conv2d(4 * n, 4 * n, 1)
+        check_level("depth", depth, range(self.LEVELS + 1))
+        if halved_above is not None:
+            check_level("halved_above", halved_above, range(self.LEVELS))
+        w = [width * 2 ** lv // (2 if halved_above is not None and lv > halved_above else 1) for lv in range(4)]
+        self.depth = depth
+        kept = min(depth, self.LEVELS - 1)        # the levels with a skip and a decoder stage
+        # modules are created in the whole network's order, so that a seed gives the same initial weights
+        self.init_path = nn.Sequential(nn.Conv2d(in_dim, w[0], 3, padding=1, bias=False), *[ResBlock(w[0]) for _ in range(3)])
+        for lv in range(1, kept + 1):
+            setattr(self, f"down{lv}", nn.Sequential(pre_act(w[lv - 1], w[lv], 2, 2), *[ResBlock(w[lv]) for _ in range(3)]))
+        if depth == self.LEVELS:
+            self.bottleneck = nn.Sequential(pre_act(w[2], w[3], 2, 2), *[ResBlock(w[3]) for _ in range(3)],
+                                            nn.ConvTranspose2d(w[3], w[2], 2, stride=2, bias=False))
+        for lv in reversed(range(1, kept + 1)):
+            setattr(self, f"up{lv}", nn.Sequential(*[ResBlock(w[lv]) for _ in range(3)],
+                                                   nn.ConvTranspose2d(w[lv], w[lv - 1], 2, stride=2, bias=False)))
+        self.out_path = nn.Sequential(*[ResBlock(w[0]) for _ in range(3)],
+                                      nn.Sequential(pre_act(w[0], out_dim, 1, bias=True), nn.BatchNorm2d(out_dim)))
+        for lv in range(kept + 1):
+            setattr(self, f"shortcut{lv}", nn.Conv2d(w[lv], w[lv], 1))
         self.block_order = [f"{path}.{i}" for path, k in (("init_path", 4), ("down1", 4), ("down2", 4), ("bottleneck", 5),
-                                                         ("up2", 4), ("up1", 4), ("out_path", 4)) for i in range(k)]
-        self.block_order += ["shortcut0", "shortcut1", "shortcut2"]
+                                                         ("up2", 4), ("up1", 4), ("out_path", 4))
+                            if hasattr(self, path) for i in range(k)]
+        self.block_order += [f"shortcut{lv}" for lv in range(kept + 1)]
         self.feature_order = self.block_order[:self.block_order.index("out_path.3")]   # the units but the output's
-        self.decoder_order = ["up2.2", "up1.2", "out_path.2"]                            # 1/4, 1/2, full resolution
+        self.decoder_order = [n for n in ("up2.2", "up1.2", "out_path.2") if n in self.block_order]  # 1/4, 1/2, 1
+
+    def level(self, block: str) -> int:
+        """The level (0 = full resolution, 3 = the bottleneck) a block belongs to."""
+        stage = block.split(".")[0]
+        if stage == "bottleneck":
+            return self.LEVELS
+        if stage.startswith(("down", "up", "shortcut")):
+            return int(stage.rstrip("_")[-1])                        # down1, up1, shortcut1: level 1
+        return 0                                                     # init_path, out_path
+
+    def stages_top_down(self) -> List[List[str]]:
+        """The blocks by stage from the output down (LWFT's order): out_path with its skip shortcut0, up1 with
+        shortcut1, up2 with shortcut2, the bottleneck, then the encoder stages down2, down1, init_path."""
+        groups = [(d, f"shortcut{lv}") for lv, d in enumerate(self.DECODERS)]
+        order = [*groups, ("bottleneck",), ("down2",), ("down1",), ("init_path",)]
+        stages = [[b for b in self.block_order if b.split(".")[0] in names] for names in order]
+        return [s for s in stages if s]
 
     def crop_to_input(self, feature: Tensor, size: Tuple[int, int]) -> Tensor:
-        """forward pads the input to multiples of 8: a map at 1/k of the padded size covers ceil(size / k)."""
-        k = -(-size[0] // 8) * 8 // feature.shape[-2]
+        """forward pads the input to multiples of 2^depth: a map at 1/k of the padded size covers ceil(size / k)."""
+        m = 2 ** self.depth
+        k = -(-size[0] // m) * m // feature.shape[-2]
         return feature[..., :-(-size[0] // k), :-(-size[1] // k)]
 
     def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
-        pad = [0, -size[1] % 8, 0, -size[0] % 8]           # three 2x down-samplings need multiples of 8
+        size, m = x.shape[-2:], 2 ** self.depth
+        pad = [0, -size[1] % m, 0, -size[0] % m]           # every 2x down-sampling needs an even size
         if any(pad):
             x = F.pad(x, pad, mode="replicate")
-        x0 = self.init_path(x)
-        x1 = self.down1(x0)
-        x2 = self.down2(x1)
-        x = self.up2(self.bottleneck(x2) + self.shortcut2(x2))
-        x = self.up1(x + self.shortcut1(x1))
-        x = self.out_path(x + self.shortcut0(x0))
+        skips = [self.init_path(x)]
+        for lv in range(1, min(self.depth, self.LEVELS - 1) + 1):
+            skips.append(getattr(self, f"down{lv}")(skips[-1]))
+        x = self.bottleneck(skips[-1]) if self.depth == self.LEVELS else 0
+        for lv in reversed(range(len(skips))):
+            x = getattr(self, self.DECODERS[lv])(x + getattr(self, f"shortcut{lv}")(skips[lv]))
         return x[..., :size[0], :size[1]]
+
+
+def check_level(option: str, value: int, valid: range, what: str = "level") -> None:
+    if value not in valid:
+        raise ValueError(f"{option} {value}: the residual U-Net has no such {what}; valid: "
+                         f"{', '.join(map(str, valid))}")
+
+
+# Seed 002's reuse strategies on a pre-trained ResUNet (methods/svcca_ttl.md, our segmentation variant):
+# TruncatedTL keeps levels 0..k with their trained weights; TransFusion keeps levels 0..k and rebuilds the
+# levels above at half width from scratch; LWFT trains the top k stages, the output layer at the full lr.
+
+def reused_levels(pretrained: "ResUNet", net: "ResUNet", k: int) -> "ResUNet":
+    """``net`` with every weight of ``pretrained``'s levels 0..k copied in (their shapes must agree)."""
+    state = pretrained.state_dict()
+    kept = {key: value for key, value in state.items()
+            if key in net.state_dict() and pretrained.level(key.split(".")[0]) <= k}
+    net.load_state_dict({**net.state_dict(), **kept})
+    return net
+
+
+def truncated(pretrained: "ResUNet", k: int) -> "ResUNet":
+    """TruncatedTL: the network cut after encoder level k, every retained weight the pre-trained one's."""
+    if not isinstance(pretrained, ResUNet):
+        raise ValueError(f"TruncatedTL cuts a residual U-Net's levels; got a {type(pretrained).__name__}")
+    check_level("ttl", k, range(ResUNet.LEVELS + 1))
+    return reused_levels(pretrained, build_network("ResUNet", **{**pretrained.init_kwargs, "depth": k}), k)
+
+
+def transfusion(pretrained: "ResUNet", k: int) -> "ResUNet":
+    """TransFusion: levels 0..k pre-trained, every level above at half width and freshly initialised."""
+    if not isinstance(pretrained, ResUNet):
+        raise ValueError(f"TransFusion rebuilds a residual U-Net's levels; got a {type(pretrained).__name__}")
+    check_level("transfusion", k, range(ResUNet.LEVELS))
+    net = build_network("ResUNet", **{**pretrained.init_kwargs, "halved_above": k})
+    return reused_levels(pretrained, net, k)
+
+
+def lwft_blocks(net: "ResUNet", k: int) -> Tuple[List[str], List[str]]:
+    """LWFT with the top k stages: (blocks at the full lr: the output layer; blocks at lr / 10: the rest of them)."""
+    if not isinstance(net, ResUNet):
+        raise ValueError(f"LWFT counts a residual U-Net's stages; got a {type(net).__name__}")
+    stages = net.stages_top_down()
+    check_level("lwft", k, range(1, len(stages) + 1), "count of top stages")
+    blocks = [b for stage in stages[:k] for b in stage]
+    return ["out_path.3"], [b for b in blocks if b != "out_path.3"]
 
 
 # SpotTUnet (Zakazov et al. 2021), methods/spottunet.md: every unit of a pre-trained network exists

@@ -3,6 +3,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import main
 import sizes
@@ -359,3 +360,53 @@ def test_chosen_epochs_are_saved_and_network_checkpoint_reads_the_architecture(n
     assert main.main(tuned) == 0 and "Dimwit" in (tmp_path / "ft" / "params.txt").read_text()
     assert main.main(base_args(nii_data / "data", tmp_path / "x", L_OR) + ["--network", "checkpoint"]) == 1
     assert "--network checkpoint reads the architecture from --model_weights" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def resunet_weights(nii_data):
+    net = main.build_network("ResUNet", 1, 2, width=4)
+    main.save_checkpoint(nii_data / "resunet.pkl", net)
+    return nii_data / "resunet.pkl"
+
+
+def test_lwft_trains_the_top_stages_at_two_learning_rates_and_freezes_the_rest(nii_data, resunet_weights):
+    args = main.get_args(base_args(nii_data / "data", nii_data / "x", L_OR) + [
+        "--network", "ResUNet", "--model_weights", str(resunet_weights), "--reuse", "lwft:2", "--l_rate", "0.01",
+        "--optimizer", "sgd"])
+    net = main.build_model(args)
+    (optimizer,) = main.build_optimizers(net, args)
+    head, low = optimizer.param_groups
+    assert head["lr"] == 0.01 and low["lr"] == pytest.approx(0.001)
+    assert {id(p) for p in head["params"]} == {id(p) for p in net.out_path[3].parameters()}
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    frozen = [n for n, p in net.named_parameters() if id(p) not in trained]
+    assert frozen and all(not net.get_parameter(n).requires_grad for n in frozen)
+    assert all(n.split(".")[0] in ("init_path", "down1", "down2", "bottleneck", "up2", "shortcut2") for n in frozen)
+    x = torch.randn(2, 1, 16, 16)
+    net(x).sum().backward()
+    assert all(net.get_parameter(n).grad is None for n in frozen)
+    assert all(p.grad is not None for p in low["params"])
+
+
+@pytest.mark.parametrize("reuse", ["ttl:1", "transfusion:0"])
+def test_ttl_and_transfusion_runs_train_and_save_a_network_that_reloads(nii_data, resunet_weights, tmp_path, reuse):
+    workdir = tmp_path / "run"
+    args = base_args(nii_data / "data", workdir, L_OR) + [
+        "--network", "ResUNet", "--model_weights", str(resunet_weights), "--reuse", reuse, "--n_epoch", "1",
+        "--batch_size", "4"]
+    assert main.main(args) == 0
+    net = main.network_from_checkpoint(workdir / "last.pkl", "ResUNet", 2)
+    assert (net.depth, net.init_kwargs.get("halved_above")) == ((1, None) if reuse == "ttl:1" else (3, 0))
+
+
+@pytest.mark.parametrize("value, message", [("ttl", "expected METHOD:K"), ("cut:1", "expected METHOD:K"),
+                                            ("ttl:7", "ttl 7: the residual U-Net has no such level; valid: 0, 1, 2, 3")])
+def test_a_bad_reuse_is_one_error_naming_the_valid_choices(nii_data, resunet_weights, tmp_path, capsys, value, message):
+    args = base_args(nii_data / "data", tmp_path / "bad", L_OR) + [
+        "--network", "ResUNet", "--model_weights", str(resunet_weights), "--reuse", value, "--n_epoch", "1"]
+    code = None
+    try:
+        code = main.main(args)
+    except SystemExit as e:
+        code = e.code
+    assert code not in (0, None) and message in capsys.readouterr().err

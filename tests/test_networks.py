@@ -91,3 +91,87 @@ def test_a_checkpoint_of_another_class_count_loads_all_but_the_output_layer(tmp_
     assert reset and all(k.startswith("out_path.3") for k in reset)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in net.state_dict().items() if k not in reset)
     assert "re-initialised for 2 classes" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- seed 002's reuse strategies on the ResUNet
+
+def resunet(**kwargs):
+    torch.manual_seed(0)
+    return build_network("ResUNet", 1, 2, width=4, **kwargs).eval()
+
+
+def test_the_whole_resunet_is_unchanged_by_the_level_options():
+    """depth 3 and no halving are the defaults: same blocks, same initial weights for a seed."""
+    a, b = resunet(), resunet(depth=3, halved_above=None)
+    assert a.block_order == b.block_order and len(a.block_order) == 32
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("size", [(40, 40), (37, 29)])
+def test_a_truncated_resunet_keeps_the_retained_weights_exactly_and_outputs_full_size(k, size):
+    from networks import truncated
+    full = resunet()
+    for p in full.parameters():                      # trained-looking weights, not the initial ones
+        p.data.normal_()
+    cut = truncated(full, k).eval()
+    state, own = full.state_dict(), cut.state_dict()
+    assert set(own) <= set(state) and all(torch.equal(own[key], state[key]) for key in own)
+    dropped = {key.split(".")[0] for key in set(state) - set(own)}
+    assert dropped == {"down1", "down2", "bottleneck", "up1", "up2", "shortcut1", "shortcut2"} \
+        if k == 0 else all(full.level(s) > k for s in dropped)
+    with torch.no_grad():
+        out = cut(torch.randn(2, 1, *size))
+    assert out.shape == (2, 2, *size) and torch.isfinite(out).all()
+    assert cut.decoder_order[-1] == "out_path.2" and cut.feature_order[-1] == "out_path.2"
+    if k == 3:
+        with torch.no_grad():
+            x = torch.randn(1, 1, *size)
+            assert torch.equal(cut(x), full(x))
+
+
+def test_a_truncated_resunet_reloads_from_its_checkpoint(tmp_path):
+    from networks import truncated
+    cut = truncated(resunet(), 1)
+    save_checkpoint(tmp_path / "ttl.pkl", cut)
+    back = network_from_checkpoint(tmp_path / "ttl.pkl", "ResUNet", 2)
+    assert back.depth == 1 and back.block_order == cut.block_order
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_transfusion_halves_the_levels_above_k_and_keeps_the_ones_below(k):
+    from networks import transfusion
+    full = resunet()
+    for p in full.parameters():
+        p.data.normal_()
+    tf = transfusion(full, k)
+    state = full.state_dict()
+    for key, value in tf.state_dict().items():
+        stage = key.split(".")[0]
+        if full.level(stage) <= k:
+            assert torch.equal(value, state[key]), key
+    widths = {lv: 4 * 2 ** lv // (2 if lv > k else 1) for lv in range(4)}
+    assert tf.bottleneck[1].body[0][2].out_channels == widths[3] == 16        # 32 / 2
+    for lv in range(1, 3):
+        assert getattr(tf, f"down{lv}")[1].body[0][2].out_channels == widths[lv]
+        assert getattr(tf, f"up{lv}")[0].body[0][2].out_channels == widths[lv]
+    assert tf.init_path[0].out_channels == 4
+    with torch.no_grad():
+        assert tf(torch.randn(1, 1, 24, 20)).shape == (1, 2, 24, 20)
+
+
+def test_lwft_counts_stages_from_the_output_and_a_missing_level_is_one_clear_error():
+    from networks import lwft_blocks, transfusion, truncated
+    net = resunet()
+    head, rest = lwft_blocks(net, 2)
+    assert head == ["out_path.3"]
+    assert rest == ["out_path.0", "out_path.1", "out_path.2", "shortcut0", "up1.0", "up1.1", "up1.2", "up1.3", "shortcut1"]
+    assert len(lwft_blocks(net, 7)[1]) == 31
+    with pytest.raises(ValueError, match=r"ttl 4: the residual U-Net has no such level; valid: 0, 1, 2, 3"):
+        truncated(net, 4)
+    with pytest.raises(ValueError, match=r"transfusion 3: .* valid: 0, 1, 2"):
+        transfusion(net, 3)
+    with pytest.raises(ValueError, match=r"lwft 8: .*valid: 1, 2, 3, 4, 5, 6, 7"):
+        lwft_blocks(net, 8)
+    with pytest.raises(ValueError, match="residual U-Net"):
+        truncated(build_network("UNet", 1, 2, width=4), 1)
