@@ -7,7 +7,7 @@
 NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
-.PHONY: all pack report plot runs sourcefree protoseg transfer
+.PHONY: all pack report plot runs sourcefree protoseg transfer layers
 .SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
 
 # ---------------------------------------------------------------- data and protocol
@@ -107,13 +107,22 @@ LAM_RUNS = $(filter-out %_n$(TAU_BUDGET)_lam0,$(foreach p,$(VAL_PAIRS),$(foreach
 VAL_RUNS = $(TAU_RUNS) $(LAM_RUNS)
 SF_RUNS = $(foreach m,hm $(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
 SF_VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(CR)/sfda_val/$(p)_lr$(lr)))
-TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS)
+# seed 002's reuse strategies (ttl, lwft, transfusion): the level k searched on the validation pairs, then tested
+REUSE_METHODS = $(if $(filter ResUNet,$(NET)),ttl lwft transfusion)# they cut a residual U-Net's levels: ResUNet only
+KS_ttl ?= 0 1 2 3# TruncatedTL: encoder levels kept (3: the whole network, i.e. ft_all)
+KS_lwft ?= 1 2 3 4# LWFT: top stages fine-tuned, from the output (7: all of them)
+KS_transfusion ?= 0 1 2# TransFusion: levels kept; the ones above halved and trained from scratch
+K_BUDGET ?= $(TAU_BUDGET)# k is chosen once, at this budget (the largest)
+REUSE_PARAMS = $(CR)/reuse_params.csv
+REUSE_VAL_RUNS = $(foreach m,$(REUSE_METHODS),$(foreach p,$(VAL_PAIRS),$(foreach k,$(KS_$(m)),$(CR)/$(m)_val/$(p)_n$(K_BUDGET)_k$(k))))
+REUSE_RUNS = $(foreach m,$(REUSE_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(CR)/$(m)/$(p)_n$(n))))
+TESTED = $(ORACLES) $(FT_RUNS) $(SF_RUNS) $(REUSE_RUNS)
 PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
-all: pack report protoseg transfer
-runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS)
+all: pack report protoseg transfer layers
+runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)
 sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
 report: $(REPORT)
@@ -211,6 +220,27 @@ $(CR)/spottune/$(1)_n$(2): $(SETS)/pair_$(1)_n$(2) $(BASE)/$(call src,$(1)) $(PA
 	$$(call RUN,$$@,$$<)
 endef
 $(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call SPOT_TEST,$(p),$(n)))))
+
+# which layers to reuse (seed 002; main.py --reuse METHOD:K): TruncatedTL keeps encoder levels 0..k of the baseline,
+# LWFT fine-tunes its top k stages (the output layer at LR, the others at LR/10), TransFusion keeps levels 0..k and
+# retrains the ones above at half width. Same baselines, splits, budgets and schedule as ft_all. Each method's k is
+# chosen once, on the validation pairs at K_BUDGET, into $(REUSE_PARAMS), which the test runs read when they start.
+define REUSE_VAL
+$(CR)/$(1)_val/$(2)_n$(K_BUDGET)_k$(3): OPT = $(TRAIN_FT) --test_folder test --reuse $(1):$(3) \
+	--model_weights $(BASE)/$(call src,$(2))/last.pkl
+$(CR)/$(1)_val/$(2)_n$(K_BUDGET)_k$(3): $(SETS)/pair_$(2)_n$(K_BUDGET) $(BASE)/$(call src,$(2)) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach m,$(REUSE_METHODS),$(foreach p,$(VAL_PAIRS),$(foreach k,$(KS_$(m)),$(eval $(call REUSE_VAL,$(m),$(p),$(k))))))
+$(REUSE_PARAMS): $(REUSE_VAL_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose_k --runs $^ --out $@
+define REUSE_TEST
+$(CR)/$(1)/$(2)_n$(3): OPT = $(TRAIN_FT) --test_folder test --model_weights $(BASE)/$(call src,$(2))/last.pkl \
+	--reuse $(1):$$$$(awk -F, '$$$$1 == "$(1)" {print $$$$2}' $(REUSE_PARAMS))
+$(CR)/$(1)/$(2)_n$(3): $(SETS)/pair_$(2)_n$(3) $(BASE)/$(call src,$(2)) $(REUSE_PARAMS) | $(PYDEP)
+	$$(call RUN,$$@,$$<)
+endef
+$(foreach m,$(REUSE_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(eval $(call REUSE_TEST,$(m),$(p),$(n))))))
 
 # no training: histogram matching to the source's training voxels, then the baseline predicts
 # source-free (prostate.make's chain): the target's unlabelled pool, the baseline, the size prior
@@ -350,6 +380,37 @@ $(TE)/report.md: $(TE_SCORES) $(TE_FT) | $(PYDEP)
 	$(TRANSFER) report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ \
 		--title "Which pre-trained model to reuse: CC359 ($(NET) bank, seed $(SEED), targets $(TE_TARGETS))"
 
+# ---------------------------------------------------------------- which layers carry the shift (seed 002)
+# per test pair, at K_BUDGET: SVCCA per feature layer between the baseline and each fine-tuned model (SpotTUnet: its
+# tuned copy) on the target's test slices, with a randomly initialised network's line, and every baseline layer
+# against every ft_all layer (layers/<pair>/); the size, multiply-adds and CPU time of every fine-tuned model beside
+# its test scores (layers/complexity.csv, .md), after the runs (order-only: never beside a training of this
+# make); and per layer the three views of the shift side by side (layers/anatomy.md, .csv, .png).
+LY = $(CR)/layers
+LY_MODELS = ft_all $(REUSE_METHODS) spottune
+LY_PAIRS = $(addprefix $(LY)/,$(TEST_PAIRS))
+LY_AFTER ?= $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)# what the timings wait for (empty: time at once)
+SVCCA = $(CC) $(CFLAGS) svcca.py
+LY_OUT = $(if $(REUSE_METHODS),$(LY)/anatomy.md $(LY)/complexity.csv $(LY)/complexity.md $(LY_PAIRS))
+layers: $(LY_OUT)
+define LAYERS_PAIR
+$(LY)/$(1): $(BASE)/$(call src,$(1)) $(foreach m,$(LY_MODELS),$(CR)/$(m)/$(1)_n$(K_BUDGET)) $(SETS)/pair_$(1)_all | $(PYDEP)
+	$(LAUNCH) $(SVCCA) layers --base $(BASE)/$(call src,$(1))/last.pkl \
+		--models $(foreach m,$(LY_MODELS),$(m)=$(CR)/$(m)/$(1)_n$(K_BUDGET)/last.pkl) --split $(SETS)/pair_$(1)_all/test \
+		--folders "$(TT_DATA)" --grp_regex "$(G_RGX)" --seed $(SEED) $(if $(THREADS),--threads $(THREADS)) $(DEBUG) \
+		--out $$@ --title "pair $(1), N = $(K_BUDGET): SVCCA of each layer with the baseline's, target test slices"
+endef
+$(foreach p,$(TEST_PAIRS),$(eval $(call LAYERS_PAIR,$(p))))
+$(LY)/complexity.md: | $(LY)/complexity.csv ;
+$(LY)/complexity.csv: $(filter-out $(CR)/ft_first/% $(CR)/ft_last/%,$(FT_RUNS)) $(REUSE_RUNS) $(REUSE_PARAMS) \
+		| $(PYDEP) $(LY_AFTER)
+	$(SVCCA) complexity --runs $(filter-out $(REUSE_PARAMS),$^) --params $(REUSE_PARAMS) \
+		--split $(SETS)/pair_$(firstword $(TEST_PAIRS))_all/test --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" $(DEBUG) \
+		--out $@ --title "Which layers to reuse (seed 002): score, size and cost of the fine-tuned models ($(NET), seed $(SEED))"
+$(LY)/anatomy.md: $(SHIFT_POLICY) $(LY_PAIRS) | $(PYDEP)
+	$(SVCCA) anatomy --shift $(SHIFT_POLICY:.md=.csv) --svcca $(LY_PAIRS) --out $@ \
+		--title "CC359: which layers carry the shift, three views ($(NET) baselines, seed $(SEED))"
+
 # ---------------------------------------------------------------- several training seeds
 # make -f cc359.make SEEDS="0 1 2" [-j2 THREADS=1] [SEED_GOAL=sourcefree]: $(RD)/seed<s>/cc359/..., then the tables
 # as mean ± sd over seeds
@@ -385,9 +446,10 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
-$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS) $(REUSE_PARAMS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
 		$(PS_RUNS) $(PS_ONLINE) $(CR)/baseline_online/$(ONLINE_SRC) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) \
-		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report.md $(TE_SCORES) $(TE_FT)
+		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report.md $(TE_SCORES) $(TE_FT) \
+		$(LY_OUT)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp
 	mv $@_tmp $@

@@ -385,6 +385,8 @@ def truncated(pretrained: "ResUNet", k: int) -> "ResUNet":
     if not isinstance(pretrained, ResUNet):
         raise ValueError(f"TruncatedTL cuts a residual U-Net's levels; got a {type(pretrained).__name__}")
     check_level("ttl", k, range(ResUNet.LEVELS + 1))
+    if k == pretrained.depth:                     # the whole network: TTL is ft_all (nothing rebuilt, no RNG drawn)
+        return pretrained
     return reused_levels(pretrained, build_network("ResUNet", **{**pretrained.init_kwargs, "depth": k}), k)
 
 
@@ -505,6 +507,26 @@ class SpotTUnet(nn.Module):
             unit.choice = a[:, i]
         self.last_actions = a
         return self.backbone(x)
+
+
+def tuned_copy(spot: SpotTUnet) -> BlockNet:
+    """The backbone SpotTUnet fine-tuned: a plain network made of every unit's tuned twin (for layer analyses)."""
+    net = copy.deepcopy(spot.backbone)
+    for name in spot.unit_names:
+        parent_name, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent_name), child, net.get_submodule(name).tuned)
+    return net
+
+
+def multiply_adds(net: nn.Module, shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass on a (1, *shape) input, counted by torch.utils.flop_counter (2 FLOPs each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = net.training
+    net.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, *shape))
+    net.train(was_training)
+    return counter.get_total_flops() // 2
 
 
 NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet, "ResUNet": ResUNet}

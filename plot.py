@@ -60,6 +60,35 @@ def unit_position(name: str, index: int) -> Tuple[float, float]:
     return index, 0
 
 
+def unet_panels(panels: Sequence[Tuple[str, Dict[str, float]]], out: Path, label: str,
+                limits: Optional[Tuple[float, float]] = None) -> None:
+    """One panel per (title, value per unit): each unit a box coloured by its value where it sits in the U-Net.
+    ``limits``: one colour scale for every panel; None: each panel spans its own range (values as printed)."""
+    cmap = plt.get_cmap("magma", 256)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for ax, (title, values) in zip(axes[:, 0], panels):
+        finite = [v for v in values.values() if pd.notna(v)]
+        lo, hi = limits or (min(finite, default=0), max(finite, default=1))
+        for i, (unit, value) in enumerate(values.items()):
+            x, y = unit_position(unit, i)
+            shade = 0.5 if pd.isna(value) or hi == lo else (value - lo) / (hi - lo)
+            ax.add_patch(plt.Rectangle((x - 0.45, y - 0.4), 0.9, 0.8, color="lightgrey" if pd.isna(value) else cmap(shade),
+                                       ec="k", lw=0.5))
+            ax.text(x, y, "–" if pd.isna(value) else f"{value:.2f}", ha="center", va="center", fontsize=6.5,
+                    color="w" if shade < 0.6 else "k")
+            ax.text(x, y - 0.52, unit.replace("_path", "").replace("bottleneck", "bn").replace("shortcut", "sc"),
+                    ha="center", va="top", fontsize=5)
+        ax.set_xlim(-1, max(unit_position(u, i)[0] for i, u in enumerate(values)) + 1)
+        ax.set_ylim(-1, 4)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(title, fontsize=9)
+    if limits:
+        fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(*limits)), ax=axes[:, 0].tolist(), shrink=0.6,
+                     label=label)
+    save_figure(fig, out, tight=False)
+
+
 def policy_picture(runs: Sequence[Path], out: Path) -> None:
     frames = []
     for run in runs:
@@ -70,25 +99,9 @@ def policy_picture(runs: Sequence[Path], out: Path) -> None:
     units = list(dict.fromkeys(table["unit"]))
     mean = table.groupby(["budget", "unit"])["p_finetuned"].mean()
     budgets = sorted(table["budget"].unique())
-    cmap = plt.get_cmap("magma", 256)
-    fig, axes = plt.subplots(len(budgets), 1, figsize=(10, 3.2 * len(budgets)), squeeze=False)
-    for ax, n in zip(axes[:, 0], budgets):
-        for i, unit in enumerate(units):
-            x, y = unit_position(unit, i)
-            value = mean[(n, unit)]
-            ax.add_patch(plt.Rectangle((x - 0.45, y - 0.4), 0.9, 0.8, color=cmap(value), ec="k", lw=0.5))
-            ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=6.5, color="w" if value < 0.6 else "k")
-            ax.text(x, y - 0.52, unit.replace("_path", "").replace("bottleneck", "bn").replace("shortcut", "sc"),
-                    ha="center", va="top", fontsize=5)
-        ax.set_xlim(-1, max(unit_position(u, i)[0] for i, u in enumerate(units)) + 1)
-        ax.set_ylim(-1, 4)
-        ax.set_aspect("equal")
-        ax.axis("off")
-        ax.set_title(f"N = {n:g} slices: share of test slices using the fine-tuned unit ({len(runs) // len(budgets)} pairs)",
-                     fontsize=9)
-    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=axes[:, 0].tolist(), shrink=0.6,
-                 label="P(fine-tuned)")
-    save_figure(fig, out, tight=False)
+    panels = [(f"N = {n:g} slices: share of test slices using the fine-tuned unit ({len(runs) // len(budgets)} pairs)",
+               {unit: mean[(n, unit)] for unit in units}) for n in budgets]
+    unet_panels(panels, out, "P(fine-tuned)", limits=(0, 1))
 
 
 def sa_layers(runs: Sequence[Path], out: Path) -> None:

@@ -164,8 +164,9 @@ def claims(rows: List[Dict[str, object]], down: Optional[List[str]] = None) -> s
 # ---------------------------------------------------------------- CC359
 
 RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+))?"
-                      r"(?:_lam(?P<lam>[\d.e-]+))?(?:_lr(?P<lr>[\d.e-]+))?$")
-FINETUNING = ["ft_all", "ft_first", "ft_last", "spottune"]
+                      r"(?:_lam(?P<lam>[\d.e-]+))?(?:_lr(?P<lr>[\d.e-]+))?(?:_k(?P<k>\d+))?$")
+REUSE = ["ttl", "lwft", "transfusion"]           # seed 002's strategies; their k is chosen by choose_k
+FINETUNING = ["ft_all", "ft_first", "ft_last", "spottune", *REUSE]
 NO_BUDGET = ["noadapt", "hm", "adabn", "sfda", "sfda_truesize"]
 
 
@@ -190,7 +191,7 @@ def parse_run(run: Path) -> Dict[str, object]:
         lam = float(given.get("--k_reg", lam)) if np.isnan(lam) else lam
     return {"method": run.parent.name, "source": int(g["source"]), "target": int(g["target"]),
             "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": tau, "lam": lam, "fold": np.nan,
-            **({"lr": float(g["lr"])} if g["lr"] else {})}
+            **({"lr": float(g["lr"])} if g["lr"] else {}), **({"k": int(g["k"])} if g["k"] else {})}
 
 
 def command_options(run: Path) -> Dict[str, str]:
@@ -271,6 +272,24 @@ def choose_lr(scores: pd.DataFrame) -> pd.DataFrame:
     grid = per_run.groupby("lr", sort=True)["sdice"].mean()
     return pd.DataFrame({"lr": [grid.idxmax()], "val_sdice": [round(grid.max(), 4)],
                          "grid": [" ".join(f"{lr:g}:{v:.4f}" for lr, v in grid.items())]})
+
+
+def choose_k(scores: pd.DataFrame) -> pd.DataFrame:
+    """Seed 002's level k per reuse strategy (runs <method>_val/<s>_<t>_n<N>_k<k>): the best mean surface Dice over
+    the validation pairs (first of ties, i.e. the smallest k), one row per method."""
+    if "k" not in scores.columns or scores["k"].isna().any():
+        raise ValueError("choose_k needs runs named <method>_val/<s>_<t>_n<N>_k<k> (ttl_val/..., lwft_val/...)")
+    scores = scores.assign(method=scores["method"].str.removesuffix("_val"), k=scores["k"].astype(int))
+    unknown = sorted(set(scores["method"]) - set(REUSE))
+    if unknown:
+        raise ValueError(f"choose_k: {unknown[0]}_val is not a reuse strategy's search ({', '.join(REUSE)})")
+    per_run = scores.groupby(["method", "source", "target", "k"])["sdice"].mean().reset_index()
+    rows = []
+    for method, runs in per_run.groupby("method", sort=False):
+        grid = runs.groupby("k", sort=True)["sdice"].mean()
+        rows.append({"method": method, "k": int(grid.idxmax()), "val_sdice": round(grid.max(), 4),
+                     "grid": " ".join(f"{k}:{v:.4f}" for k, v in grid.items())})
+    return pd.DataFrame(rows).set_index("method").reindex([m for m in REUSE if m in set(per_run["method"])]).reset_index()
 
 
 def read_tau(path: Path) -> float:
@@ -366,6 +385,10 @@ def cc359_checks(per_run: pd.DataFrame, pairs: Sequence[str], budgets: Sequence[
         if not np.isfinite(gap):
             continue
         lines.append((f"SpotTUnet within 1 point of the best fine-tuning, N = {n}", f"{gap:+.1f}", gap >= -1))
+    for n in budgets:                       # seed 002: truncation at least as good as fine-tuning all of it
+        gap = mean("ttl", n) - mean("ft_all", n)
+        if np.isfinite(gap):
+            lines.append((f"TTL at least ft_all (seed 002), N = {n}", f"{gap:+.1f}", gap >= 0))
     if np.isfinite(mean("hm")):
         lines.append(("histogram matching vs baseline", f"{mean('hm') - mean('noadapt'):+.1f}", mean("hm") >= mean("noadapt")))
     if np.isfinite(mean("sfda")) and np.isfinite(mean("adabn")):
@@ -717,7 +740,7 @@ def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
         table.to_csv(tmp, index=False, **kwargs)
 
 
-COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "cc359", "cc359_seeds", "compare", "seeds"]
+COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "choose_k", "cc359", "cc359_seeds", "compare", "seeds"]
 
 
 def subcommand_main(argv: Sequence[str]) -> int:
@@ -739,7 +762,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
-    if args.command in ("collect", "choose_tau", "choose", "choose_lr") and not args.runs:
+    if args.command in ("collect", "choose_tau", "choose", "choose_lr", "choose_k") and not args.runs:
         parser.error(f"{args.command} needs --runs")
     if args.command == "choose_tau" and args.budget is None:
         parser.error("choose_tau needs --budget")
@@ -758,9 +781,10 @@ def subcommand_main(argv: Sequence[str]) -> int:
             table_ = collect(args.runs)
             write_csv_atomic(table_, args.out, float_format="%.4f")
             print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
-        elif args.command in ("choose_tau", "choose", "choose_lr"):
+        elif args.command in ("choose_tau", "choose", "choose_lr", "choose_k"):
             chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
                       else choose_lr(collect(args.runs)) if args.command == "choose_lr"
+                      else choose_k(collect(args.runs)) if args.command == "choose_k"
                       else choose(collect(args.runs), read_tau(args.tau_file)))
             write_csv_atomic(chosen, args.out)
             print(chosen.to_string(index=False))

@@ -202,3 +202,46 @@ def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
     assert (te / "scatter.png").stat().st_size > 1000
     ft = te / "5" / "ft" / "prostate_cesource_best_3d_s1"
     assert "--network checkpoint --new_head --seed 1" in (ft / "command.txt").read_text()
+
+
+# the reuse strategies cut a residual U-Net: a width-4 one, one pair, one budget, a short k grid
+TINY_REUSE = [a for a in TINY_CC359 if not a.startswith(("NET=", "BUDGETS="))] + [
+    "NET=ResUNet", "EXTRA=--net_width 4", "BUDGETS=8", "KS_ttl=1 3", "KS_lwft=2", "KS_transfusion=1", "LY_AFTER="]
+
+
+def test_dry_run_searches_k_once_on_the_validation_pairs_and_the_tests_read_it(tmp_path):
+    text = make(tmp_path, "-n", "layers").stdout
+    cr = f"{tmp_path}/results/cc359"
+    runs = sorted(set(re.findall(rf"--workdir {cr}/(\w+_val/0_3\S+)_tmp", text)))
+    assert [r for r in runs if r.startswith(("ttl", "lwft", "transfusion"))] == \
+        [f"lwft_val/0_3_n45_k{k}" for k in (1, 2, 3, 4)] + [f"transfusion_val/0_3_n45_k{k}" for k in (0, 1, 2)] + \
+        [f"ttl_val/0_3_n45_k{k}" for k in (0, 1, 2, 3)]
+    assert f"--reuse ttl:$(awk -F, '$1 == \"ttl\" {{print $2}}' {cr}/reuse_params.csv)" in text
+    assert text.index("report.py choose_k") < text.index(f"{cr}/ttl/2_5_n8_tmp")
+    assert "svcca.py complexity" in text and "svcca.py anatomy" in text
+    assert "--reuse" not in make(tmp_path, "-n", "NET=UNet").stdout        # the strategies need a residual U-Net
+
+
+def test_a_tiny_resunet_chain_chooses_k_tests_the_strategies_and_draws_the_layer_anatomy(tiny_cc359, tmp_path):
+    cr = tmp_path / "results" / "cc359"
+    out = run_make("cc359.make", tmp_path, "-j2", *TINY_REUSE, "layers", data=tiny_cc359)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    chosen = pd.read_csv(cr / "reuse_params.csv")
+    assert chosen["method"].tolist() == ["ttl", "lwft", "transfusion"]
+    assert chosen.set_index("method")["k"].to_dict() == {"ttl": chosen["k"][0], "lwft": 2, "transfusion": 1}
+    assert chosen["k"][0] in (1, 3)
+    for method in ("ttl", "lwft", "transfusion"):
+        command = (cr / method / "2_5_n8" / "command.txt").read_text()
+        assert f"--reuse {method}:{chosen.set_index('method')['k'][method]}" in command
+    cost = pd.read_csv(cr / "layers" / "complexity.csv")
+    assert set(cost["method"]) == {"ft_all", "spottune", "ttl", "lwft", "transfusion"}
+    assert (cost["params"] > 0).all() and (cost["macs"] > 0).all() and (cost["ms"] > 0).all()
+    by = cost.set_index("method")
+    assert by.loc["lwft", "params"] == by.loc["ft_all", "params"] and by.loc["transfusion", "params"] < by.loc["ft_all", "params"]
+    layers = pd.read_csv(cr / "layers" / "2_5" / "svcca_layers.csv")
+    assert set(layers["model"]) == {"random", "ft_all", "ttl", "lwft", "transfusion", "spottune"}
+    assert layers["svcca"].dropna().between(0, 1 + 1e-9).all()
+    anatomy = pd.read_csv(cr / "layers" / "anatomy.csv")
+    assert {"sa_drop", "moved", "p_finetuned_n8"} <= set(anatomy.columns) and len(anatomy) == 28
+    text = (cr / "layers" / "anatomy.md").read_text()
+    assert "rho" in text and (cr / "layers" / "anatomy.png").is_file()
