@@ -15,6 +15,11 @@ def run_make(makefile: str, tmp: Path, *extra: str, timeout: int = 2400, data: P
 
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# the tests' own tensors are tiny: one thread is faster, and immune to the oversubscription that two OpenMP threads
+# suffer when other work shares the two cores (a SpotTUnet resume test took 381 s so, 10 s with one thread)
+torch.set_num_threads(1)
 
 # the tiny chains every end-to-end test reads: the dummy network, one epoch, debug-sized sets, one thread per job
 # so that two jobs share the two cores (make -j2) and any THREADS=1 run of the same command gives the same numbers
