@@ -134,7 +134,11 @@ $(PS)/sa_layers.png: $(PS_RUNS) | $(PYDEP)
 SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
 $(eval $(call SEED_CHAINS,$(SIZEFILE)))
 SEEDS_SELECTION = $(RD)/seeds/$(notdir $(PR))_selection.md
-seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION)
+SEEDS_PROTOSEG = $(if $(filter all protoseg,$(SEED_GOAL)),$(RD)/seeds/$(notdir $(PR))_protoseg.md)
+seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION) $(SEEDS_PROTOSEG)
+$(SEEDS_PROTOSEG): $(SEED_ROOTS) | $(PYDEP)
+	$(CC) $(CFLAGS) protoseg.py seeds --roots $(foreach r,$(SEED_ROOTS),$(r)/$(notdir $(PR))/protoseg) --out $@ \
+		--title "ProtoSeg on prostate MRI, $(SHIFT) shift, over seeds ($(NET), seeds $(SEEDS))"
 $(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py selection --runs $(foreach m,sfda sfda_truesize,$(addsuffix /$(notdir $(PR))/$(m),$(SEED_ROOTS))) \
 		--out $@ --title "Prostate source-free runs, $(SHIFT) shift: which epoch ($(NET), seeds $(SEEDS))"

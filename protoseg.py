@@ -341,17 +341,75 @@ def chain_report(runs: Sequence[Path], title: str) -> str:
               "| model | r per image | r per patient | empty outputs | Dice, all | Dice, 70 % kept by mu | random | S_x | m(d) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy", "sx"])
-        patients = read_table(run / "patients.csv", ["mu", "dice_3d"])
-        scored = images[~images["gt_empty"]]
-        cov = coverage_table(images).set_index("ranking")
-        lines.append(f"| {run.name} | {scored['mu'].corr(scored['dice']):.3f} | "
-                     f"{patients['mu'].corr(patients['dice_3d']) if len(patients) > 2 else np.nan:.3f} | "
-                     f"{100 * images['output_empty'].mean():.0f}% | "
-                     f"{100 * cov.loc['mu', '100%']:.1f} | {100 * cov.loc['mu', '70%']:.1f} | "
-                     f"{100 * cov.loc['random', '70%']:.1f} | {100 * scored['sx'].mean():.1f} | "
-                     f"{100 * (scored['dice'] - scored['sx']).mean():.1f} |")
+        r = mu_figures(run)
+        lines.append(f"| {run.name} | {r['r_image']:.3f} | {r['r_patient']:.3f} | {100 * r['empty']:.0f}% | "
+                     f"{100 * r['dice_all']:.1f} | {100 * r['dice_70_mu']:.1f} | {100 * r['dice_70_random']:.1f} | "
+                     f"{100 * r['sx']:.1f} | {100 * r['md']:.1f} |")
     return "\n".join(lines + online_table(runs)) + "\n"
+
+
+def mu_figures(run: Path) -> Dict[str, float]:
+    """One analysis folder's headline figures: Pearson r of mu with Dice per image and per patient, the share of
+    empty outputs, the mean Dice of all scored images and of the 70 % kept by mu, by entropy and at random, S_x,
+    m(d), and the analysis's seconds (from its summary)."""
+    from report import read_table
+    images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy", "sx"])
+    patients = read_table(run / "patients.csv", ["mu", "dice_3d"])
+    scored = images[~images["gt_empty"]]
+    cov = coverage_table(images).set_index("ranking")
+    took = re.search(r"The analysis took ([\d.]+) s", (run / "summary.md").read_text())
+    return {"r_image": scored["mu"].corr(scored["dice"]) if len(scored) > 2 else np.nan,
+            "r_patient": patients["mu"].corr(patients["dice_3d"]) if len(patients) > 2 else np.nan,
+            "empty": images["output_empty"].mean(), "dice_all": cov.loc["mu", "100%"],
+            "dice_70_mu": cov.loc["mu", "70%"], "dice_70_entropy": cov.loc["entropy", "70%"],
+            "dice_70_random": cov.loc["random", "70%"], "sx": scored["sx"].mean(),
+            "md": (scored["dice"] - scored["sx"]).mean(), "seconds": float(took.group(1)) if took else np.nan}
+
+
+def seeds_report(roots: Sequence[Path], title: str) -> str:
+    """Markdown over training seeds: per analysed model (the folders every root holds), r of mu with Dice and the
+    Dice gained at 70 % coverage by mu and by entropy, mean ± sd over the seeds; and each seed's analysis time."""
+    from report import mean_sd
+    models = [p.name for p in sorted(roots[0].iterdir()) if (p / "images.csv").is_file()
+              and all((root / p.name / "images.csv").is_file() for root in roots)]
+    if not models:
+        raise ValueError(f"no analysis folder (with images.csv) common to {', '.join(map(str, roots))}")
+    figures = {m: pd.DataFrame([mu_figures(root / m) for root in roots]) for m in models}
+    lines = [f"# {title}\n", f"Mean ± sd over {len(roots)} training seeds ({', '.join(str(r) for r in roots)}). r: Pearson "
+             "r of mu (no label read) with the output's Dice, per image (non-empty ground truth) and per patient; "
+             "gain: mean Dice x100 of the 70 % of images kept by the ranking minus that of all images.\n",
+             "| model | r per image | r per patient | empty outputs (%) | Dice, all | gain at 70 %, mu | gain, entropy |",
+             "|---|---|---|---|---|---|---|"]
+    for m, f in figures.items():
+        lines.append(f"| {m} | {r_mean_sd(f['r_image'])} | {r_mean_sd(f['r_patient'])} | {mean_sd(f['empty'])} | "
+                     f"{mean_sd(f['dice_all'])} | {mean_sd(f['dice_70_mu'] - f['dice_all'])} | "
+                     f"{mean_sd(f['dice_70_entropy'] - f['dice_all'])} |")
+    seconds = pd.DataFrame({m: f["seconds"] for m, f in figures.items()})
+    lines += ["", "Analysis time per seed (the sum over the models above): "
+              + ", ".join(f"{t:.0f} s" for t in seconds.sum(axis=1, min_count=1)) + ".\n"]
+    return "\n".join(lines)
+
+
+def r_mean_sd(values: pd.Series) -> str:
+    v = values.dropna()
+    return "–" if v.empty else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def seeds_main(argv: Sequence[str]) -> int:
+    from report import write_text_atomic
+    from utils import one_error_line
+    parser = argparse.ArgumentParser(description="ProtoSeg's headline figures over training seeds")
+    parser.add_argument("--roots", nargs="+", type=Path, required=True, help="one protoseg/ folder per seed")
+    parser.add_argument("--title", default="ProtoSeg over seeds")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    def write(_: None) -> int:
+        text = seeds_report(args.roots, args.title)
+        write_text_atomic(text, args.out)
+        print(text)
+        return 0
+    return one_error_line(write, None)
 
 
 def online_table(runs: Sequence[Path]) -> List[str]:
@@ -567,6 +625,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return shift_main(argv[1:])
     if argv and argv[0] == "flag":
         return flag_main(argv[1:])
+    if argv and argv[0] == "seeds":
+        return seeds_main(argv[1:])
     return analyze_main(argv)
 
 

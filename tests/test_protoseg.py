@@ -188,6 +188,18 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     assert protoseg.main(["--model", str(tmp_path / "m.pkl"), "--network", "ENet"] + args[4:]
                          + ["--out", str(tmp_path / "bad")]) == 1
     assert "holds a UNet but --network is ENet" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    for seed in ("s0", "s1"):                                  # the figures over seeds: two copies, sd 0
+        (tmp_path / seed).mkdir()
+        (tmp_path / "out").rename(tmp_path / seed / "cesource") if seed == "s0" else \
+            __import__("shutil").copytree(tmp_path / "s0" / "cesource", tmp_path / seed / "cesource")
+    assert protoseg.main(["seeds", "--roots", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                          "--out", str(tmp_path / "seeds.md")]) == 0
+    row = next(line for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("| cesource |"))
+    figures = protoseg.mu_figures(tmp_path / "s0" / "cesource")
+    assert row.split(" | ")[3] == f"{100 * figures['empty']:.1f} ± 0.0"      # the untrained UNet outputs nothing here
+    assert row.split(" | ")[1] == "–"                                         # so r is undefined, not invented
+    assert protoseg.main(["seeds", "--roots", str(tmp_path / "s0"), str(tmp_path),
+                          "--out", str(tmp_path / "none.md")]) == 1        # no analysis common to both roots
 
 
 def test_the_mu_subsample_takes_evenly_spaced_slices_of_every_patient_and_no_label():
