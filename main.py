@@ -876,7 +876,8 @@ def run(args: argparse.Namespace) -> None:
     check_loss_layers(net, specs)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizers = build_optimizers(net, args)
+    # an evaluation-only run steps nothing, and skips the import of torch._dynamo (about 3 s) an optimizer triggers
+    optimizers = build_optimizers(net, args) if args.n_epoch > 0 else []
     savedir = Path(args.workdir)
     start = {k: v.clone() for k, v in net.state_dict().items()} if args.collapse_guard else None   # before any step
     history = start_run(savedir, args, net, optimizers, generator, data, device, t_start)
