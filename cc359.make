@@ -112,7 +112,7 @@ REUSE_METHODS = $(if $(filter ResUNet,$(NET)),ttl lwft transfusion)# they cut a 
 KS_ttl ?= 0 1 2 3# TruncatedTL: encoder levels kept (3: the whole network, i.e. ft_all)
 KS_lwft ?= 1 2 3 4# LWFT: top stages fine-tuned, from the output (7: all of them)
 KS_transfusion ?= 0 1 2# TransFusion: levels kept; the ones above halved and trained from scratch
-K_BUDGET ?= $(TAU_BUDGET)# k is chosen once, at this budget (the largest)
+K_BUDGET ?= $(lastword $(shell printf '%s\n' $(BUDGETS) | sort -n))# k is chosen once, at the largest budget
 REUSE_PARAMS = $(CR)/reuse_params.csv
 REUSE_VAL_RUNS = $(foreach m,$(REUSE_METHODS),$(foreach p,$(VAL_PAIRS),$(foreach k,$(KS_$(m)),$(CR)/$(m)_val/$(p)_n$(K_BUDGET)_k$(k))))
 REUSE_RUNS = $(foreach m,$(REUSE_METHODS),$(foreach p,$(TEST_PAIRS),$(foreach n,$(BUDGETS),$(CR)/$(m)/$(p)_n$(n))))
@@ -389,7 +389,8 @@ $(TE)/report.md: $(TE_SCORES) $(TE_FT) | $(PYDEP)
 LY = $(CR)/layers
 LY_MODELS = ft_all $(REUSE_METHODS) spottune
 LY_PAIRS = $(addprefix $(LY)/,$(TEST_PAIRS))
-LY_AFTER ?= $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)# what the timings wait for (empty: time at once)
+# what the timings wait for: every other job of the chain (empty: time at once)
+LY_AFTER ?= $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS) $(LY_PAIRS) $(PS_RUNS) $(PS_ONLINE) $(TE_SCORES) $(TE_FT)
 SVCCA = $(CC) $(CFLAGS) svcca.py
 LY_OUT = $(if $(REUSE_METHODS),$(LY)/anatomy.md $(LY)/complexity.csv $(LY)/complexity.md $(LY_PAIRS))
 layers: $(LY_OUT)

@@ -209,6 +209,32 @@ def safe_svcca_maps(a: torch.Tensor, b: torch.Tensor, seed: int, what: str) -> f
         return np.nan
 
 
+class FoldedMaps:
+    """Each layer's maps upsampled to a size and folded (SVCCA_POINTS positions kept), each (layer, size) once:
+    what svcca_maps does per pair, shared by the every-layer-against-every-layer matrix."""
+
+    def __init__(self, acts: dict, seed: int):
+        self.acts, self.seed, self.cache = acts, seed, {}
+
+    def at(self, name: str, size) -> np.ndarray:
+        if (name, size) not in self.cache:
+            maps = self.acts[name]
+            if tuple(maps.shape[2:]) != size:
+                maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            self.cache[(name, size)] = fold_conv(maps, SVCCA_POINTS, self.seed)
+        return self.cache[(name, size)]
+
+
+def safe_svcca(a: FoldedMaps, i: str, b: FoldedMaps, j: str, what: str) -> float:
+    """safe_svcca_maps on folded maps from the caches: the coarser map upsampled to the finer one's size."""
+    size = tuple(max(p, q) for p, q in zip(a.acts[i].shape[2:], b.acts[j].shape[2:]))
+    try:
+        return svcca(a.at(i, size), b.at(j, size))
+    except ValueError as e:
+        print(f"svcca: {what}: NaN ({e})", file=sys.stderr)
+        return np.nan
+
+
 def layer_similarity(base: dict, other: dict, seed: int = 0):
     """Per layer of ``base``: SVCCA with the same-named layer of ``other`` (NaN where ``other`` lacks it)."""
     return [safe_svcca_maps(base[name], other[name], seed, name) if name in other else np.nan for name in base]
@@ -239,8 +265,9 @@ def layers_main(args) -> int:
     matrix = None
     if first is not None:                       # Fig. 4 ii: every layer before against every layer after
         after = acts[first]
-        matrix = pd.DataFrame([[safe_svcca_maps(base[i], after[j], args.seed, f"{i} vs {first} {j}")
-                                for j in after] for i in names], index=names, columns=list(after))
+        before_at, after_at = FoldedMaps(base, args.seed), FoldedMaps(after, args.seed)
+        matrix = pd.DataFrame([[safe_svcca(before_at, i, after_at, j, f"{i} vs {first} {j}") for j in after]
+                               for i in names], index=names, columns=list(after))
     with atomic_output(args.out) as tmp:
         tmp.mkdir()
         table.to_csv(tmp / "svcca_layers.csv", index=False, float_format="%.6g")
@@ -439,11 +466,13 @@ def main(argv=None) -> int:
     missing = [n for n in needs if not getattr(args, n)]
     if missing:
         parser.error(f"{args.command} needs --{' --'.join(missing)}")
+    from threadpoolctl import threadpool_limits
     if args.threads:
         torch.set_num_threads(args.threads)
     run = {"layers": layers_main, "complexity": complexity_main, "anatomy": anatomy_main}[args.command]
     try:
-        return run(args)
+        with threadpool_limits(limits=args.threads):    # numpy's BLAS too (oversubscribed under make -j, 60x slower)
+            return run(args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -642,13 +642,16 @@ def score_main(args: argparse.Namespace) -> None:
     voxels = read_voxels(args.voxels)
     if any(v[:, 0].max() >= len(pool) for v in voxels):
         raise ValueError(f"{args.voxels}: voxels sampled on another pool (slice index beyond the {len(pool)} slices)")
+    from threadpoolctl import threadpool_limits
     torch.set_num_threads(args.threads or torch.get_num_threads())
     t0 = time.perf_counter()
     features, probs = model_features(net, pool.images, voxels)
     forward_s = time.perf_counter() - t0
     layers = net.decoder_scales() * (len(voxels) if len(net.decoder_scales()) == 1 else 1)
+    with threadpool_limits(limits=args.threads):        # numpy's BLAS too: two jobs of make -j2 on two cores
+        scores = score_model(features, probs, voxels, layers, args.name)
     row = {"candidate": args.name, "network": ckpt["network"], "checkpoint": str(args.model), "forward_s": forward_s,
-           **score_model(features, probs, voxels, layers, args.name)}
+           **scores}
     write_rows(pd.DataFrame([row]), args.out)
     print(pd.DataFrame([row]).T.to_string(header=False))
 

@@ -63,7 +63,8 @@ def test_sa_is_the_dice_of_the_map_and_empty_ground_truths_are_skipped():
 @pytest.mark.parametrize("per_unit", [False, True])
 def test_the_fast_map_equals_the_map_of_the_explicit_distances(size, per_unit):
     """sam() takes the dot product at the layer's resolution and the prototypes through the resize's adjoint; it
-    must give the map of the full-size distances (float64 both), soft guide, mask and empty guides included."""
+    must give the map of the full-size distances (which round in float32, sam in float64: generic features
+    have no near-tie), soft guide, mask and empty guides included."""
     gen = torch.Generator().manual_seed(7)
     full = (6, 6) if len(size) == 2 else (4, 4, 6)
     features = torch.randn(4, 5, *size, generator=gen, dtype=torch.float64)
@@ -75,6 +76,16 @@ def test_the_fast_map_equals_the_map_of_the_explicit_distances(size, per_unit):
     slow = protoseg.segmentation_map(protoseg.distances(features, guide, mask, per_unit), from_distances=True)
     assert fast.shape == slow.shape and torch.equal(fast, slow)
     assert not fast[3].any()
+
+
+def test_a_constant_channel_is_an_exact_tie_and_goes_to_the_background():
+    """Both prototypes of a constant channel equal the constant: the tie is exact in sam (float32 distances may
+    round either way), and a tie goes to the background."""
+    features = torch.full((1, 2, 6, 6), 0.3)
+    features[:, 1] = torch.linspace(0, 1, 36).view(6, 6)
+    guide = (features[:, 1:] > 0.5).float()
+    units = protoseg.sam(features, guide, per_unit=True)
+    assert not units[0, 0].any() and torch.equal(units[0, 1], guide[0, 0].bool())
 
 
 def test_mu_reads_only_the_output_one_when_features_are_the_output_zero_when_empty():
