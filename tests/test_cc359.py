@@ -383,7 +383,7 @@ def test_main_ft_last_freezes_the_final_batchnorm_affine():
     import argparse
     import main
     args = argparse.Namespace(model_weights=None, network="ResUNet", n_class=2, net_width=4, trainable="last",
-                              spottune=False, tau=0.1)
+                              spottune=False, tau=0.1, reuse="")
     net = main.build_model(args)
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     assert "out_path.3.0.2.weight" in trainable and "out_path.2.body.0.0.weight" in trainable
