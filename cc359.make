@@ -447,7 +447,7 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 		--title "CC359 domain adaptation ($(NET), seed $(SEED), spacing $(SPACING) mm, surface Dice at $(TOL) mm)"
 
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
-$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS) $(REUSE_PARAMS) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
+$(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(if $(REUSE_METHODS),$(REUSE_VAL_RUNS) $(REUSE_PARAMS)) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
 		$(PS_RUNS) $(PS_ONLINE) $(CR)/baseline_online/$(ONLINE_SRC) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) \
 		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report.md $(TE_SCORES) $(TE_FT) \
 		$(LY_OUT)
