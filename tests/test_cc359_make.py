@@ -219,7 +219,8 @@ def test_dry_run_searches_k_once_on_the_validation_pairs_and_the_tests_read_it(t
     assert f"--reuse ttl:$(awk -F, '$1 == \"ttl\" {{print $2}}' {cr}/reuse_params.csv)" in text
     assert text.index("report.py choose_k") < text.index(f"{cr}/ttl/2_5_n8_tmp")
     assert "svcca.py complexity" in text and "svcca.py anatomy" in text
-    assert "--reuse" not in make(tmp_path, "-n", "NET=UNet").stdout        # the strategies need a residual U-Net
+    other = make(tmp_path, "-n", "NET=UNet").stdout                    # the strategies need a residual U-Net
+    assert "--reuse" not in other and "reuse_params" not in other and "svcca.py" not in other
 
 
 def test_a_tiny_resunet_chain_chooses_k_tests_the_strategies_and_draws_the_layer_anatomy(tiny_cc359, tmp_path):
