@@ -103,6 +103,9 @@ def test_prostate_claims_on_best_and_last_epoch_count_a_collapse():
     assert "| 1 collapsed: sfda | **no** |" in text
     rows[3] = _row("sfda", 0.72, 0.60)
     assert report.collapsed(rows) == [] and "| 0 collapsed | yes |" in report.claims(rows)
+    rows.append(_row("cesource_online", 0.96, 0.95, 30))          # a source training: not a target run
+    line = next(l for l in report.claims(rows).splitlines() if l.startswith("| fs highest"))
+    assert line == "| fs highest of the target runs | +18.0 | yes | +20.0 | yes |"
 
 
 @pytest.mark.parametrize("script", ["report", "plot", "moustache"])
