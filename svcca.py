@@ -199,16 +199,6 @@ def plain_network(path) -> "torch.nn.Module":
     return tuned_copy(net) if isinstance(net, SpotTUnet) else net
 
 
-def safe_svcca_maps(a: torch.Tensor, b: torch.Tensor, seed: int, what: str) -> float:
-    """svcca_maps, or NaN with one line on stderr when the maps cannot be compared (too few data points for the
-    neurons, or a constant layer), so that one such layer does not hide the others."""
-    try:
-        return svcca_maps(a, b, max_points=SVCCA_POINTS, seed=seed)
-    except ValueError as e:
-        print(f"svcca: {what}: NaN ({e})", file=sys.stderr)
-        return np.nan
-
-
 class FoldedMaps:
     """Each layer's maps upsampled to a size and folded (SVCCA_POINTS positions kept), each (layer, size) once:
     what svcca_maps does per pair, shared by the every-layer-against-every-layer matrix."""
@@ -226,18 +216,15 @@ class FoldedMaps:
 
 
 def safe_svcca(a: FoldedMaps, i: str, b: FoldedMaps, j: str, what: str) -> float:
-    """safe_svcca_maps on folded maps from the caches: the coarser map upsampled to the finer one's size."""
+    """SVCCA of layer i of ``a`` with layer j of ``b`` (the coarser map upsampled to the finer one's size), or NaN
+    with one line on stderr when they cannot be compared (too few data points for the neurons, or a constant
+    layer), so that one such layer does not hide the others."""
     size = tuple(max(p, q) for p, q in zip(a.acts[i].shape[2:], b.acts[j].shape[2:]))
     try:
         return svcca(a.at(i, size), b.at(j, size))
     except ValueError as e:
         print(f"svcca: {what}: NaN ({e})", file=sys.stderr)
         return np.nan
-
-
-def layer_similarity(base: dict, other: dict, seed: int = 0):
-    """Per layer of ``base``: SVCCA with the same-named layer of ``other`` (NaN where ``other`` lacks it)."""
-    return [safe_svcca_maps(base[name], other[name], seed, name) if name in other else np.nan for name in base]
 
 
 def layers_main(args) -> int:
@@ -254,20 +241,19 @@ def layers_main(args) -> int:
     for spec in args.models:
         label, _, path = spec.partition("=")
         models[label] = plain_network(Path(path))
-    rows, acts = [], {}
-    for label, net in models.items():
-        layers = [n for n in names if n in net.feature_layers()]
-        acts[label] = activations(net, images, layers)
-        for order, (name, value) in enumerate(zip(names, layer_similarity(base, acts[label], args.seed)), start=1):
-            rows.append({"model": label, "layer": name, "order": order, "svcca": value})
-    table = pd.DataFrame(rows)
     first = next((label for label in models if label != "random"), None)
+    base_at, first_at, rows = FoldedMaps(base, args.seed), None, []
+    for label, net in models.items():
+        other = FoldedMaps(activations(net, images, [n for n in names if n in net.feature_layers()]), args.seed)
+        for order, name in enumerate(names, start=1):      # per layer: NaN where the model lacks it (TTL)
+            value = safe_svcca(base_at, name, other, name, f"{label} {name}") if name in other.acts else np.nan
+            rows.append({"model": label, "layer": name, "order": order, "svcca": value})
+        first_at = other if label == first else first_at
+    table = pd.DataFrame(rows)
     matrix = None
-    if first is not None:                       # Fig. 4 ii: every layer before against every layer after
-        after = acts[first]
-        before_at, after_at = FoldedMaps(base, args.seed), FoldedMaps(after, args.seed)
-        matrix = pd.DataFrame([[safe_svcca(before_at, i, after_at, j, f"{i} vs {first} {j}") for j in after]
-                               for i in names], index=names, columns=list(after))
+    if first_at is not None:                    # Fig. 4 ii: every layer before against every layer after
+        matrix = pd.DataFrame([[safe_svcca(base_at, i, first_at, j, f"{i} vs {first} {j}") for j in first_at.acts]
+                               for i in names], index=names, columns=list(first_at.acts))
     with atomic_output(args.out) as tmp:
         tmp.mkdir()
         table.to_csv(tmp / "svcca_layers.csv", index=False, float_format="%.6g")
