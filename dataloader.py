@@ -247,3 +247,17 @@ def check_disjoint_patients(train: SliceSet, val: SliceSet) -> None:
     if shared:
         raise DataError(f"patient {shared[0]} appears in both {train.root} and {val.root} "
                         f"({len(shared)} shared patients); splits must be disjoint")
+
+
+def save_predictions(folder: Path, filenames: Sequence[str], pred: Tensor) -> None:
+    """Predicted labels as PNG, gray level = class index (the GT convention)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, p in zip(filenames, pred.numpy()):
+        Image.fromarray(p).save(folder / f"{strip_extension(name)}.png")
+
+
+def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -> None:
+    """Normalised entropy (0 = certain, 255 = uniform) as 8-bit PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, e in zip(filenames, entropy.float().numpy()):
+        Image.fromarray(np.clip(e * 255 + 0.5, 0, 255).astype(np.uint8)).save(folder / f"{strip_extension(name)}.png")

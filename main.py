@@ -16,210 +16,40 @@ adaptation that loses its foreground and falls back to the start model with AdaB
 
 The CC359 protocol (seed 000) adds: --optimizer sgd, --iterations (random batches per epoch),
 --trainable (fine-tune only these blocks), --spottune (SpotTUnet around the loaded network).
+Its pieces: options.py (the command line), resume.py (the run directory's state), reuse.py (--reuse),
+metrics.py (the scores), networks.py, losses.py, bounds.py, dataloader.py.
 """
 import argparse
 import random
-import re
 import resource
-import shutil
 import socket
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from bounds import Bounds, build_bounds
-from dataloader import TRANSFORMS, DataError, SliceSet, check_disjoint_patients, load_slices, strip_extension
-from losses import Loss, SpotTUnetPenalty, build_loss
-from metrics import confusion_sizes, dice_3d, dice_from_sizes, patient_volumes, per_patient_hd, surface_dice
+from dataloader import DataError, SliceSet, check_disjoint_patients, load_slices, save_entropy_maps, save_predictions
+from losses import SpotTUnetPenalty
+from metrics import dice_2d, evaluate, evaluate_volumes, size_stats
 from networks import (BlockNet, CheckpointError, SpotTUnet, build_network, load_checkpoint, network_from_checkpoint,
-                      lwft_blocks, save_checkpoint, tapped, transfusion, truncated)
+                      save_checkpoint, tapped)
+from options import PRECISIONS, LossSpec, check_options, get_args, parse_folders, parse_losses
 from protoseg import label_free_mu, mu_subsample
-from utils import (OptionError, atomic_output, class2one_hot, exp_lr_scheduler, norm_soft_size, parse_literal, probs2class,
-                   record_provenance, str2bool)
+from resume import RESUME, History, prepare_workdir, restore, resume_state, save_resume_state
+from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
+from utils import (OptionError, class2one_hot, exp_lr_scheduler, norm_soft_size, probs2class, record_provenance,
+                   write_csv_atomic)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-LWFT_DECAY = 10      # seed 002's ptl_decay: LWFT's pre-trained layers learn at lr / 10
-
-
-# ---------------------------------------------------------------- options
-
-@dataclass
-class LossSpec:
-    name: str
-    loss: Loss
-    bounds: Optional[Bounds]
-    weight: float
-
-
-def parse_folders(text: str, option: str) -> List[Tuple[str, Any, bool]]:
-    """``[('IMG', nii_transform2, False), ...]`` -> list of (subfolder, transform function, is_hot)."""
-    value = parse_literal(text, TRANSFORMS, option)
-    if not isinstance(value, list) or not value:
-        raise OptionError(f"{option}: expected a non-empty list of (folder, transform, is_hot) tuples")
-    for item in value:
-        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str) and callable(item[1])):
-            raise OptionError(f"{option}: each entry must be (folder, transform, is_hot), got {item!r}")
-    return value
-
-
-def parse_losses(text: str) -> List[LossSpec]:
-    """``[(loss, {params}, bounds or None, {params} or None, fn or None, weight), ...]`` -> LossSpecs."""
-    value = parse_literal(text, {}, "--target_losses")
-    if not isinstance(value, list) or not value:
-        raise OptionError("--target_losses: expected a non-empty list of 6-tuples")
-    specs = []
-    for item in value:
-        if not (isinstance(item, tuple) and len(item) == 6):
-            raise OptionError(f"--target_losses: each entry must be a 6-tuple (loss, params, bounds, params, fn, weight), "
-                              f"got {item!r}")
-        name, kwargs, bounds_name, bounds_kwargs, fn, weight = item
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
-            raise OptionError(f"--target_losses: weight of {name} must be a positive number, got {weight!r}")
-        specs.append(LossSpec(name, build_loss(name, kwargs, fn), build_bounds(bounds_name, bounds_kwargs), float(weight)))
-    return specs
-
-
-def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target_dataset", required=True, help="dataset root with train/ and val/")
-    parser.add_argument("--workdir", required=True, help="run directory (make passes $@_tmp)")
-    parser.add_argument("--target_losses", required=True,
-                        help="list of (loss, params, bounds, bounds params, fn, weight)")
-    parser.add_argument("--target_folders", required=True, help="list of (subfolder, transform, is_hot) for train")
-    parser.add_argument("--val_target_folders", required=True, help="same for val")
-    parser.add_argument("--network", required=True,
-                        help="UNet, ResUNet, ENet or Dimwit; checkpoint: the one --model_weights names")
-    parser.add_argument("--grp_regex", required=True, help="regex of a slice name; group 1 (if any) is the patient")
-    parser.add_argument("--n_class", type=int, required=True)
-    parser.add_argument("--metric_axis", type=int, nargs="*", required=True, help="classes reported in the metrics")
-    parser.add_argument("--n_epoch", nargs="?", type=int, default=200, help="0: only evaluate --model_weights")
-    parser.add_argument("--l_rate", nargs="?", type=float, default=5e-4)
-    parser.add_argument("--lr_decay", nargs="?", type=float, default=0.7)
-    parser.add_argument("--lr_decay_epoch", nargs="?", type=int, default=20)
-    parser.add_argument("--flr", action="store_true", help="fixed learning rate (no decay)")
-    parser.add_argument("--lr_schedule", choices=["staircase", "step_once"], default="staircase",
-                        help="staircase: x lr_decay every lr_decay_epoch epochs (seed 004); step_once: only after "
-                             "epoch lr_decay_epoch (seed 000)")
-    parser.add_argument("--weight_decay", nargs="?", type=float, default=1e-5)
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--model_weights", default="", help="checkpoint to start from")
-    parser.add_argument("--collapse_guard", type=float, default=0.0,
-                        help="stop a prior-driven adaptation whose mean predicted (argmax) foreground on the training "
-                             "slices falls below this fraction of the prior's, and fall back to the start model with "
-                             "AdaBN statistics (label-free; 0: off)")
-    parser.add_argument("--adabn", action="store_true",
-                        help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
-    parser.add_argument("--do_hd", type=str2bool, default=False, help="HD95 and ASSD per val patient")
-    parser.add_argument("--saveim", type=str2bool, default=False, help="save the best epoch's val predictions")
-    parser.add_argument("--mu_images", type=int, default=0,
-                        help="label-free selection (ProtoSeg's mu, seed 003): at every validated epoch, the mean mu "
-                             "over a fixed subsample of about this many training slices (at least 2 per patient) is "
-                             "logged, the best epoch saved as best_mu.pkl, and with a test folder the best-mu and "
-                             "best-label checkpoints are tested too (0: off)")
-    parser.add_argument("--new_head", action="store_true",
-                        help="--model_weights of another class count: load all but the output layer, which starts "
-                             "fresh (seed 001); with --network checkpoint any architecture the checkpoint names")
-    parser.add_argument("--save_epochs", type=int, nargs="*", default=[],
-                        help="also save the weights after these (0-based) epochs, as epoch<k>.pkl")
-    parser.add_argument("--entmap", action="store_true", help="save the best epoch's entropy maps")
-    parser.add_argument("--csv", default="metrics.csv")
-    parser.add_argument("--debug", action="store_true", help="10 images per loader")
-    parser.add_argument("--cpu", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS) + ["auto"], default="fp32",
-                        help="autocast precision; auto: bf16 with channels_last where the hardware computes bf16 "
-                             "natively (AMX / AVX512-BF16 CPU, bf16 GPU), else fp32 (params.txt records the choice)")
-    parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0: torch's default); one per job under make -j")
-    parser.add_argument("--net_width", type=int, default=None, help="channels of the network's first block")
-    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                        help="adam (seed 004) or SGD with Nesterov momentum 0.9 (seed 000)")
-    parser.add_argument("--iterations", type=int, default=0,
-                        help="batches per epoch drawn at random with replacement (seed 000); 0: one pass over train")
-    parser.add_argument("--val_every", type=int, default=1, help="validate every N epochs (and after the last)")
-    parser.add_argument("--trainable", default="",
-                        help="block names (networks.py blocks(), comma-separated), or first / last: fine-tune "
-                             "only those, freeze the others")
-    parser.add_argument("--reuse", default="",
-                        help="seed 002's reuse of the --model_weights ResUNet: ttl:K (cut after encoder level K, all "
-                             "fine-tuned), lwft:K (the top K stages fine-tuned, the output layer at --l_rate, the "
-                             "others at --l_rate / 10, the rest frozen) or transfusion:K (levels above K halved and "
-                             "trained from scratch)")
-    parser.add_argument("--spottune", action="store_true", help="SpotTUnet around --model_weights (seed 000)")
-    parser.add_argument("--tau", type=float, default=0.1, help="SpotTUnet Gumbel-softmax temperature")
-    parser.add_argument("--k_reg", type=float, default=0.0, help="SpotTUnet cost per fine-tuned unit (lambda)")
-    parser.add_argument("--policy_lr", type=float, default=0.01, help="SpotTUnet policy SGD learning rate")
-    parser.add_argument("--policy_wd", type=float, default=1e-3, help="SpotTUnet policy weight decay")
-    parser.add_argument("--test_folder", default="", help="split of --target_dataset evaluated with the last weights")
-    parser.add_argument("--spacing", default="", help="voxel spacing row,column,slice in mm (default: file headers)")
-    parser.add_argument("--sdice_tol", type=float, default=1.0, help="surface Dice tolerance in mm")
-    # accepted for compatibility with the seed's recipes; the behaviour they asked for is always on
-    parser.add_argument("--dice_3d", action="store_true", help="(always on) 3D Dice per patient")
-    parser.add_argument("--in_memory", action="store_true", help="(always on) decode data once")
-    parser.add_argument("--pprint", action="store_true", help="(no effect)")
-    args = parser.parse_args(argv)
-    for name in ("n_epoch", "l_rate", "lr_decay", "lr_decay_epoch", "weight_decay"):     # nargs="?" as in the seed
-        if getattr(args, name) is None:
-            parser.error(f"--{name} needs a value")
-    if args.n_epoch < 0 or args.batch_size < 1:
-        parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
-    if any(not 0 <= k < args.n_class for k in args.metric_axis):
-        parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
-    if args.threads < 0 or args.collapse_guard < 0:
-        parser.error("--threads and --collapse_guard must be >= 0")
-    if args.iterations < 0 or args.val_every < 1 or args.tau <= 0 or args.k_reg < 0:
-        parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
-    if args.spottune and not args.model_weights:
-        parser.error("--spottune needs --model_weights (the pre-trained network it fine-tunes)")
-    if args.reuse:
-        args.reuse = parse_reuse(args.reuse, parser)
-        if not args.model_weights or args.spottune or args.trainable:
-            parser.error("--reuse needs --model_weights (the pre-trained network) and no --spottune or --trainable")
-    if args.spacing:
-        try:
-            args.spacing = tuple(float(v) for v in args.spacing.split(","))
-        except ValueError:
-            parser.error(f"--spacing {args.spacing!r}: expected three numbers, e.g. 1,0.95,0.95")
-        if len(args.spacing) != 3 or min(args.spacing) <= 0:
-            parser.error(f"--spacing {args.spacing}: expected three positive numbers")
-    return args
-
-
-REUSE_METHODS = ("ttl", "lwft", "transfusion")
-
-
-def parse_reuse(text: str, parser: argparse.ArgumentParser) -> Tuple[str, int]:
-    """--reuse ttl:2 -> ("ttl", 2); the level is checked against the network once it is loaded."""
-    method, _, k = text.partition(":")
-    if method not in REUSE_METHODS or not k.strip().isdigit():
-        parser.error(f"--reuse {text!r}: expected METHOD:K with METHOD one of {', '.join(REUSE_METHODS)}, e.g. ttl:2")
-    return method, int(k)
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Checks that argparse cannot express; each failure is one ``error:`` line (OptionError)."""
-    if not args.metric_axis:
-        raise OptionError("--metric_axis needs at least one class, e.g. --metric_axis 1")
-    if args.network == "checkpoint" and not args.model_weights:
-        raise OptionError("--network checkpoint reads the architecture from --model_weights, which is missing")
-    if args.mu_images < 0 or (args.mu_images and args.spottune):
-        raise OptionError(f"--mu_images {args.mu_images}: expected a slice count >= 0, and no --spottune "
-                          f"(mu reads a plain network's last feature layers)")
-    try:
-        re.compile(args.grp_regex)
-    except re.error as e:
-        raise OptionError(f"--grp_regex {args.grp_regex!r} is not a valid regular expression: {e}") from None
+write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
 
 
 # ---------------------------------------------------------------- setup
@@ -229,16 +59,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def prepare_workdir(workdir: Path) -> None:
-    """A ``*_tmp`` directory is scratch and restarts empty; any other existing non-empty directory is refused."""
-    if workdir.exists():
-        if workdir.name.endswith("_tmp"):
-            shutil.rmtree(workdir)
-        elif any(workdir.iterdir()):
-            raise FileExistsError(f"{workdir}: already exists and is not empty; refusing to overwrite a result")
-    workdir.mkdir(parents=True, exist_ok=True)
 
 
 def build_model(args: argparse.Namespace) -> BlockNet:
@@ -481,39 +301,6 @@ def foreground_sizes(probs: Tensor, bounds: Optional[Tensor]) -> Tensor:
 
 # ---------------------------------------------------------------- epoch statistics
 
-def size_stats(labels: Tensor) -> Tuple[int, int]:
-    """(mean foreground size over slices, mean over slices with foreground), foreground = any class > 0."""
-    fg = (labels > 0).sum(dim=(1, 2)).double()
-    pos = fg[fg > 0]
-    return int(fg.mean().item()), int(pos.mean().item()) if len(pos) else 0
-
-
-def dice_2d(pred: Tensor, labels: Tensor, args: argparse.Namespace) -> float:
-    """Mean over slices of the 2D Dice of the ``--metric_axis`` classes."""
-    return dice_from_sizes(*confusion_sizes(pred, labels, args.n_class))[:, list(args.metric_axis)].mean().item()
-
-
-def evaluate(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> Dict[str, Any]:
-    """2D Dice (mean over slices), 3D Dice per patient, and HD95/ASSD per patient when asked."""
-    axis = list(args.metric_axis)
-    inter, psize, gsize = confusion_sizes(pred, data.labels, args.n_class)
-    dice2d = dice_from_sizes(inter, psize, gsize)[:, axis].mean().item()
-    ids, d3 = dice_3d(inter, psize, gsize, data.patients)
-    per_patient = pd.DataFrame({"patient": ids})
-    for k in axis:
-        per_patient[f"dice_3d_c{k}"] = d3[:, k].numpy()
-    d3_mean = d3[:, axis].mean(dim=1)
-    out = {"dice2d": dice2d, "dice3d": round(d3_mean.mean().item(), 4),
-           "dice3d_sd": round(d3_mean.std().item(), 4) if len(ids) > 1 else 0.0, "per_patient": per_patient}
-    if args.do_hd:
-        hd = per_patient_hd(pred, data.labels, data.patients, data.slice_numbers, data.spacing, axis)
-        for j, k in enumerate(axis):
-            per_patient[f"hd95_c{k}"], per_patient[f"assd_c{k}"] = hd["hd95"][:, j], hd["assd"][:, j]
-        out["hd95"] = float(np.nanmean(hd["hd95"])) if np.isfinite(hd["hd95"]).any() else float("nan")
-        out["assd"] = float(np.nanmean(hd["assd"])) if np.isfinite(hd["assd"]).any() else float("nan")
-    return out
-
-
 def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: PassResult,
               val_eval: Dict[str, Any], val: SliceSet) -> Dict[str, float]:
     """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained."""
@@ -538,52 +325,12 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
     return row
 
 
-def evaluate_volumes(pred: Tensor, data: SliceSet, args: argparse.Namespace) -> pd.DataFrame:
-    """Per test volume: 3D Dice and surface Dice at ``--sdice_tol`` mm of each --metric_axis class, and their means."""
-    spacing = args.spacing or data.spacing            # (row, column, slice)
-    vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
-    rows = []
-    for pid, p, g in patient_volumes(pred.numpy(), data.labels.numpy(), data.patients, data.slice_numbers):
-        row: Dict[str, Any] = {"patient": pid}
-        for k in args.metric_axis:
-            pk, gk = p == k, g == k
-            row[f"dice_c{k}"] = 2 * (pk & gk).sum() / max(pk.sum() + gk.sum(), 1) if (pk.any() or gk.any()) else 1.0
-            row[f"sdice_c{k}"] = surface_dice(gk, pk, vol_spacing, args.sdice_tol)
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table["dice"] = table[[f"dice_c{k}" for k in args.metric_axis]].mean(axis=1)
-    table["sdice"] = table[[f"sdice_c{k}" for k in args.metric_axis]].mean(axis=1)
-    return table
-
-
 def policy_table(net: SpotTUnet, frozen_sum: Tensor, n_slices: int) -> pd.DataFrame:
     """SpotTUnet on the test slices: per unit, the share of slices that chose the fine-tuned copy."""
     return pd.DataFrame({"unit": net.unit_names, "p_finetuned": (1 - frozen_sum / n_slices).numpy()})
 
 
-def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, float_format="%.4f", index=False)
-
-
-def save_predictions(folder: Path, filenames: Sequence[str], pred: Tensor) -> None:
-    """Predicted labels as PNG, gray level = class index (the GT convention)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, p in zip(filenames, pred.numpy()):
-        Image.fromarray(p).save(folder / f"{strip_extension(name)}.png")
-
-
-def save_entropy_maps(folder: Path, filenames: Sequence[str], entropy: Tensor) -> None:
-    """Normalised entropy (0 = certain, 255 = uniform) as 8-bit PNG."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, e in zip(filenames, entropy.float().numpy()):
-        Image.fromarray(np.clip(e * 255 + 0.5, 0, 255).astype(np.uint8)).save(folder / f"{strip_extension(name)}.png")
-
-
 # ---------------------------------------------------------------- the run, in its stages
-
-RESUME = "resume.pt"     # in <run>_tmp: the state after the last complete epoch, removed when the run completes
-
 
 @dataclass
 class Data:
@@ -591,21 +338,6 @@ class Data:
     val: SliceSet
     test: Optional[SliceSet]
     mu_index: Optional[Tensor] = None    # --mu_images: the training slices that mu is measured on
-
-
-@dataclass
-class History:
-    """What the epochs produced so far; with the weights and optimizers, all a resumed run needs."""
-    rows: List[Dict[str, float]] = field(default_factory=list)
-    best: Dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "epoch": -1})
-    best_mu: Dict[str, float] = field(default_factory=lambda: {"mu": -1.0, "epoch": -1})
-    seconds: Dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("load", "train", "val", "mu", "test", "compute", "epochs", "total"), 0.0))   # summed over the run's lives
-    next_epoch: int = 0
-    life_start: float = field(default_factory=time.perf_counter)                # this process's start
-
-    def total_seconds(self) -> float:
-        return self.seconds["total"] + time.perf_counter() - self.life_start
 
 
 def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -653,62 +385,6 @@ def load_data(args: argparse.Namespace, specs: Sequence[LossSpec]) -> Data:
 
 def metrics_csv(args: argparse.Namespace) -> str:
     return f"{parse_folders(args.target_folders, '--target_folders')[0][0]}_target_{args.csv}"
-
-
-def run_identity(args: argparse.Namespace) -> Dict[str, Any]:
-    """The options that define a run: a run directory resumes only under the same ones."""
-    return {k: v for k, v in vars(args).items() if k not in ("workdir", "threads")}
-
-
-def save_resume_state(savedir: Path, args: argparse.Namespace, net: torch.nn.Module,
-                      optimizers: Sequence[torch.optim.Optimizer], generator: torch.Generator, history: History) -> None:
-    """Everything needed to continue after the epoch just finished, every random generator included."""
-    np_state = np.random.get_state()
-    best = {k: ({c: v[c].tolist() for c in v.columns} if isinstance(v, pd.DataFrame) else v)
-            for k, v in history.best.items()}
-    state = {"identity": repr(run_identity(args)), "net": net.state_dict(),
-             "optimizers": [o.state_dict() for o in optimizers], "torch_rng": torch.get_rng_state(),
-             "generator": generator.get_state(), "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                             *np_state[2:]],
-             "python_rng": random.getstate(), "rows": history.rows, "best": best, "best_mu": history.best_mu,
-             "seconds": {**history.seconds, "total": history.total_seconds()}, "next_epoch": history.next_epoch}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with atomic_output(savedir / RESUME) as tmp:
-        torch.save(state, tmp)
-
-
-def resume_state(savedir: Path, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """The saved state of an interrupted run of the same options in ``savedir``, or None."""
-    path = savedir / RESUME
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:                       # a state cut by the kill itself: start over
-        return None
-    return state if state.get("identity") == repr(run_identity(args)) else None
-
-
-def restore(state: Dict[str, Any], net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
-            generator: torch.Generator, life_start: float) -> History:
-    net.load_state_dict(state["net"])
-    for optimizer, saved in zip(optimizers, state["optimizers"]):
-        optimizer.load_state_dict(saved)
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    generator.set_state(state["generator"])
-    kind, keys, *rest = state["numpy_rng"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    best = dict(state["best"])
-    if isinstance(best.get("per_patient"), dict):
-        best["per_patient"] = pd.DataFrame(best["per_patient"])
-    best_mu = dict(state.get("best_mu", {"mu": -1.0, "epoch": -1}))
-    return History(rows=list(state["rows"]), best=best, best_mu=best_mu, seconds=dict(state["seconds"]),
-                   next_epoch=state["next_epoch"], life_start=life_start)
 
 
 def start_run(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
@@ -759,7 +435,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
         tra: Optional[PassResult] = None
         if args.n_epoch > 0:
             tra = run_pass(net, data.train, specs, args, device, optimizers, generator, f"train {epoch}")
-            tra.dice2d = dice_2d(tra.pred[tra.seen], data.train.labels[tra.seen], args)
+            tra.dice2d = dice_2d(tra.pred[tra.seen], data.train.labels[tra.seen], args.n_class, args.metric_axis)
             if not args.flr:
                 for optimizer in optimizers:
                     exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch,
@@ -778,7 +454,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
         seconds["compute"] += tra.compute_s if tra else 0.0
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == n_epochs or collapsed:
             val_pass = run_pass(net, data.val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
-            val_eval = evaluate(val_pass.pred, data.val, args)
+            val_eval = evaluate(val_pass.pred, data.val, args.n_class, args.metric_axis, args.do_hd)
             t2 = time.perf_counter()
             seconds["val"] += t2 - t1
             seconds["compute"] += val_pass.compute_s
@@ -786,7 +462,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
             if data.mu_index is not None:
                 row["mu"], row["mu_empty_share"] = select_by_mu(net, epoch, data, args, device, savedir, history)
             history.rows.append(row)
-            write_csv_atomic(pd.DataFrame(history.rows), savedir / metrics_csv(args))
+            write_csv(pd.DataFrame(history.rows), savedir / metrics_csv(args))
             if val_eval["dice3d"] > best["dice"]:
                 best.update({"dice": val_eval["dice3d"], "epoch": epoch, "pred": val_pass.pred,
                              "entropy": val_pass.entropy, "per_patient": val_eval["per_patient"]})
@@ -831,12 +507,12 @@ def test_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec]
     if weights != "last":
         net.load_state_dict(load_checkpoint(savedir / weights)["state_dict"])
     test_pass = run_pass(net, test, specs, args, device, [], generator, f"test {weights}")
-    per_volume = evaluate_volumes(test_pass.pred, test, args)
-    write_csv_atomic(per_volume, savedir / TESTED_WEIGHTS[weights])
+    per_volume = evaluate_volumes(test_pass.pred, test, args.metric_axis, args.sdice_tol, args.spacing)
+    write_csv(per_volume, savedir / TESTED_WEIGHTS[weights])
     print(f">> test ({len(per_volume)} volumes, {weights}): Dice {per_volume['dice'].mean():.4f}  "
           f"surface Dice@{args.sdice_tol:g}mm {per_volume['sdice'].mean():.4f}")
     if test_pass.frozen_sum is not None:
-        write_csv_atomic(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
+        write_csv(policy_table(net, test_pass.frozen_sum, len(test)), savedir / "policy.csv")
 
 
 def write_outputs(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, val: SliceSet, history: History) -> None:
@@ -845,7 +521,7 @@ def write_outputs(savedir: Path, args: argparse.Namespace, net: torch.nn.Module,
     save_checkpoint(savedir / "last.pkl", net, epoch=last, val_dice_3d=history.rows[-1]["val_dice_3d"])
     (savedir / "last_epoch.txt").write_text(str(last))
     best = history.best
-    write_csv_atomic(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
+    write_csv(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
     if args.saveim:
         save_predictions(savedir / "best_epoch_3d" / "val", val.filenames, best["pred"])
     if args.entmap:
@@ -858,7 +534,7 @@ def write_run_stats(savedir: Path, seconds: Dict[str, float]) -> None:
     stats = pd.DataFrame([*((name, value, "s") for name, value in seconds.items()),
                           ("peak_memory", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")],
                          columns=["name", "value", "unit"])
-    write_csv_atomic(stats, savedir / "run_stats.csv")
+    write_csv(stats, savedir / "run_stats.csv")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,16 +1,20 @@
-"""Segmentation metrics: 2D Dice per slice, 3D Dice per patient, HD95 and ASSD (spacing-aware).
+"""Segmentation metrics: 2D Dice per slice, 3D Dice per patient, surface Dice, HD95 and ASSD (spacing-aware).
 
 Dice follows the SFDA code (methods/sfda.md): (2I + 1e-8) / (|P| + |G| + 1e-8), so an empty
 prediction on an empty slice scores 1. HD95/ASSD follow medpy's definitions: surfaces are the
 voxels removed by one erosion with the face-connected structure, distances come from a Euclidean
 distance transform with the voxel spacing.
 """
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import ndimage
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from dataloader import SliceSet
 
 EPS = 1e-8
 
@@ -159,3 +163,59 @@ def surface_dice(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float], tol
     if total == 0:
         return float("nan")
     return float((s_g[d_gp <= tolerance].sum() + s_p[d_pg <= tolerance].sum()) / total)
+
+
+# ---------------------------------------------------------------- a run's predictions on a split (main.py)
+
+def size_stats(labels: Tensor) -> Tuple[int, int]:
+    """(mean foreground size over slices, mean over slices with foreground), foreground = any class > 0."""
+    fg = (labels > 0).sum(dim=(1, 2)).double()
+    pos = fg[fg > 0]
+    return int(fg.mean().item()), int(pos.mean().item()) if len(pos) else 0
+
+
+def dice_2d(pred: Tensor, labels: Tensor, n_class: int, metric_axis: Sequence[int]) -> float:
+    """Mean over slices of the 2D Dice of the ``--metric_axis`` classes."""
+    return dice_from_sizes(*confusion_sizes(pred, labels, n_class))[:, list(metric_axis)].mean().item()
+
+
+def evaluate(pred: Tensor, data: "SliceSet", n_class: int, metric_axis: Sequence[int], do_hd: bool = False
+             ) -> Dict[str, Any]:
+    """2D Dice (mean over slices), 3D Dice per patient, and HD95/ASSD per patient when asked."""
+    axis = list(metric_axis)
+    inter, psize, gsize = confusion_sizes(pred, data.labels, n_class)
+    dice2d = dice_from_sizes(inter, psize, gsize)[:, axis].mean().item()
+    ids, d3 = dice_3d(inter, psize, gsize, data.patients)
+    per_patient = pd.DataFrame({"patient": ids})
+    for k in axis:
+        per_patient[f"dice_3d_c{k}"] = d3[:, k].numpy()
+    d3_mean = d3[:, axis].mean(dim=1)
+    out = {"dice2d": dice2d, "dice3d": round(d3_mean.mean().item(), 4),
+           "dice3d_sd": round(d3_mean.std().item(), 4) if len(ids) > 1 else 0.0, "per_patient": per_patient}
+    if do_hd:
+        hd = per_patient_hd(pred, data.labels, data.patients, data.slice_numbers, data.spacing, axis)
+        for j, k in enumerate(axis):
+            per_patient[f"hd95_c{k}"], per_patient[f"assd_c{k}"] = hd["hd95"][:, j], hd["assd"][:, j]
+        out["hd95"] = float(np.nanmean(hd["hd95"])) if np.isfinite(hd["hd95"]).any() else float("nan")
+        out["assd"] = float(np.nanmean(hd["assd"])) if np.isfinite(hd["assd"]).any() else float("nan")
+    return out
+
+
+def evaluate_volumes(pred: Tensor, data: "SliceSet", metric_axis: Sequence[int], tolerance: float,
+                     spacing: Optional[Sequence[float]] = None) -> pd.DataFrame:
+    """Per test volume: 3D Dice and surface Dice at ``tolerance`` mm of each metric_axis class, and their means;
+    ``spacing`` (row, column, slice) replaces the files' when given."""
+    spacing = spacing or data.spacing                 # (row, column, slice)
+    vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
+    rows = []
+    for pid, p, g in patient_volumes(pred.numpy(), data.labels.numpy(), data.patients, data.slice_numbers):
+        row: Dict[str, Any] = {"patient": pid}
+        for k in metric_axis:
+            pk, gk = p == k, g == k
+            row[f"dice_c{k}"] = 2 * (pk & gk).sum() / max(pk.sum() + gk.sum(), 1) if (pk.any() or gk.any()) else 1.0
+            row[f"sdice_c{k}"] = surface_dice(gk, pk, vol_spacing, tolerance)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["dice"] = table[[f"dice_c{k}" for k in metric_axis]].mean(axis=1)
+    table["sdice"] = table[[f"sdice_c{k}" for k in metric_axis]].mean(axis=1)
+    return table

@@ -269,6 +269,12 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def check_level(option: str, value: int, valid: range, what: str = "level") -> None:
+    if value not in valid:
+        raise ValueError(f"{option} {value}: the residual U-Net has no such {what}; valid: "
+                         f"{', '.join(map(str, valid))}")
+
+
 class ResUNet(BlockNet):
     """The 2D residual U-Net of seed 000.
 
@@ -359,54 +365,6 @@ class ResUNet(BlockNet):
         for lv in reversed(range(len(skips))):
             x = getattr(self, self.DECODERS[lv])(x + getattr(self, f"shortcut{lv}")(skips[lv]))
         return x[..., :size[0], :size[1]]
-
-
-def check_level(option: str, value: int, valid: range, what: str = "level") -> None:
-    if value not in valid:
-        raise ValueError(f"{option} {value}: the residual U-Net has no such {what}; valid: "
-                         f"{', '.join(map(str, valid))}")
-
-
-# Seed 002's reuse strategies on a pre-trained ResUNet (methods/svcca_ttl.md, our segmentation variant):
-# TruncatedTL keeps levels 0..k with their trained weights; TransFusion keeps levels 0..k and rebuilds the
-# levels above at half width from scratch; LWFT trains the top k stages, the output layer at the full lr.
-
-def reused_levels(pretrained: "ResUNet", net: "ResUNet", k: int) -> "ResUNet":
-    """``net`` with every weight of ``pretrained``'s levels 0..k copied in (their shapes must agree)."""
-    state = pretrained.state_dict()
-    kept = {key: value for key, value in state.items()
-            if key in net.state_dict() and pretrained.level(key.split(".")[0]) <= k}
-    net.load_state_dict({**net.state_dict(), **kept})
-    return net
-
-
-def truncated(pretrained: "ResUNet", k: int) -> "ResUNet":
-    """TruncatedTL: the network cut after encoder level k, every retained weight the pre-trained one's."""
-    if not isinstance(pretrained, ResUNet):
-        raise ValueError(f"TruncatedTL cuts a residual U-Net's levels; got a {type(pretrained).__name__}")
-    check_level("ttl", k, range(ResUNet.LEVELS + 1))
-    if k == pretrained.depth:                     # the whole network: TTL is ft_all (nothing rebuilt, no RNG drawn)
-        return pretrained
-    return reused_levels(pretrained, build_network("ResUNet", **{**pretrained.init_kwargs, "depth": k}), k)
-
-
-def transfusion(pretrained: "ResUNet", k: int) -> "ResUNet":
-    """TransFusion: levels 0..k pre-trained, every level above at half width and freshly initialised."""
-    if not isinstance(pretrained, ResUNet):
-        raise ValueError(f"TransFusion rebuilds a residual U-Net's levels; got a {type(pretrained).__name__}")
-    check_level("transfusion", k, range(ResUNet.LEVELS))
-    net = build_network("ResUNet", **{**pretrained.init_kwargs, "halved_above": k})
-    return reused_levels(pretrained, net, k)
-
-
-def lwft_blocks(net: "ResUNet", k: int) -> Tuple[List[str], List[str]]:
-    """LWFT with the top k stages: (blocks at the full lr: the output layer; blocks at lr / 10: the rest of them)."""
-    if not isinstance(net, ResUNet):
-        raise ValueError(f"LWFT counts a residual U-Net's stages; got a {type(net).__name__}")
-    stages = net.stages_top_down()
-    check_level("lwft", k, range(1, len(stages) + 1), "count of top stages")
-    blocks = [b for stage in stages[:k] for b in stage]
-    return ["out_path.3"], [b for b in blocks if b != "out_path.3"]
 
 
 # SpotTUnet (Zakazov et al. 2021), methods/spottunet.md: every unit of a pre-trained network exists

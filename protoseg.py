@@ -396,7 +396,7 @@ def r_mean_sd(values: pd.Series) -> str:
 
 
 def seeds_main(argv: Sequence[str]) -> int:
-    from report import write_text_atomic
+    from utils import write_text_atomic
     from utils import one_error_line
     parser = argparse.ArgumentParser(description="ProtoSeg's headline figures over training seeds")
     parser.add_argument("--roots", nargs="+", type=Path, required=True, help="one protoseg/ folder per seed")
@@ -482,7 +482,7 @@ def shift_report(table: pd.DataFrame, title: str) -> str:
 def write_table_and_markdown(build: Callable[[], pd.DataFrame], render: Callable[[pd.DataFrame, str], str],
                              out: Path, title: str) -> int:
     """The table ``build`` makes as <out>.csv, ``render``'s markdown of it as <out>; a bad input: one error line."""
-    from report import write_csv_atomic, write_text_atomic
+    from utils import write_csv_atomic, write_text_atomic
     from utils import one_error_line
 
     def write(_: object) -> int:
@@ -578,7 +578,7 @@ def selection_main(argv: Sequence[str]) -> int:
 def flag_main(argv: Sequence[str]) -> int:
     """Label-free mu of finished runs' last weights on their target training slices: does it flag collapses?"""
     from dataloader import load_slices
-    from main import parse_folders
+    from options import parse_folders
     from networks import network_from_checkpoint
     from report import metrics_file, read_table
     parser = argparse.ArgumentParser(description="mu (no label read) of runs' last weights, beside their last Dice")
@@ -649,7 +649,7 @@ def report_main(argv: Sequence[str]) -> int:
 
 def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
     from dataloader import DataError, load_slices
-    from main import parse_folders
+    from options import parse_folders
     from networks import CheckpointError, network_from_checkpoint
     from utils import atomic_output
     parser = argparse.ArgumentParser(description="ProtoSeg analysis of one model on one labelled split: SA per "

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils import atomic_output
+from utils import write_csv_atomic, write_text_atomic
 
 
 def metrics_file(run: Path) -> Path:
@@ -729,16 +729,6 @@ def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) ->
             f"seeds ({', '.join(map(str, roots))}); a collapse is a last-epoch 3D Dice below {100 * COLLAPSE:g}.\n\n"
             + head + "".join(lines) + claims(means, down).replace(
                 "on this run", "on the means over seeds"))
-
-
-def write_text_atomic(text: str, out: Path) -> None:
-    with atomic_output(out) as tmp:
-        tmp.write_text(text)
-
-
-def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
-    with atomic_output(out) as tmp:
-        table.to_csv(tmp, index=False, **kwargs)
 
 
 COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "choose_k", "cc359", "cc359_seeds", "compare", "seeds"]

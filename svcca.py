@@ -294,7 +294,7 @@ def draw_layers(table, matrix, first: Optional[str], title: str, out: Path) -> N
 
 def read_split(args):
     from dataloader import load_slices
-    from main import parse_folders
+    from options import parse_folders
     return load_slices(args.split, parse_folders(args.folders, "--folders"), 2, args.grp_regex, args.debug)
 
 
@@ -319,7 +319,7 @@ def complexity_main(args) -> int:
     import pandas as pd
     from networks import multiply_adds, network_from_checkpoint
     from report import parse_run
-    from report import write_csv_atomic, write_text_atomic
+    from utils import write_csv_atomic, write_text_atomic
     torch.set_num_threads(1)
     data = read_split(args)
     shape = tuple(data.images.shape[1:])
@@ -402,10 +402,9 @@ def anatomy_report(table, title: str) -> str:
 
 
 def anatomy_main(args) -> int:
-    import pandas as pd
     from plot import unet_panels
     from report import read_table
-    from report import write_csv_atomic, write_text_atomic
+    from utils import write_csv_atomic, write_text_atomic
     shift = read_table(args.shift, ["layer", "sa_drop"])
     tables = [read_table(d / "svcca_layers.csv", ["model", "layer", "svcca"]) for d in args.svcca]
     table = anatomy_table(shift, tables)

@@ -602,7 +602,7 @@ def scatter(scores: pd.DataFrame, out: Path) -> None:
 def load_pool(split: Path, folders: str, grp_regex: str, n_class: int):
     """The target's annotated pool (a dataloader.SliceSet), refused when it cannot support the estimators."""
     from dataloader import load_slices
-    from main import parse_folders
+    from options import parse_folders
     pool = load_slices(split, parse_folders(folders, "--folders"), n_class, grp_regex)
     cases = sorted(set(pool.patients))
     if len(cases) < 2:

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # ---------------------------------------------------------------- tensors (B, C, H, W)
@@ -166,6 +169,16 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
+
+
+def write_text_atomic(text: str, out: Path) -> None:
+    with atomic_output(out) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv_atomic(table: "pd.DataFrame", out: Path, **kwargs: object) -> None:
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, index=False, **kwargs)
 
 
 def save_figure(fig: Any, out: Path, dpi: int = 120, tight: bool = True) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import main
+from metrics import surface_dice
 import sizes
 
 # seed 004's SFDA_TrueSize recipe and TT_DATA, verbatim but for the size file path
@@ -161,7 +162,7 @@ def test_test_folder_writes_dice_and_surface_dice_per_volume(nii_data, tmp_path)
     volume, gt = pred[np.argsort(val.slice_numbers)], val.labels.numpy()[np.argsort(val.slice_numbers)]
     dice = 2 * ((volume == 1) & (gt == 1)).sum() / ((volume == 1).sum() + (gt == 1).sum())
     assert table["dice"].iloc[0] == pytest.approx(dice, abs=1e-4)
-    expected = main.surface_dice(gt == 1, volume == 1, (3.0, 0.5, 0.5), 1.0)   # (slice, row, column) spacing
+    expected = surface_dice(gt == 1, volume == 1, (3.0, 0.5, 0.5), 1.0)   # (slice, row, column) spacing
     assert table["sdice"].iloc[0] == pytest.approx(expected, abs=1e-4)
 
 

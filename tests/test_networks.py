@@ -110,7 +110,7 @@ def test_the_whole_resunet_is_unchanged_by_the_level_options():
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 @pytest.mark.parametrize("size", [(40, 40), (37, 29)])
 def test_a_truncated_resunet_keeps_the_retained_weights_exactly_and_outputs_full_size(k, size):
-    from networks import truncated
+    from reuse import truncated
     full = resunet()
     for p in full.parameters():                      # trained-looking weights, not the initial ones
         p.data.normal_()
@@ -131,7 +131,7 @@ def test_a_truncated_resunet_keeps_the_retained_weights_exactly_and_outputs_full
 
 
 def test_a_truncated_resunet_reloads_from_its_checkpoint(tmp_path):
-    from networks import truncated
+    from reuse import truncated
     cut = truncated(resunet(), 1)
     save_checkpoint(tmp_path / "ttl.pkl", cut)
     back = network_from_checkpoint(tmp_path / "ttl.pkl", "ResUNet", 2)
@@ -140,7 +140,7 @@ def test_a_truncated_resunet_reloads_from_its_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_transfusion_halves_the_levels_above_k_and_keeps_the_ones_below(k):
-    from networks import transfusion
+    from reuse import transfusion
     full = resunet()
     for p in full.parameters():
         p.data.normal_()
@@ -161,7 +161,7 @@ def test_transfusion_halves_the_levels_above_k_and_keeps_the_ones_below(k):
 
 
 def test_lwft_counts_stages_from_the_output_and_a_missing_level_is_one_clear_error():
-    from networks import lwft_blocks, transfusion, truncated
+    from reuse import lwft_blocks, transfusion, truncated
     net = resunet()
     head, rest = lwft_blocks(net, 2)
     assert head == ["out_path.3"]

@@ -2,7 +2,7 @@
 import pytest
 
 from dataloader import TRANSFORMS, gt_transform, nii_transform2
-from main import parse_folders, parse_losses
+from options import parse_folders, parse_losses
 from utils import OptionError, parse_literal, str2bool
 
 # the SFDA_TrueSize example of seed 004, verbatim (with the make variable expanded)
