@@ -298,7 +298,7 @@ $(PS_ONLINE): $(CR)/baseline_online/$(ONLINE_SRC) $(SETS)/baseline_$(ONLINE_SRC)
 		--title "online-ProtoSeg baseline $(ONLINE_SRC) on its validation scans"
 $(SELECTION:.md=.csv): | $(SELECTION) ;
 $(SELECTION): $(SF_SELECTED) | $(PYDEP)
-	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "CC359 source-free runs: which epoch ($(NET), seed $(SEED))"
+	$(CC) $(CFLAGS) selection.py --runs $^ --out $@ --title "CC359 source-free runs: which epoch ($(NET), seed $(SEED))"
 define PROTOSEG_PAIR
 $(PS)/$(1)/baseline_on_source: $(BASE)/$(call src,$(1)) $(SETS)/baseline_$(call src,$(1)) | $(PYDEP)
 	$(PROTOSEG) --model $(BASE)/$(call src,$(1))/last.pkl --split $(SETS)/baseline_$(call src,$(1))/val --out $$@ \
@@ -423,7 +423,7 @@ $(eval $(call SEED_CHAINS,$(SIZEFILE) $(ALL_SETS)))
 SEEDS_SELECTION = $(RD)/seeds/cc359_selection.md
 seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION)
 $(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
-	$(CC) $(CFLAGS) protoseg.py selection --runs $(foreach r,$(SEED_ROOTS),$(patsubst $(CR)/%,$(r)/cc359/%,$(SF_SELECTED))) \
+	$(CC) $(CFLAGS) selection.py --runs $(foreach r,$(SEED_ROOTS),$(patsubst $(CR)/%,$(r)/cc359/%,$(SF_SELECTED))) \
 		--out $@ --title "CC359 source-free runs: which epoch ($(NET), seeds $(SEEDS))"
 $(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py cc359_seeds --scores $(addsuffix /cc359/$(SEED_SCORES),$(SEED_ROOTS)) --out $@ \

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from report import FINETUNING, NO_BUDGET, read_per_patient, read_table  # noqa: E402
+from cc359_report import FINETUNING, NO_BUDGET  # noqa: E402
+from report import read_per_patient, read_table  # noqa: E402
 from utils import one_error_line, save_figure  # noqa: E402
 
 

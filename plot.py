@@ -24,7 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from report import collect, experiment_scores, parse_run, read_metrics, read_table  # noqa: E402
+from cc359_report import collect, experiment_scores, parse_run  # noqa: E402
+from report import read_metrics, read_table  # noqa: E402
 from utils import one_error_line, save_figure  # noqa: E402
 
 

@@ -113,7 +113,7 @@ SELECTION = $(PR)/selection.md# the source-free runs' epochs chosen by labels, b
 protoseg: $(PS)/report.md $(PS)/sa_layers.png $(SELECTION)
 $(SELECTION:.md=.csv): | $(SELECTION) ;
 $(SELECTION): $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent | $(PYDEP)
-	$(CC) $(CFLAGS) protoseg.py selection --runs $^ --out $@ --title "Prostate source-free runs: which epoch ($(NET), seed $(SEED))"
+	$(CC) $(CFLAGS) selection.py --runs $^ --out $@ --title "Prostate source-free runs: which epoch ($(NET), seed $(SEED))"
 $(PS)/cesource_on_source: $(SOURCE_CES) | $(PYDEP)
 	$(PROTOSEG) --model $(M_WEIGHTS) --split $(SRC)/val --out $@ --title "source model on source validation"
 $(PS)/cesource: $(SOURCE_CES) $(TGT) | $(PYDEP)
@@ -140,7 +140,7 @@ $(SEEDS_PROTOSEG): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py seeds --roots $(foreach r,$(SEED_ROOTS),$(r)/$(notdir $(PR))/protoseg) --out $@ \
 		--title "ProtoSeg on prostate MRI, $(SHIFT) shift, over seeds ($(NET), seeds $(SEEDS))"
 $(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
-	$(CC) $(CFLAGS) protoseg.py selection --runs $(foreach m,sfda sfda_truesize,$(addsuffix /$(notdir $(PR))/$(m),$(SEED_ROOTS))) \
+	$(CC) $(CFLAGS) selection.py --runs $(foreach m,sfda sfda_truesize,$(addsuffix /$(notdir $(PR))/$(m),$(SEED_ROOTS))) \
 		--out $@ --title "Prostate source-free runs, $(SHIFT) shift: which epoch ($(NET), seeds $(SEEDS))"
 $(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py seeds --roots $(addsuffix /$(notdir $(PR)),$(SEED_ROOTS)) --at_epochs 20 --out $@ \

@@ -12,13 +12,16 @@ Conv maps (N, C, *S) become (C, N * prod(S)): each spatial position of each imag
 (trilinear in 3D) upsampling of the coarser one.
 """
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -318,7 +321,7 @@ def complexity_main(args) -> int:
     """Parameters, multiply-adds and CPU ms per slice of every fine-tuned model, beside its test scores."""
     import pandas as pd
     from networks import multiply_adds, network_from_checkpoint
-    from report import parse_run
+    from cc359_report import parse_run
     from utils import write_csv_atomic, write_text_atomic
     torch.set_num_threads(1)
     data = read_split(args)

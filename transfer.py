@@ -9,20 +9,18 @@ Shapes: features (n_samples, channels) sampled voxel feature vectors, labels (n_
 labels[scale][case] the labels of those rows (sampling caps differ per scale, so labels are per scale).
 Bad input raises ValueError naming the problem, never assert (CFLAGS=-O removes asserts).
 
-From make (cc359.make's transfer stage), per target domain:
+From make (cc359.make's transfer stage; bank.py does the work), per target domain:
     transfer.py sample --pool <pair set>/train --folders ... --grp_regex ... --out voxels.npz
     transfer.py score --model <checkpoint> --name <candidate> --voxels voxels.npz --pool ... --out score/<candidate>.csv
     transfer.py report --scores <target>/score/*.csv ... --ft <target>/ft/<candidate>_s<seed> ... --out report.md
 """
 import argparse
-import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 import scipy.linalg
 import scipy.stats
 from scipy.spatial.distance import cdist
@@ -375,314 +373,8 @@ def pearson(scores: np.ndarray, performance: np.ndarray) -> float:
     return float(scipy.stats.pearsonr(*_paired(scores, performance)).statistic)
 
 
-# ------------------------------------------------------------------------------------------------ a model bank
-# make -f cc359.make transfer: per target, voxels sampled once on its annotated pool (sample), every candidate
-# scored on them in one pass (score), every candidate fine-tuned on the pool (main.py), then the tables (report).
-
-CAPS = (100, 200, 400)       # voxels per label and case at the coarse, middle and fine decoder scale (CC-FV's code)
-VOXEL_COLUMNS = ("slice", "row", "column", "case", "label")
-ESTIMATORS = ("ccfv", "ccfv_code", "logme", "leep", "gbc", "transrate")   # Table 1 rows; Table 2: the ablations
-
-
-def sample_voxels(labels: np.ndarray, patients: Sequence[str], caps: Sequence[int] = CAPS,
-                  seed: int = 0) -> List[np.ndarray]:
-    """Per scale, (n, 5) int rows (slice, row, column, case, label): up to ``cap`` voxels of every label of every
-    case (patient, its slices a volume), drawn uniformly without replacement; cases in sorted order."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    patients = np.asarray(patients)
-    out = []
-    for cap in caps:
-        rows = []
-        for case, patient in enumerate(sorted(set(patients.tolist()))):
-            slices = np.flatnonzero(patients == patient)
-            volume = labels[slices]
-            for value in np.unique(volume):
-                where = np.flatnonzero(volume == value)
-                pick = np.sort(rng.choice(where, size=min(cap, where.size), replace=False))
-                s, r, c = np.unravel_index(pick, volume.shape)
-                rows.append(np.stack([slices[s], r, c, np.full(len(s), case), np.full(len(s), value)], axis=1))
-        out.append(np.concatenate(rows).astype(np.int64))
-    return out
-
-
-def read_at(feature: "torch.Tensor", rows: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """(m, C) values of a (1, C, h, w) map upsampled to ``size`` (bilinear, align_corners=False) at (row, column)
-    ``rows`` (m, 2): grid_sample at the points equals F.interpolate followed by indexing, without the full map."""
-    import torch
-    import torch.nn.functional as F
-    h, w = size
-    y = (rows[:, 0] + 0.5) / h * 2 - 1                   # output pixel centres in grid_sample's [-1, 1] frame
-    x = (rows[:, 1] + 0.5) / w * 2 - 1
-    grid = torch.from_numpy(np.stack([x, y], axis=1)).to(feature)[None, None]     # (1, 1, m, 2)
-    values = F.grid_sample(feature.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
-    return values[0, :, 0].T.cpu().numpy()
-
-
-def model_features(net, images: "torch.Tensor", voxels: Sequence[np.ndarray], batch_size: int = 16
-                   ) -> Tuple[List[np.ndarray], np.ndarray]:
-    """One pass of ``net`` over the slices the voxels touch: per scale, the tapped decoder layer read at that scale's
-    voxels, (n_k, C_k); and the network's softmax at the finest scale's voxels, (n, source classes)."""
-    import torch
-    from networks import tapped
-    layers = net.decoder_scales()
-    if len(layers) not in (1, len(voxels)):
-        raise ValueError(f"{type(net).__name__} taps {len(layers)} decoder scales for {len(voxels)} voxel scales")
-    layers = layers if len(layers) == len(voxels) else layers * len(voxels)       # one-scale nets: the same map
-    needed = np.unique(np.concatenate([v[:, 0] for v in voxels]))
-    features: List[List[Tuple[np.ndarray, np.ndarray]]] = [[] for _ in voxels]
-    probs: List[Tuple[np.ndarray, np.ndarray]] = []
-    size = tuple(images.shape[-2:])
-    net.eval()
-    with tapped(net, sorted(set(layers))) as taps, torch.no_grad():
-        for start in range(0, len(needed), batch_size):
-            batch = needed[start:start + batch_size]
-            out = torch.softmax(net(images[torch.from_numpy(batch)].float()).float(), dim=1)
-            for j, s in enumerate(batch):
-                for k, (layer, v) in enumerate(zip(layers, voxels)):
-                    at = np.flatnonzero(v[:, 0] == s)
-                    if at.size:
-                        features[k].append((at, read_at(taps[layer][j:j + 1], v[at, 1:3], size)))
-                at = np.flatnonzero(voxels[-1][:, 0] == s)
-                if at.size:
-                    probs.append((at, out[j][:, voxels[-1][at, 1], voxels[-1][at, 2]].T.numpy()))
-    return [_in_order(parts, len(v)) for parts, v in zip(features, voxels)], _in_order(probs, len(voxels[-1]))
-
-
-def _in_order(parts: List[Tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
-    """Rows gathered slice by slice, put back in the voxel table's order."""
-    out = np.empty((n, parts[0][1].shape[1]), dtype=np.float64)
-    for at, values in parts:
-        out[at] = values
-    return out
-
-
-def score_model(features: Sequence[np.ndarray], probs: np.ndarray, voxels: Sequence[np.ndarray],
-                layers: Sequence[str], name: str) -> Dict[str, float]:
-    """Every estimator and Table 2 ablation on one model's sampled features, with its seconds; the baselines read the
-    finest scale (the input of the final 1x1 conv), CC-FV every scale. NaN channels stop with the model's name;
-    constant channels are counted in the row."""
-    import time
-    row: Dict[str, float] = {}
-    for layer, f in zip(layers, features):
-        if not np.isfinite(f).all():
-            raise ValueError(f"{name}: layer {layer} gives NaN or inf features on the pool's voxels")
-    row["constant_channels"] = sum(len(check_features(f, f"{name} {layer}", allow_constant=True))
-                                   for layer, f in zip(layers, features))
-    fine, labels = features[-1], voxels[-1][:, 4]
-    per_case = [[f[v[:, 3] == c] for c in np.unique(v[:, 3])] for f, v in zip(features, voxels)]
-    per_case_labels = [[v[v[:, 3] == c, 4] for c in np.unique(v[:, 3])] for v in voxels]
-    jobs = {"logme": lambda: logme(fine, labels), "leep": lambda: leep(probs, labels),
-            "gbc": lambda: gbc(fine, labels), "transrate": lambda: transrate(fine, labels),
-            "ccfv_code": lambda: ccfv(per_case, per_case_labels, variant="code", names=layers)}
-    jobs.update({f"ccfv{'' if k == 'ccfv' else '_' + k}": (lambda kw=kw: ccfv(per_case, per_case_labels, names=layers, **kw))
-                 for k, kw in ABLATIONS.items()})
-    for key, job in jobs.items():
-        t0 = time.perf_counter()
-        row[key] = job()
-        row[f"{key}_s"] = time.perf_counter() - t0
-    return row
-
-
-def candidate_name(checkpoint: Path, root: Optional[Path] = None) -> str:
-    """A bank entry's name: its path below ``root`` (else as given) without .pkl, '/' -> '_' (e.g. baseline_1_last)."""
-    path = checkpoint.relative_to(root) if root is not None and checkpoint.is_relative_to(root) else checkpoint
-    return str(path.with_suffix("")).strip("/").replace("/", "_")
-
-
-def fine_tuned_scores(runs: Sequence[Path]) -> pd.DataFrame:
-    """target, candidate, seed, sdice, dice, seconds of fine-tuning runs named <root>/<target>/ft/<candidate>_s<seed>."""
-    from report import read_table
-    rows = []
-    for run in runs:
-        match = re.fullmatch(r"(.+)_s(\d+)", run.name)
-        if match is None or run.parent.name != "ft":
-            raise ValueError(f"{run}: a fine-tuning run of the bank is named <target>/ft/<candidate>_s<seed>")
-        test = read_table(run / "test_metrics.csv", ["sdice", "dice"])
-        stats = read_table(run / "run_stats.csv", ["name", "value"]).set_index("name")["value"]
-        rows.append({"target": run.parent.parent.name, "candidate": match.group(1), "seed": int(match.group(2)),
-                     "sdice": 100 * test["sdice"].mean(), "dice": 100 * test["dice"].mean(), "ft_s": stats["total"]})
-    return pd.DataFrame(rows)
-
-
-def agreement(scores: np.ndarray, performance: np.ndarray) -> Dict[str, float]:
-    """Weighted tau and Pearson r of a ranking, NaN (undefined) where either side is constant."""
-    if np.ptp(scores) == 0 or np.ptp(performance) == 0:
-        return {"tau": np.nan, "pearson": np.nan}
-    return {"tau": weighted_tau(scores, performance), "pearson": pearson(scores, performance)}
-
-
-def ranking_table(scores: pd.DataFrame, estimators: Sequence[str]) -> pd.DataFrame:
-    """Per estimator and target: weighted tau and Pearson of its scores against the fine-tuned surface Dice (mean
-    over seeds); the ceiling row: the weighted tau between the first two seeds' surface Dice. Undefined (NaN) where
-    either side is constant, e.g. when every fine-tuning failed alike."""
-    rows = []
-    for target, group in scores.groupby("target", sort=True):
-        performance = group["sdice"].to_numpy()
-        for name in estimators:
-            rows.append({"estimator": name, "target": target, **agreement(group[name].to_numpy(), performance)})
-        seeds = [c for c in group.columns if re.fullmatch(r"sdice_s\d+", c)]
-        if len(seeds) >= 2:
-            rows.append({"estimator": "ceiling (seed vs seed)", "target": target,
-                         **agreement(group[seeds[0]].to_numpy(), group[seeds[1]].to_numpy())})
-    return pd.DataFrame(rows)
-
-
-def ranking_markdown(table: pd.DataFrame) -> List[str]:
-    targets = sorted(table["target"].unique())
-    head = " | ".join(f"tau {t}" for t in targets) + " | mean tau | " + " | ".join(f"r {t}" for t in targets)
-    lines = [f"| estimator | {head} | mean r |", "|---|" + "---|" * (2 * len(targets) + 2)]
-    for name, group in table.groupby("estimator", sort=False):
-        g = group.set_index("target")
-        lines.append(f"| {name} | " + " | ".join(f"{g.loc[t, 'tau']:.3f}" for t in targets)
-                     + f" | **{g['tau'].mean():.3f}** | " + " | ".join(f"{g.loc[t, 'pearson']:.3f}" for t in targets)
-                     + f" | {g['pearson'].mean():.3f} |")
-    return lines
-
-
-VARIANT_NOTE = {"ccfv": "CC-FV, paper variant (Eq. 2-5: mean W2 over case pairs, per-case variety, mean over scales)",
-                "ccfv_code": "CC-FV, code variant (running-total consistency, energy of case means, sum over scales)",
-                "logme": "LogME (finest scale)", "leep": "LEEP (the model's own head)",
-                "gbc": "GBC (diagonal, PCA 64, finest scale)", "transrate": "TransRate (TLlib form, finest scale)"}
-
-
-def transfer_report(scores: pd.DataFrame, title: str) -> str:
-    """seed 001's Table 1 (estimators) and Table 2 (CC-FV ablations, paper variant), and what scoring costs."""
-    table1 = ranking_table(scores, ESTIMATORS)
-    ablations = [f"ccfv_{k}" for k in ABLATIONS if k != "ccfv"]
-    table2 = ranking_table(scores, ["ccfv", *ablations])
-    table2 = table2[table2["estimator"] != "ceiling (seed vs seed)"]
-    seeds = sorted(int(c[7:]) for c in scores.columns if re.fullmatch(r"sdice_s\d+", c))
-    means = table1.groupby("estimator", sort=False)["tau"].mean()
-    best = means.drop(["ccfv", "ccfv_code", "ceiling (seed vs seed)"], errors="ignore").dropna()
-    leader = (f"the best baseline's ({best.idxmax()}) {best.max():.3f}" if len(best)
-              else "no baseline's (undefined: a constant score or truth)")
-    score_s = scores[[f"{e}_s" for e in ESTIMATORS]].sum(axis=1) + scores["forward_s"]
-    lines = [f"# {title}\n", f"{len(scores)} candidate models over {scores['target'].nunique()} target domain(s); "
-             f"ground truth: each candidate fine-tuned (ft_all) on the target's annotated pool, mean test surface Dice "
-             f"over fine-tuning seeds {seeds}. Weighted Kendall tau (scipy) and Pearson r of each estimator's score "
-             "against it; the ceiling row ranks one fine-tuning seed by the other.\n",
-             "## Table 1: estimators\n", *ranking_markdown(table1), "",
-             *[f"- {k}: {v}" for k, v in VARIANT_NOTE.items()], "",
-             f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against {leader} and the ceiling "
-             f"{means.get('ceiling (seed vs seed)', np.nan):.3f} (nan: undefined, a constant score or truth).\n",
-             "## Table 2: CC-FV ablations (paper variant)\n", *ranking_markdown(table2), "",
-             f"Scoring one model (one forward pass over the pool's sampled slices and every estimator) takes "
-             f"{score_s.mean():.1f} s on average; fine-tuning one takes {scores['ft_s'].mean():.1f} s: "
-             f"{100 * score_s.mean() / scores['ft_s'].mean():.1f} %.\n"]
-    return "\n".join(lines)
-
-
-def scatter(scores: pd.DataFrame, out: Path) -> None:
-    """Per target (rows) and estimator (columns): score against fine-tuned surface Dice, the top-ranked model ringed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from utils import atomic_output
-    targets = sorted(scores["target"].unique())
-    fig, axes = plt.subplots(len(targets), len(ESTIMATORS), figsize=(3 * len(ESTIMATORS), 2.8 * len(targets)),
-                             squeeze=False)
-    for i, target in enumerate(targets):
-        group = scores[scores["target"] == target]
-        for j, name in enumerate(ESTIMATORS):
-            ax = axes[i, j]
-            ax.scatter(group[name], group["sdice"], s=14)
-            top = group.loc[group[name].idxmax()]
-            ax.scatter([top[name]], [top["sdice"]], s=90, facecolors="none", edgecolors="red")
-            ax.set_title(f"{name}, target {target}: tau {agreement(group[name].to_numpy(), group['sdice'].to_numpy())['tau']:.2f}",
-                         fontsize=8)
-            ax.set_xlabel("score", fontsize=7)
-            ax.set_ylabel("fine-tuned surface Dice" if j == 0 else "", fontsize=7)
-    fig.tight_layout()
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
-def load_pool(split: Path, folders: str, grp_regex: str, n_class: int):
-    """The target's annotated pool (a dataloader.SliceSet), refused when it cannot support the estimators."""
-    from dataloader import load_slices
-    from options import parse_folders
-    pool = load_slices(split, parse_folders(folders, "--folders"), n_class, grp_regex)
-    cases = sorted(set(pool.patients))
-    if len(cases) < 2:
-        raise ValueError(f"{split}: the annotated pool holds {len(cases)} case(s); CC-FV's class consistency compares "
-                         f"cases, so the pool needs at least 2 (NADD >= 2)")
-    present = set(np.unique(pool.labels.numpy()).tolist())
-    absent = [k for k in range(1, n_class) if k not in present]
-    if absent:
-        raise ValueError(f"{split}: class(es) {absent} occur in no case of the pool")
-    return pool
-
-
-def sample_main(args: argparse.Namespace) -> None:
-    from utils import atomic_output
-    pool = load_pool(args.pool, args.folders, args.grp_regex, args.n_class)
-    voxels = sample_voxels(pool.labels.numpy(), pool.patients, args.caps, args.seed)
-    with atomic_output(args.out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{f"scale{k}": v for k, v in enumerate(voxels)}, caps=np.asarray(args.caps))
-    print(f"wrote {args.out}: " + ", ".join(f"scale {k}: {len(v)} voxels" for k, v in enumerate(voxels))
-          + f" over {len(set(pool.patients))} cases")
-
-
-def read_voxels(path: Path) -> List[np.ndarray]:
-    with np.load(path) as f:
-        return [f[f"scale{k}"] for k in range(len(f["caps"]))]
-
-
-def score_main(args: argparse.Namespace) -> None:
-    import time
-    import torch
-    from networks import build_network, load_checkpoint
-    ckpt = load_checkpoint(args.model)
-    net = build_network(ckpt["network"], **ckpt["kwargs"])
-    net.load_state_dict(ckpt["state_dict"])
-    pool = load_pool(args.pool, args.folders, args.grp_regex, args.n_class)
-    voxels = read_voxels(args.voxels)
-    if any(v[:, 0].max() >= len(pool) for v in voxels):
-        raise ValueError(f"{args.voxels}: voxels sampled on another pool (slice index beyond the {len(pool)} slices)")
-    from threadpoolctl import threadpool_limits
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    t0 = time.perf_counter()
-    features, probs = model_features(net, pool.images, voxels)
-    forward_s = time.perf_counter() - t0
-    layers = net.decoder_scales() * (len(voxels) if len(net.decoder_scales()) == 1 else 1)
-    with threadpool_limits(limits=args.threads):        # numpy's BLAS too: two jobs of make -j2 on two cores
-        scores = score_model(features, probs, voxels, layers, args.name)
-    row = {"candidate": args.name, "network": ckpt["network"], "checkpoint": str(args.model), "forward_s": forward_s,
-           **scores}
-    write_rows(pd.DataFrame([row]), args.out)
-    print(pd.DataFrame([row]).T.to_string(header=False))
-
-
-def write_rows(table: pd.DataFrame, out: Path) -> None:
-    from utils import atomic_output
-    with atomic_output(out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-
-
-def report_main(args: argparse.Namespace) -> None:
-    from report import read_table
-    from utils import atomic_output
-    scored = pd.concat([read_table(p, ["candidate"]).assign(target=p.parent.parent.name) for p in args.scores])
-    tuned = fine_tuned_scores(args.ft)
-    per_seed = tuned.pivot_table(index=["target", "candidate"], columns="seed", values=["sdice", "dice"])
-    per_seed.columns = [f"{m}_s{s}" for m, s in per_seed.columns]
-    means = tuned.groupby(["target", "candidate"])[["sdice", "dice", "ft_s"]].mean()
-    table = scored.merge(per_seed.join(means).reset_index(), on=["target", "candidate"], how="left")
-    missing = table[table["sdice"].isna()]
-    if len(missing):
-        raise ValueError(f"no fine-tuning run for {', '.join(missing['target'] + '/' + missing['candidate'])}")
-    write_rows(table, args.out.parent / "scores.csv")
-    scatter(table, args.out.parent / "scatter.png")
-    text = transfer_report(table, args.title)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(text)
-    print(text)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import bank                     # the make stage's side; it imports the estimators from here
     from utils import one_error_line
     from networks import CheckpointError
     from dataloader import DataError
@@ -696,7 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("--n_class", type=int, default=2)
         p.add_argument("--out", type=Path, required=True)
     sample = sub.choices["sample"]
-    sample.add_argument("--caps", type=int, nargs="+", default=list(CAPS), help="voxels per label and case per scale")
+    sample.add_argument("--caps", type=int, nargs="+", default=list(bank.CAPS), help="voxels per label and case per scale")
     sample.add_argument("--seed", type=int, default=0)
     score = sub.choices["score"]
     score.add_argument("--model", type=Path, required=True, help="a state-dict checkpoint (networks.save_checkpoint)")
@@ -709,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep.add_argument("--title", default="Which pre-trained model to reuse")
     rep.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    command = {"sample": sample_main, "score": score_main, "report": report_main}[args.command]
+    command = {"sample": bank.sample_main, "score": bank.score_main, "report": bank.report_main}[args.command]
 
     def run(_: object) -> int:
         try:

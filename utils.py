@@ -8,7 +8,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -215,3 +215,17 @@ def record_provenance(savedir: Path) -> None:
     (savedir / "git_diff.patch").write_text(git("diff", "HEAD"))
     versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     (savedir / "versions.txt").write_text(f"python {sys.version.split()[0]}\n" + "\n".join(versions) + "\n")
+
+
+def write_table_and_markdown(build: Callable[[], "pd.DataFrame"], render: Callable[["pd.DataFrame", str], str],
+                             out: Path, title: str) -> int:
+    """The table ``build`` makes as <out>.csv, ``render``'s markdown of it as <out>; a bad input: one error line."""
+
+    def write(_: object) -> int:
+        table = build()
+        write_csv_atomic(table, out.with_suffix(".csv"), float_format="%.4f")
+        text = render(table, title)
+        write_text_atomic(text, out)
+        print(text)
+        return 0
+    return one_error_line(write, None)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import cc359
-import report
+import cc359_report
 import sizes
 from dataloader import DataError
 
@@ -264,14 +264,14 @@ def test_volume_prior_spreads_the_published_volume_over_tagged_slices(tmp_path):
 
 
 def test_run_names_parse():
-    got = report.parse_run(Path("r/cc359/spottune_val/0_3_n8_tau0.1_lam0.005"))
+    got = cc359_report.parse_run(Path("r/cc359/spottune_val/0_3_n8_tau0.1_lam0.005"))
     assert (got["method"], got["source"], got["target"], got["budget"], got["tau"], got["lam"]) == \
         ("spottune_val", 0, 3, 8.0, 0.1, 0.005)
-    got = report.parse_run(Path("r/cc359/oracle/5/fold2"))
+    got = cc359_report.parse_run(Path("r/cc359/oracle/5/fold2"))
     assert (got["method"], got["target"], got["fold"]) == ("oracle", 5, 2)
-    assert np.isnan(report.parse_run(Path("r/cc359/sfda/2_5"))["budget"])
+    assert np.isnan(cc359_report.parse_run(Path("r/cc359/sfda/2_5"))["budget"])
     with pytest.raises(ValueError, match="not a CC359 run name"):
-        report.parse_run(Path("r/cc359/ft_all/whatever"))
+        cc359_report.parse_run(Path("r/cc359/ft_all/whatever"))
 
 
 def val_rows(grid: dict, patients=("x",)) -> pd.DataFrame:
@@ -288,7 +288,7 @@ def val_rows(grid: dict, patients=("x",)) -> pd.DataFrame:
 def test_choose_takes_the_best_mean_over_validation_pairs():
     scores = val_rows({("0_1", 8, 0.1, 0.0): 0.8, ("0_1", 8, 0.1, 0.01): 0.9,
                        ("0_2", 8, 0.1, 0.0): 0.8, ("0_2", 8, 0.1, 0.01): 0.6})
-    chosen = report.choose(scores, 0.1)
+    chosen = cc359_report.choose(scores, 0.1)
     assert chosen.to_dict("records") == [{"budget": 8, "tau": 0.1, "lambda": 0.0, "val_sdice": 0.8}]   # 0.8 > 0.75
 
 
@@ -298,36 +298,36 @@ def test_tau_is_chosen_once_at_tau_budget_with_lambda_zero_then_lambda_per_budge
                        ("0_1", 45, 1.0, 0.01): 0.99,                                  # lambda > 0 does not choose tau
                        ("0_1", 8, 0.1, 0.0): 0.70, ("0_1", 8, 0.1, 0.01): 0.75,       # the lambda grid at tau 0.1
                        ("0_1", 8, 1.0, 0.0): 0.95})                                   # a better tau at N = 8 is ignored
-    tau = report.choose_tau(scores, 45)
+    tau = cc359_report.choose_tau(scores, 45)
     assert tau.to_dict("records") == [{"budget": 45, "tau": 0.1, "val_sdice": 0.9}]
-    chosen = report.choose(scores, 0.1)
+    chosen = cc359_report.choose(scores, 0.1)
     assert chosen[["budget", "tau", "lambda"]].to_dict("records") == [
         {"budget": 8, "tau": 0.1, "lambda": 0.01}, {"budget": 45, "tau": 0.1, "lambda": 0.0}]
     with pytest.raises(ValueError, match="chosen tau 5 at budget\\(s\\) 8, 45"):
-        report.choose(scores, 5.0)
+        cc359_report.choose(scores, 5.0)
     with pytest.raises(ValueError, match="TAU_BUDGET = 90"):
-        report.choose_tau(scores, 90)
+        cc359_report.choose_tau(scores, 90)
 
 
 def test_lambda_runs_read_tau_from_their_command(tmp_path):
     run = tmp_path / "spottune_val" / "0_3_n8_lam0.01"
     run.mkdir(parents=True)
     (run / "command.txt").write_text("python main.py --spottune --tau 0.5 --k_reg 0.01 --seed 0\n")
-    got = report.parse_run(run)
+    got = cc359_report.parse_run(run)
     assert (got["budget"], got["tau"], got["lam"]) == (8.0, 0.5, 0.01)
-    assert np.isnan(report.parse_run(tmp_path / "spottune_val" / "0_3_n8")["tau"])         # no command: unknown
+    assert np.isnan(cc359_report.parse_run(tmp_path / "spottune_val" / "0_3_n8")["tau"])         # no command: unknown
 
 
 def test_wilcoxon_reports_n_p_and_when_n_is_too_small():
     x, y = np.array([0.9, 0.8, 0.7, 0.95]), np.array([0.8, 0.7, 0.6, 0.9])
-    r = report.wilcoxon_greater(x, y)
+    r = cc359_report.wilcoxon_greater(x, y)
     assert r["n"] == 4 and r["p"] == pytest.approx(0.0625)                         # 4 wins of 4: p = 1/16
-    assert "n too small" in report.reading(r["n"], r["p"])
-    r = report.wilcoxon_greater(np.append(x, [0.5, 0.6]), np.append(y, [0.4, 0.6]))  # a zero difference is dropped
+    assert "n too small" in cc359_report.reading(r["n"], r["p"])
+    r = cc359_report.wilcoxon_greater(np.append(x, [0.5, 0.6]), np.append(y, [0.4, 0.6]))  # a zero difference is dropped
     assert r["n"] == 5 and r["p"] == pytest.approx(1 / 32)
-    assert report.reading(r["n"], r["p"]).startswith("significant")
-    assert report.reading(8, 0.2).startswith("not significant")
-    assert report.wilcoxon_greater(x, x)["n"] == 0
+    assert cc359_report.reading(r["n"], r["p"]).startswith("significant")
+    assert cc359_report.reading(8, 0.2).startswith("not significant")
+    assert cc359_report.wilcoxon_greater(x, x)["n"] == 0
 
 
 def test_statistics_section_tests_chosen_lambda_and_spottune_against_the_better_fine_tuning():
@@ -341,7 +341,7 @@ def test_statistics_section_tests_chosen_lambda_and_spottune_against_the_better_
         for k, patient in enumerate(patients):
             rows.append({"run": method, "method": method, "source": 2, "target": 5, "budget": 8.0, "tau": np.nan,
                          "lam": np.nan, "fold": np.nan, "patient": patient, "dice": 1.0, "sdice": base[k] + shift})
-    text = report.cc359_statistics(pd.DataFrame(rows), params, val, [8])
+    text = cc359_report.cc359_statistics(pd.DataFrame(rows), params, val, [8])
     assert "| 8 | lambda = 0.01 | lambda = 0 (tau 0.1) | 6 | 6 | +5.00 | 21 | 0.0156 | significant (p < 0.05) |" in text
     assert "| 8 | spottune | ft_all (the better of ft_all / ft_first) | 6 | 6 | +2.00 |" in text
     assert "n <= 4 cannot reach p < 0.05" in text
@@ -349,9 +349,9 @@ def test_statistics_section_tests_chosen_lambda_and_spottune_against_the_better_
 
 def test_budget_equivalent_interpolates_in_log_budget():
     curve = pd.Series({8: 80.0, 32: 90.0})
-    assert report.budget_equivalent(85.0, curve) == "≈ 16 slices"          # halfway in log2: 8 * 2
-    assert report.budget_equivalent(70.0, curve) == "below N = 8"
-    assert report.budget_equivalent(95.0, curve) == "above N = 32"
+    assert cc359_report.budget_equivalent(85.0, curve) == "≈ 16 slices"          # halfway in log2: 8 * 2
+    assert cc359_report.budget_equivalent(70.0, curve) == "below N = 8"
+    assert cc359_report.budget_equivalent(95.0, curve) == "above N = 32"
 
 
 def test_relative_score_is_the_share_of_the_gap_to_the_oracle_closed():
@@ -361,7 +361,7 @@ def test_relative_score_is_the_share_of_the_gap_to_the_oracle_closed():
         {"run": "c", "method": "oracle", "source": np.nan, "target": 5, "budget": np.nan, "sdice": 0.7},
         {"run": "d", "method": "oracle", "source": np.nan, "target": 5, "budget": np.nan, "sdice": 0.9},
     ])
-    rel = report.relative_scores(runs)
+    rel = cc359_report.relative_scores(runs)
     assert rel["method"].tolist() == ["ft_all"]
     assert rel["sdice"].iloc[0] == pytest.approx((0.6 - 0.2) / (0.8 - 0.2))     # oracle = mean of its folds
 
@@ -413,7 +413,7 @@ def test_seeds_report_averages_pair_means_over_seeds_and_counts_collapses(tmp_pa
                           ("adabn", "2_5", None): 0.6, ("adabn", "4_1", None): 0.6,
                           ("sfda", "2_5", None): 0.8, ("sfda", "4_1", None): 0.6,
                           ("ft_all", "2_5", 8): 0.8, ("ft_all", "4_1", 8): 0.8}, tmp_path / "s1")]
-    text = report.cc359_seeds_report(seeds, ["s0", "s1"], "t")
+    text = cc359_report.cc359_seeds_report(seeds, ["s0", "s1"], "t")
     # noadapt: seed means 40 and 50 -> 45.0 ± 7.1; ft_all at N = 8: 70 and 80
     assert "| baseline (no adaptation) | 45.0 ± 7.1 |" in text
     assert "| ft_all | 75.0 ± 7.1 |" in text
@@ -425,7 +425,7 @@ def test_seeds_report_averages_pair_means_over_seeds_and_counts_collapses(tmp_pa
 def test_seeds_report_of_the_source_free_chain_alone(tmp_path):
     seeds = [seed_scores({("noadapt", "2_5", None): 0.5, ("adabn", "2_5", None): 0.6, ("sfda", "2_5", None): 0.7},
                          tmp_path / f"s{k}") for k in range(3)]
-    text = report.cc359_seeds_report(seeds, ["s0", "s1", "s2"], "t")
+    text = cc359_report.cc359_seeds_report(seeds, ["s0", "s1", "s2"], "t")
     assert "| method | no target labels |" in text and "| sfda | 70.0 ± 0.0 |" in text
     assert "| SFDA at least AdaBN | +10.0 | yes |" in text
     assert "nan" not in text and "oracle" not in text and "SpotTUnet" not in text

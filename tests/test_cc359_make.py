@@ -124,7 +124,7 @@ def test_every_run_tests_its_volumes(tiny_run):
     assert len(sf) == 1 and sf["lr"].iloc[0] in (5e-5, 5e-4)
     for lr in ("5e-5", "5e-4"):
         assert (cr / "sfda_val" / f"0_3_lr{lr}" / "test_metrics.csv").is_file()
-    from report import command_options
+    from cc359_report import command_options
     assert float(command_options(cr / "sfda" / "2_5")["--l_rate"]) == sf["lr"].iloc[0]
     scores = pd.read_csv(cr / "scores.csv")
     assert set(scores["method"]) == {"oracle", "hm", "noadapt", "adabn", "sfda", "sfda_truesize",

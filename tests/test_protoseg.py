@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import protoseg
+import selection
 from networks import build_network, tapped
 
 
@@ -192,7 +193,7 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     run.mkdir()
     save_checkpoint(run / "last.pkl", net)
     pd.DataFrame({"epoch": [0], "val_dice_3d": [0.01]}).to_csv(run / "IMG_target_metrics.csv", index=False)
-    assert protoseg.main(["flag", "--runs", str(run), "--split", str(tmp_path / "val"), *args[2:4], *args[6:],
+    assert selection.main(["flag", "--runs", str(run), "--split", str(tmp_path / "val"), *args[2:4], *args[6:],
                           "--images", "4", "--out", str(tmp_path / "flag.md")]) == 0
     flag = pd.read_csv(tmp_path / "flag.csv")
     assert flag["collapsed"].tolist() == [True] and flag["mu"].between(0, 1).all()
@@ -243,13 +244,13 @@ def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
             .to_csv(run / "IMG_target_metrics.csv", index=False)
         runs.append(run)
     pd.DataFrame({"sdice": [0.8, 0.6]}).to_csv(runs[0] / "test_metrics_best_mu.csv", index=False)
-    table = pd.DataFrame([protoseg.epoch_choices(run) for run in runs])
+    table = pd.DataFrame([selection.epoch_choices(run) for run in runs])
     assert table[["label_epoch", "last_epoch", "mu_epoch", "mu_fg_epoch"]].values.tolist() == [[1, 2, 2, 0], [0, 2, 0, 0]]
     assert table["mu_dice"].tolist() == pytest.approx([60, 40]) and table["mu_test_sdice"][0] == pytest.approx(70)
-    text = protoseg.selection_report(table, "t")
+    text = selection.selection_report(table, "t")
     assert f"| {tmp_path}/prostate/sfda | 2 | 55.0 | 30.5 | 50.0 | 45.0 |" in text        # label, last, mu, mu_fg
     assert "| -5.0 | +19.5 |" in text and "Collapsed runs (last-epoch 3D Dice below 5): 1 of 2" in text
-    assert protoseg.main(["selection", "--runs", str(tmp_path / "none"), "--out", str(tmp_path / "s.md")]) == 1
+    assert selection.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "s.md")]) == 1
 
 
 def test_the_shift_table_joins_the_sa_drop_with_spottunes_fine_tuned_share(tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
+import bank
 import transfer
 
 
@@ -52,7 +53,7 @@ def toy_ccfv(n_classes):
     return feats, labs
 
 
-def bank(rng, separable, n_cases=4, per_label=30, d=6, n_classes=2):
+def toy_bank(rng, separable, n_cases=4, per_label=30, d=6, n_classes=2):
     """Per-case samples of a 'good' model (class clusters shared by every case) or a 'bad' one (features
     independent of the class, shifted by a per-case offset): features[case], labels[case]."""
     centres = 3.0 * rng.normal(size=(n_classes + 1, d))
@@ -192,7 +193,7 @@ def test_ablations_are_the_terms_of_the_score():
 # ------------------------------------------------------------------------------------------------ rankings
 def test_separable_features_rank_above_random_ones():
     rng = np.random.default_rng(0)
-    good, bad = bank(rng, True), bank(rng, False)
+    good, bad = toy_bank(rng, True), toy_bank(rng, False)
     for name, score in [("logme", transfer.logme), ("gbc", transfer.gbc), ("transrate", transfer.transrate),
                         ("gbc spherical", lambda x, y: transfer.gbc(x, y, "spherical", pca=None))]:
         s_good, s_bad = (score(np.vstack(xs), np.concatenate(ys)) for xs, ys in (good, bad))
@@ -290,13 +291,13 @@ def test_voxels_are_sampled_per_case_and_label_up_to_each_scales_cap():
     labels[0, :2, :2] = 1                                   # case A: slices 0, 1; 4 foreground voxels
     labels[2:, 3:, 3:] = 1                                  # case B: slices 2, 3; 18 foreground voxels
     patients = ["A", "A", "B", "B"]
-    scales = transfer.sample_voxels(labels, patients, caps=(5, 100), seed=0)
+    scales = bank.sample_voxels(labels, patients, caps=(5, 100), seed=0)
     coarse, fine = scales
     counts = pd.DataFrame(coarse[:, 3:], columns=["case", "label"]).value_counts().sort_index().tolist()
     assert counts == [5, 4, 5, 5]                           # A bg, A fg (all 4), B bg, B fg
     assert len(fine) == 4 * 36 and (labels[fine[:, 0], fine[:, 1], fine[:, 2]] == fine[:, 4]).all()
     assert set(fine[fine[:, 3] == 0, 0]) == {0, 1} and set(fine[fine[:, 3] == 1, 0]) == {2, 3}
-    again = transfer.sample_voxels(labels, patients, caps=(5, 100), seed=0)
+    again = bank.sample_voxels(labels, patients, caps=(5, 100), seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(scales, again))
 
 
@@ -307,7 +308,7 @@ def test_reading_a_coarse_map_at_points_equals_upsampling_it_then_indexing():
     rows = np.array([[0, 0], [19, 27], [7, 13], [10, 0], [0, 27]])
     full = F.interpolate(feature, size=(20, 28), mode="bilinear", align_corners=False)[0]
     expected = full[:, rows[:, 0], rows[:, 1]].T.numpy()
-    assert np.allclose(transfer.read_at(feature, rows, (20, 28)), expected, atol=1e-6)
+    assert np.allclose(bank.read_at(feature, rows, (20, 28)), expected, atol=1e-6)
 
 
 def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
@@ -318,8 +319,8 @@ def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
     images = torch.rand(5, 1, 16, 16)
     labels = np.zeros((5, 16, 16), np.int64)
     labels[:, 4:9, 5:11] = 1
-    voxels = transfer.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
-    features, probs = transfer.model_features(net, images, voxels, batch_size=2)
+    voxels = bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
+    features, probs = bank.model_features(net, images, voxels, batch_size=2)
     assert [f.shape for f in features] == [(40, 16), (80, 8), (120, 4)] and probs.shape == (120, 2)
     from networks import tapped
     with tapped(net, ["dec1.convs.1"]) as taps, torch.no_grad():
@@ -335,22 +336,22 @@ def test_every_estimator_is_scored_with_its_seconds_and_nan_features_name_the_mo
                                np.repeat([0, 1], 20), np.tile(np.repeat([0, 1], 10), 2)])]
     features = [rng.normal(size=(40, 6)) + voxels[0][:, 4:5] * 3]
     probs = rng.dirichlet([1, 1], size=40)
-    row = transfer.score_model(features, probs, voxels, ["conv"], "m")
-    for name in [*transfer.ESTIMATORS, "ccfv_wo_ccons", "ccfv_kl"]:
+    row = bank.score_model(features, probs, voxels, ["conv"], "m")
+    for name in [*bank.ESTIMATORS, "ccfv_wo_ccons", "ccfv_kl"]:
         assert np.isfinite(row[name]) and row[f"{name}_s"] >= 0, name
     assert row["constant_channels"] == 0
     features[0][3, 2] = np.nan
     with pytest.raises(ValueError, match="m: layer conv gives NaN"):
-        transfer.score_model(features, probs, voxels, ["conv"], "m")
+        bank.score_model(features, probs, voxels, ["conv"], "m")
 
 
 def test_the_ranking_table_and_its_ceiling():
     scores = pd.DataFrame({"target": ["5"] * 4, "candidate": list("abcd"), "ccfv": [4, 3, 2, 1],
                            "sdice": [90, 80, 70, 60], "sdice_s0": [91, 79, 71, 59], "sdice_s1": [89, 81, 69, 61]})
-    table = transfer.ranking_table(scores, ["ccfv"]).set_index("estimator")
+    table = bank.ranking_table(scores, ["ccfv"]).set_index("estimator")
     assert table.loc["ccfv", "tau"] == pytest.approx(1.0) and table.loc["ccfv", "pearson"] == pytest.approx(1.0)
     assert table.loc["ceiling (seed vs seed)", "tau"] == pytest.approx(1.0)
-    flat = transfer.ranking_table(scores.assign(sdice=70.0), ["ccfv"]).set_index("estimator")   # every run alike
+    flat = bank.ranking_table(scores.assign(sdice=70.0), ["ccfv"]).set_index("estimator")   # every run alike
     assert np.isnan(flat.loc["ccfv", "tau"]) and np.isnan(flat.loc["ccfv", "pearson"])
 
 
