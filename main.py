@@ -26,8 +26,8 @@ import socket
 import sys
 import time
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
