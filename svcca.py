@@ -301,20 +301,23 @@ def read_split(args):
     return load_slices(args.split, parse_folders(args.folders, "--folders"), 2, args.grp_regex, args.debug)
 
 
-def inference_ms(net, shape, repeats: int = 20) -> float:
-    """CPU milliseconds per slice: the fastest of ``repeats`` single-slice forward passes after two warm-ups (the
-    minimum is the least disturbed by other work on the machine)."""
+def inference_ms(nets: list, image: "torch.Tensor", repeats: int = 20) -> list:
+    """CPU milliseconds per slice of each network: the fastest of ``repeats`` single-slice forward passes of
+    ``image`` (1, C, H, W) after two warm-ups. The networks take turns pass by pass, so that whatever drifts during
+    the measurement (caches, clock, other work) falls on all of them alike; the minimum is the least disturbed."""
     import time
-    x = torch.zeros(1, *shape)
-    net.eval()
-    times = []
+    times = [[] for _ in nets]
     with torch.no_grad():
-        for i in range(repeats + 2):
-            t0 = time.perf_counter()
-            net(x)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return 1000 * min(times)
+        for net in nets:
+            net.eval()
+            for _ in range(2):
+                net(image)
+        for _ in range(repeats):
+            for net, kept in zip(nets, times):
+                t0 = time.perf_counter()
+                net(image)
+                kept.append(time.perf_counter() - t0)
+    return [1000 * min(kept) for kept in times]
 
 
 def complexity_main(args) -> int:
@@ -326,16 +329,17 @@ def complexity_main(args) -> int:
     torch.set_num_threads(1)
     data = read_split(args)
     shape = tuple(data.images.shape[1:])
-    rows = []
+    rows, nets = [], []
     for run in args.runs:
         net = network_from_checkpoint(run / "last.pkl", "checkpoint", 2)
         scores = pd.read_csv(run / "test_metrics.csv")
         info = parse_run(run)
         rows.append({"run": str(run), "method": info["method"], "pair": f"{info['source']}_{info['target']}",
                      "budget": info["budget"], "sdice": scores["sdice"].mean(), "dice": scores["dice"].mean(),
-                     "params": sum(p.numel() for p in net.parameters()), "macs": multiply_adds(net, shape),
-                     "ms": inference_ms(net, shape)})
-    table = pd.DataFrame(rows)
+                     "params": sum(p.numel() for p in net.parameters()), "macs": multiply_adds(net, shape)})
+        nets.append(net)
+    image = data.images[len(data) // 2][None].float()         # a real slice: activations as in use
+    table = pd.DataFrame(rows).assign(ms=inference_ms(nets, image))
     write_csv_atomic(table, args.out, float_format="%.6g")
     params = pd.read_csv(args.params) if args.params else None
     text = complexity_report(table, params, shape, args.title)
@@ -350,8 +354,9 @@ def complexity_report(table, params, shape, title: str) -> str:
     per = table.groupby(["method", "budget"], sort=False)[["sdice", "dice", "params", "macs", "ms"]].mean()
     lines = [f"# {title}\n", f"Mean over the test pairs per method and budget; multiply-adds of one {shape[1]} x "
              f"{shape[2]} slice (torch.utils.flop_counter: convolutions and matrix products), CPU milliseconds per "
-             "slice (one thread, the fastest of 20 passes). SpotTUnet runs both copies of every unit and its "
-             "policy.\n", "| method | N | surface Dice | Dice | parameters | MACs (M) | ms / slice | vs ft_all: "
+             "slice (one thread, the fastest of 20 passes of one real test slice, the models taking turns pass by "
+             "pass). SpotTUnet runs both copies of every unit and its policy.\n",
+             "| method | N | surface Dice | Dice | parameters | MACs (M) | ms / slice | vs ft_all: "
              "sDice, parameters, MACs, ms |", "|---|---|---|---|---|---|---|---|"]
     for (method, budget), r in per.iterrows():
         ref = per.loc[("ft_all", budget)] if ("ft_all", budget) in per.index else None
