@@ -70,8 +70,8 @@ $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -r requirements.txt
 	@# pip writes plain .pyc only; python -O (CFLAGS=-O, the tests) reads .opt-1.pyc, and where
-	@# PYTHONDONTWRITEBYTECODE is set (CI, containers) it cannot cache them: every run then compiled torch
-	@# from source again (~4 s of a tiny run's 6). Some packages ship files that are not Python 3.11
+	@# PYTHONDONTWRITEBYTECODE is set (CI, containers) it cannot cache them: every run compiled torch again
+	@# (import main + an optimizer: 17.5 s, 5.9 s precompiled, under load). Some packages ship files that are not 3.11
 	@# (torch's py312 test helpers): compileall names them and they stay uncompiled, harmlessly.
 	$(VENV)/bin/python -O -m compileall -q -j 0 $(VENV)/lib > $(VENV)/compileall.log 2>&1 || true
 	touch $@
