@@ -16,9 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 from transfer import ABLATIONS, ccfv, check_features, gbc, leep, logme, pearson, transrate, weighted_tau
-
-# make -f cc359.make transfer: per target, voxels sampled once on its annotated pool (sample), every candidate
-# scored on them in one pass (score), every candidate fine-tuned on the pool (main.py), then the tables (report).
+from utils import write_csv_atomic, write_text_atomic
 
 CAPS = (100, 200, 400)       # voxels per label and case at the coarse, middle and fine decoder scale (CC-FV's code)
 VOXEL_COLUMNS = ("slice", "row", "column", "case", "label")
@@ -293,19 +291,12 @@ def score_main(args: argparse.Namespace) -> None:
         scores = score_model(features, probs, voxels, layers, args.name)
     row = {"candidate": args.name, "network": ckpt["network"], "checkpoint": str(args.model), "forward_s": forward_s,
            **scores}
-    write_rows(pd.DataFrame([row]), args.out)
+    write_csv_atomic(pd.DataFrame([row]), args.out, float_format="%.6g")
     print(pd.DataFrame([row]).T.to_string(header=False))
-
-
-def write_rows(table: pd.DataFrame, out: Path) -> None:
-    from utils import atomic_output
-    with atomic_output(out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def report_main(args: argparse.Namespace) -> None:
     from report import read_table
-    from utils import atomic_output
     scored = pd.concat([read_table(p, ["candidate"]).assign(target=p.parent.parent.name) for p in args.scores])
     tuned = fine_tuned_scores(args.ft)
     per_seed = tuned.pivot_table(index=["target", "candidate"], columns="seed", values=["sdice", "dice"])
@@ -315,9 +306,8 @@ def report_main(args: argparse.Namespace) -> None:
     missing = table[table["sdice"].isna()]
     if len(missing):
         raise ValueError(f"no fine-tuning run for {', '.join(missing['target'] + '/' + missing['candidate'])}")
-    write_rows(table, args.out.parent / "scores.csv")
+    write_csv_atomic(table, args.out.parent / "scores.csv", float_format="%.6g")
     scatter(table, args.out.parent / "scatter.png")
     text = transfer_report(table, args.title)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(text)
+    write_text_atomic(text, args.out)
     print(text)
