@@ -322,14 +322,16 @@ $(foreach p,$(TEST_PAIRS),$(eval $(call PROTOSEG_PAIR,$(p))))
 # per target domain t of TE_TARGETS: a bank of candidate checkpoints, scored by transfer.py on voxels sampled once
 # on t's annotated pool (the same voxels for every model), and each fine-tuned (ft_all, the chain's schedule) on
 # that pool with every seed of TE_SEEDS, tested on t's test scans: transfer/<t>/{voxels.npz,score/,ft/}, then seed
-# 001's tables in transfer/report.md. The pool and test scans are those of the first test pair that targets t.
+# 001's tables in transfer/report.md. The pool and test scans are those of the first test pair that targets t, else
+# of the pair from the first other domain (a pair's pool and test scans depend on its target alone): any t of 0..5.
 TE = $(CR)/transfer
 TE_TARGETS ?= $(TARGETS)
 TE_SEEDS ?= 0 1# fine-tuning seeds; the first two give the ceiling (their rankings' weighted tau)
 TE_EARLY ?= $(if $(filter 1,$(call epochs,$(E_BASE))),0,1)# every baseline after this (0-based) epoch is a candidate too
 TE_NARROW ?= 8# width of the narrower baseline (ResUNet's default: 16)
 TE_DOMAINS ?= 0 1 2 3 4 5# the domains whose baselines (but the target's own) enter the default bank
-te_pair = $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p))))
+te_pair = $(or $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p)))),\
+	$(firstword $(filter-out $(1),0 1 2 3 4 5))_$(1))
 te_others = $(filter-out $(1),$(TE_DOMAINS))
 # the default bank of target $(1): every other domain's baseline, also at epoch TE_EARLY; a narrower baseline; a
 # random initialisation (the paper's "no pre-train", fine-tuned like the others); prostate.make's source model
@@ -373,7 +375,7 @@ define TRANSFER_TARGET
 $(TE)/$(1)/voxels.npz: $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
 	$(TRANSFER) sample --pool $$</train $(TE_DATA) --out $$@
 endef
-$(foreach t,$(TE_TARGETS),$(if $(call te_pair,$(t)),,$(error TE_TARGETS: no test pair targets domain $(t) (TEST_PAIRS=$(TEST_PAIRS)))))
+$(if $(filter-out 0 1 2 3 4 5,$(TE_TARGETS)),$(error TE_TARGETS=$(TE_TARGETS): target domains are 0..5))
 $(foreach t,$(TE_TARGETS),$(eval $(call TRANSFER_TARGET,$(t))))
 $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(eval $(call TRANSFER_CANDIDATE,$(t),$(c)))))
 $(TE)/report.md: $(TE_SCORES) $(TE_FT) | $(PYDEP)

@@ -47,7 +47,16 @@ def test_the_default_bank_holds_every_other_domain_early_and_late_a_narrow_a_ran
         assert sorted(scored) == sorted(expected), target
         assert len(re.findall(rf"--workdir {cr}/transfer/{target}/ft/\S+_s[01]_tmp", text)) == 2 * len(expected)
     assert "--net_width 8" in text and "--save_epochs 1" in text and "make -f prostate.make" in text
-    assert make(tmp_path, "-n", "transfer", "TE_TARGETS=3").returncode != 0       # no test pair targets domain 3
+    assert make(tmp_path, "-n", "transfer", "TE_TARGETS=6").returncode != 0       # CC359 has domains 0..5
+
+
+def test_a_target_no_test_pair_reaches_takes_its_pool_from_the_first_other_domains_pair(tmp_path):
+    text = make(tmp_path, "-n", "transfer", "TE_TARGETS=0 3").stdout
+    sets = f"{tmp_path}/data/cc359_sets"
+    assert f"transfer.py sample --pool {sets}/pair_1_0_all/train" in text
+    assert f"transfer.py sample --pool {sets}/pair_0_3_all/train" in text      # 0_3 is the validation pair
+    assert f"--target_dataset {sets}/pair_1_0_all " in text
+    assert f"--workdir {tmp_path}/results/cc359/baseline_narrow/1_tmp" in text   # target 0's narrow baseline
 
 
 def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
