@@ -8,7 +8,9 @@ NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
 .PHONY: all pack report plot runs sourcefree protoseg transfer layers
-.SECONDARY:# slice sets made on the way are kept (make would delete them as intermediate files)
+# slice sets and runs made on the way are kept (make would delete them as intermediate files); unlike .SECONDARY with
+# no prerequisites, this leaves every file the makefile names a plain target, remade when missing (a TE_TARGETS added)
+.PRECIOUS: %
 
 # ---------------------------------------------------------------- data and protocol
 # PRESET=paper: the paper's protocol on the real release (CCDATA=/data/CC359) in one switch; any of
