@@ -23,18 +23,46 @@ VOXEL_COLUMNS = ("slice", "row", "column", "case", "label")
 ESTIMATORS = ("ccfv", "ccfv_code", "logme", "leep", "gbc", "transrate")   # Table 1 rows; Table 2: the ablations
 
 
+def evenly_spaced(indices: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of ``indices`` spread evenly from the first to the last (all of them when there are no more than n)."""
+    if len(indices) <= n:
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, n).round().astype(int))]
+
+
+def sampled_slices(volume: np.ndarray, n: Optional[int]) -> np.ndarray:
+    """Which slices of one case's (slices, h, w) label volume the voxels are drawn from: ``n`` evenly spaced over the
+    slices holding foreground, plus n over the slices of any label those miss; every slice when ``n`` is None."""
+    if n is None:
+        return np.arange(len(volume))
+    values = np.unique(volume)
+    holds = np.stack([(volume == v).any(axis=(1, 2)) for v in values], axis=1)      # (slices, labels)
+    foreground = holds[:, values > 0].any(axis=1)
+    chosen = evenly_spaced(np.flatnonzero(foreground) if foreground.any() else np.arange(len(volume)), n)
+    for j in range(len(values)):
+        if not holds[chosen, j].any():
+            chosen = np.union1d(chosen, evenly_spaced(np.flatnonzero(holds[:, j]), n))
+    return chosen
+
+
 def sample_voxels(labels: np.ndarray, patients: Sequence[str], caps: Sequence[int] = CAPS,
-                  seed: int = 0) -> List[np.ndarray]:
+                  seed: int = 0, slices_per_case: Optional[int] = None) -> List[np.ndarray]:
     """Per scale, (n, 5) int rows (slice, row, column, case, label): up to ``cap`` voxels of every label of every
-    case (patient, its slices a volume), drawn uniformly without replacement; cases in sorted order."""
+    case (patient, its slices a volume), drawn uniformly without replacement; cases in sorted order. With
+    ``slices_per_case``, every scale draws from the same few slices of each case (sampled_slices): a candidate's
+    forward pass, most of its scoring time, then covers those slices only."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     patients = np.asarray(patients)
+    cases = sorted(set(patients.tolist()))
+    case_slices = []
+    for patient in cases:
+        slices = np.flatnonzero(patients == patient)
+        case_slices.append(slices[sampled_slices(labels[slices], slices_per_case)])
     out = []
     for cap in caps:
         rows = []
-        for case, patient in enumerate(sorted(set(patients.tolist()))):
-            slices = np.flatnonzero(patients == patient)
+        for case, slices in enumerate(case_slices):
             volume = labels[slices]
             for value in np.unique(volume):
                 where = np.flatnonzero(volume == value)
@@ -256,13 +284,16 @@ def load_pool(split: Path, folders: str, grp_regex: str, n_class: int):
 
 def sample_main(args: argparse.Namespace) -> None:
     from utils import atomic_output
+    if args.slices_per_case is not None and args.slices_per_case < 1:
+        raise ValueError(f"--slices_per_case {args.slices_per_case}: at least 1 slice per case")
     pool = load_pool(args.pool, args.folders, args.grp_regex, args.n_class)
-    voxels = sample_voxels(pool.labels.numpy(), pool.patients, args.caps, args.seed)
+    voxels = sample_voxels(pool.labels.numpy(), pool.patients, args.caps, args.seed, args.slices_per_case)
     with atomic_output(args.out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{f"scale{k}": v for k, v in enumerate(voxels)}, caps=np.asarray(args.caps))
+    touched = len(np.unique(np.concatenate([v[:, 0] for v in voxels])))
     print(f"wrote {args.out}: " + ", ".join(f"scale {k}: {len(v)} voxels" for k, v in enumerate(voxels))
-          + f" over {len(set(pool.patients))} cases")
+          + f" on {touched} of the {len(pool)} slices of {len(set(pool.patients))} cases")
 
 
 def read_voxels(path: Path) -> List[np.ndarray]:

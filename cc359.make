@@ -332,6 +332,7 @@ TE_SEEDS ?= 0 1# fine-tuning seeds; the first two give the ceiling (their rankin
 TE_EARLY ?= $(if $(filter 1,$(call epochs,$(E_BASE))),0,1)# every baseline after this (0-based) epoch is a candidate too
 TE_NARROW ?= 8# width of the narrower baseline (ResUNet's default: 16)
 TE_DOMAINS ?= 0 1 2 3 4 5# the domains whose baselines (but the target's own) enter the default bank
+TE_SLICES ?=# voxels drawn from this many slices per pool case (empty: all); the forward pass scales with it
 te_pair = $(or $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p)))),\
 	$(firstword $(filter-out $(1),0 1 2 3 4 5))_$(1))
 te_others = $(filter-out $(1),$(TE_DOMAINS))
@@ -375,7 +376,7 @@ $(TE)/$(1)/ft/$(call te_name,$(2))_s%: $(2) $(SETS)/pair_$(call te_pair,$(1))_al
 endef
 define TRANSFER_TARGET
 $(TE)/$(1)/voxels.npz: $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
-	$(TRANSFER) sample --pool $$</train $(TE_DATA) --out $$@
+	$(TRANSFER) sample --pool $$</train $(TE_DATA) $(if $(TE_SLICES),--slices_per_case $(TE_SLICES)) --out $$@
 endef
 $(if $(filter-out 0 1 2 3 4 5,$(TE_TARGETS)),$(error TE_TARGETS=$(TE_TARGETS): target domains are 0..5))
 $(foreach t,$(TE_TARGETS),$(eval $(call TRANSFER_TARGET,$(t))))

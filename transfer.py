@@ -390,6 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample = sub.choices["sample"]
     sample.add_argument("--caps", type=int, nargs="+", default=list(bank.CAPS), help="voxels per label and case per scale")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--slices_per_case", type=int, help="draw from this many slices of each case (default: all)")
     score = sub.choices["score"]
     score.add_argument("--model", type=Path, required=True, help="a state-dict checkpoint (networks.save_checkpoint)")
     score.add_argument("--name", required=True, help="the candidate's name in the tables")

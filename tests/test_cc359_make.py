@@ -191,6 +191,15 @@ def test_second_make_has_nothing_to_do(tiny_run):
     assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]
 
 
+def test_a_wider_bank_is_scored_and_reported_though_the_report_is_newer(tiny_run):
+    """The bank's new files are plain targets, remade when missing (a bare .SECONDARY: made them intermediate, and
+    make called the newer report up to date)."""
+    out = make(tiny_run, *TINY_CC359, "TE_DOMAINS=0 2 4", "-n", "transfer")
+    cr = tiny_run / "results" / "cc359"
+    assert f"transfer.py score --model {cr}/baseline/4/last.pkl" in out.stdout, out.stdout[-2000:]
+    assert f"--workdir {cr}/transfer/5/ft/baseline_4_epoch0_s1_tmp" in out.stdout and "transfer.py report" in out.stdout
+
+
 def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
     """Target 5 (the test pair 2_5's): the default bank on TE_DOMAINS 0 and 2 (7 models), one scored row and two
     fine-tunings each, the tables."""

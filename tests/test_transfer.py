@@ -301,6 +301,21 @@ def test_voxels_are_sampled_per_case_and_label_up_to_each_scales_cap():
     assert all(np.array_equal(a, b) for a, b in zip(scales, again))
 
 
+def test_a_few_slices_per_case_are_spread_over_the_foreground_and_cover_every_label():
+    volume = np.zeros((10, 4, 4), np.int64)
+    volume[2:8, 1:3, 1:3] = 1                               # foreground on slices 2..7
+    assert bank.sampled_slices(volume, 3).tolist() == [2, 4, 7]         # linspace(0, 5, 3) = 0, 2.5, 5 -> 0, 2, 5
+    assert bank.sampled_slices(volume, None).tolist() == list(range(10))
+    assert bank.sampled_slices(volume, 20).tolist() == list(range(2, 8))
+    volume[3, 0, 0] = 2                                     # a label on one slice the foreground's picks miss
+    assert bank.sampled_slices(volume, 3).tolist() == [2, 3, 4, 7]
+    labels = np.concatenate([volume, volume])
+    scales = bank.sample_voxels(labels, ["a"] * 10 + ["b"] * 10, caps=(5, 50), slices_per_case=2)
+    for rows in scales:                                     # every scale draws from the same slices: 2, 7 (+ 3 for 2)
+        assert set(rows[:, 0].tolist()) == {2, 3, 7, 12, 13, 17}
+        assert set(map(tuple, rows[:, 3:].tolist())) == {(c, k) for c in (0, 1) for k in (0, 1, 2)}
+
+
 def test_reading_a_coarse_map_at_points_equals_upsampling_it_then_indexing():
     import torch
     import torch.nn.functional as F
@@ -367,6 +382,8 @@ def test_a_pool_of_one_case_or_a_missing_class_is_refused(tmp_path, capsys):
             "--out", str(tmp_path / "v.npz")]
     assert transfer.main(args) == 1
     assert "class(es) [1] occur in no case of the pool" in capsys.readouterr().err
+    assert transfer.main([*args, "--slices_per_case", "0"]) == 1
+    assert "--slices_per_case 0: at least 1 slice per case" in capsys.readouterr().err
     for name in ("IMG", "GT"):
         (tmp_path / "pool" / name / "Case01_0.png").unlink()
     assert transfer.main(args) == 1
