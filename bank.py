@@ -213,6 +213,12 @@ VARIANT_NOTE = {"ccfv": "CC-FV, paper variant (Eq. 2-5: mean W2 over case pairs,
                 "gbc": "GBC (diagonal, PCA 64, finest scale)", "transrate": "TransRate (TLlib form, finest scale)"}
 
 
+ABLATION_NOTE = {"wo_ccons": "without class consistency: feature variety alone", "wo_fv": "without feature variety: "
+                 "class consistency alone", "single_scale": "the finest decoder scale only", "kl": "symmetrised KL "
+                 "instead of W2", "bhattacharyya": "Bhattacharyya instead of W2", "unit": "features L2-normalised per "
+                 "voxel first (the paper's \"unit sphere\"; neither its equations nor its code normalise)"}
+
+
 def transfer_report(scores: pd.DataFrame, title: str) -> str:
     """seed 001's Table 1 (estimators) and Table 2 (CC-FV ablations, paper variant), and what scoring costs."""
     table1 = ranking_table(scores, ESTIMATORS)
@@ -234,6 +240,7 @@ def transfer_report(scores: pd.DataFrame, title: str) -> str:
              f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against {leader} and the ceiling "
              f"{means.get('ceiling (seed vs seed)', np.nan):.3f} (nan: undefined, a constant score or truth).\n",
              "## Table 2: CC-FV ablations (paper variant)\n", *ranking_markdown(table2), "",
+             *[f"- ccfv_{k}: {ABLATION_NOTE[k]}" for k in ABLATIONS if k != "ccfv"], "",
              f"Scoring one model (one forward pass over the pool's sampled slices and every estimator) takes "
              f"{score_s.mean():.1f} s on average; fine-tuning one takes {scores['ft_s'].mean():.1f} s: "
              f"{100 * score_s.mean() / scores['ft_s'].mean():.1f} %.\n"]

@@ -29,7 +29,7 @@ from scipy.spatial.distance import cdist
 # the finest one, the input of the final 1x1 conv, which is also the layer the baselines read).
 ABLATIONS = {"ccfv": {}, "wo_ccons": {"consistency": False}, "wo_fv": {"variety": False},
              "single_scale": {"scales": (-1,)}, "kl": {"distance": "kl"},
-             "bhattacharyya": {"distance": "bhattacharyya"}}
+             "bhattacharyya": {"distance": "bhattacharyya"}, "unit": {"unit": True}}
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -299,13 +299,15 @@ def feature_variety(cases: Sequence[np.ndarray], variant: str = "paper", s: floa
 def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.ndarray]], variant: str = "paper",
          classes: Optional[Sequence[int]] = None, distance: str = "w2", consistency: bool = True,
          variety: bool = True, scales: Optional[Sequence[int]] = None, s: float = 1.0, variety_eps: float = 1e-3,
-         ridge: float = 1e-4, names: Optional[Sequence[str]] = None) -> float:
+         ridge: float = 1e-4, names: Optional[Sequence[str]] = None, unit: bool = False) -> float:
     """CC-FV score (seed 001 Eq. 5), higher = better: per scale log(F_v / C_cons), then mean (paper) or sum (code).
 
     features[scale][case]: (n, C_scale) sampled features (all labels, background included); labels alike. A single
     scale may be passed as a plain list of per-case arrays. classes: foreground labels (default: every label > 0
     found). consistency / variety = False drop that term (Table 2 "w/o"); scales: indices of the scales to use;
     distance: "w2" (the method), "kl" (symmetrised) or "bhattacharyya" (full covariances + ridge) for Table 2.
+    unit: L2-normalise every sampled feature vector first, a reading of the paper's "unit sphere" that neither its
+    equations nor its code apply; the score is then blind to the features' scale.
     """
     if variant not in ("paper", "code"):
         raise ValueError(f"ccfv: variant must be 'paper' or 'code'; got {variant!r}")
@@ -328,6 +330,8 @@ def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.
             raise ValueError(f"ccfv {name}: needs >= 2 cases with one label array each; got {len(xs)} feature "
                              f"arrays and {len(ys)} label arrays")
         xs = [_features(x, f"ccfv {name} case {i}", min_rows=2) for i, x in enumerate(xs)]
+        if unit:
+            xs = [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in xs]
         ys = [check_labels(y, len(x), f"ccfv {name} case {i}") for i, (x, y) in enumerate(zip(xs, ys))]
         if len({x.shape[1] for x in xs}) != 1:
             raise ValueError(f"ccfv {name}: the cases have different channel counts {sorted({x.shape[1] for x in xs})}")

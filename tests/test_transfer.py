@@ -190,6 +190,17 @@ def test_ablations_are_the_terms_of_the_score():
         assert np.isfinite(transfer.ccfv(feats, labs, **transfer.ABLATIONS[name]))
 
 
+def test_the_unit_ablation_scores_the_features_on_the_unit_sphere():
+    feats, labs = toy_ccfv(2)
+    rng = np.random.default_rng(1)
+    on_sphere = [[x / np.linalg.norm(x, axis=1, keepdims=True) for x in scale] for scale in feats]
+    unit = transfer.ccfv(feats, labs, **transfer.ABLATIONS["unit"])
+    assert unit == pytest.approx(transfer.ccfv(on_sphere, labs))
+    rescaled = [[x * rng.uniform(0.1, 10, size=(len(x), 1)) for x in scale] for scale in feats]   # per voxel
+    assert transfer.ccfv(rescaled, labs, unit=True) == pytest.approx(unit)
+    assert transfer.ccfv([[3 * x for x in scale] for scale in feats], labs) != pytest.approx(transfer.ccfv(feats, labs))
+
+
 # ------------------------------------------------------------------------------------------------ rankings
 def test_separable_features_rank_above_random_ones():
     rng = np.random.default_rng(0)
