@@ -344,8 +344,8 @@ def report_main(args: argparse.Namespace) -> None:
     missing = table[table["sdice"].isna()]
     if len(missing):
         raise ValueError(f"no fine-tuning run for {', '.join(missing['target'] + '/' + missing['candidate'])}")
-    write_csv_atomic(table, args.out.parent / "scores.csv", float_format="%.6g")
-    scatter(table, args.out.parent / "scatter.png")
+    write_csv_atomic(table, args.table or args.out.parent / "scores.csv", float_format="%.6g")
+    scatter(table, args.plot or args.out.parent / "scatter.png")
     text = transfer_report(table, args.title)
     write_text_atomic(text, args.out)
     print(text)

@@ -333,6 +333,12 @@ TE_EARLY ?= $(if $(filter 1,$(call epochs,$(E_BASE))),0,1)# every baseline after
 TE_NARROW ?= 8# width of the narrower baseline (ResUNet's default: 16)
 TE_DOMAINS ?= 0 1 2 3 4 5# the domains whose baselines (but the target's own) enter the default bank
 TE_SLICES ?=# voxels drawn from this many slices per pool case (empty: all); the forward pass scales with it
+TE_VOXEL_SEED ?= 0# the voxel draw's seed
+# another voxel draw scores the bank again beside the default one, against the same fine-tunings: voxels<TE_VOX>.npz,
+# score<TE_VOX>/, report<TE_VOX>.md, scores<TE_VOX>.csv, scatter<TE_VOX>.png
+TE_VOX = $(if $(filter-out 0,$(TE_VOXEL_SEED)),_seed$(TE_VOXEL_SEED))$(if $(TE_SLICES),_slices$(TE_SLICES))
+TE_TITLE = Which pre-trained model to reuse: CC359 ($(NET) bank, seed $(SEED), targets $(TE_TARGETS)$(if $(TE_VOX),; \
+	voxels drawn with seed $(TE_VOXEL_SEED)$(if $(TE_SLICES), from $(TE_SLICES) slices per case)))
 te_pair = $(or $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p)))),\
 	$(firstword $(filter-out $(1),0 1 2 3 4 5))_$(1))
 te_others = $(filter-out $(1),$(TE_DOMAINS))
@@ -346,9 +352,9 @@ te_bank = $(or $(TE_BANK),$(call te_default_bank,$(1)))
 te_name = $(subst /,_,$(patsubst $(RD)/%,%,$(patsubst $(CR)/%,%,$(basename $(1)))))# baseline_1_last, prostate_cesource_best_3d
 TRANSFER = $(CC) $(CFLAGS) transfer.py
 TE_DATA = --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" --n_class 2
-TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t)/score/$(call te_name,$(c)).csv))
+TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t)/score$(TE_VOX)/$(call te_name,$(c)).csv))
 TE_FT = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(foreach k,$(TE_SEEDS),$(TE)/$(t)/ft/$(call te_name,$(c))_s$(k))))
-transfer: $(TE)/report.md
+transfer: $(TE)/report$(TE_VOX).md
 
 # the candidates the chain trains: checkpoints of run directories, made by the run (an empty recipe; order-only, as a
 # run directory's time changes after its checkpoints are written); a .csv beside a .md: written with it
@@ -366,8 +372,8 @@ $(RD)/prostate/cesource/best_3d.pkl: | $(PYDEP)
 
 # $(1) target, $(2) checkpoint
 define TRANSFER_CANDIDATE
-$(TE)/$(1)/score/$(call te_name,$(2)).csv: $(2) $(TE)/$(1)/voxels.npz | $(PYDEP)
-	$(LAUNCH) $(TRANSFER) score --model $(2) --name $(call te_name,$(2)) --voxels $(TE)/$(1)/voxels.npz \
+$(TE)/$(1)/score$(TE_VOX)/$(call te_name,$(2)).csv: $(2) $(TE)/$(1)/voxels$(TE_VOX).npz | $(PYDEP)
+	$(LAUNCH) $(TRANSFER) score --model $(2) --name $(call te_name,$(2)) --voxels $(TE)/$(1)/voxels$(TE_VOX).npz \
 		--pool $(SETS)/pair_$(call te_pair,$(1))_all/train $(TE_DATA) $(if $(THREADS),--threads $(THREADS)) --out $$@
 $(TE)/$(1)/ft/$(call te_name,$(2))_s%: OPT = $(TRAIN_FT) --test_folder test --model_weights $(2) --network checkpoint \
 	--new_head --seed $$*
@@ -375,15 +381,16 @@ $(TE)/$(1)/ft/$(call te_name,$(2))_s%: $(2) $(SETS)/pair_$(call te_pair,$(1))_al
 	$$(call RUN,$$@,$(SETS)/pair_$(call te_pair,$(1))_all)
 endef
 define TRANSFER_TARGET
-$(TE)/$(1)/voxels.npz: $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
-	$(TRANSFER) sample --pool $$</train $(TE_DATA) $(if $(TE_SLICES),--slices_per_case $(TE_SLICES)) --out $$@
+$(TE)/$(1)/voxels$(TE_VOX).npz: $(SETS)/pair_$(call te_pair,$(1))_all | $(PYDEP)
+	$(TRANSFER) sample --pool $$</train $(TE_DATA) --seed $(TE_VOXEL_SEED) $(if $(TE_SLICES),--slices_per_case $(TE_SLICES)) \
+		--out $$@
 endef
 $(if $(filter-out 0 1 2 3 4 5,$(TE_TARGETS)),$(error TE_TARGETS=$(TE_TARGETS): target domains are 0..5))
 $(foreach t,$(TE_TARGETS),$(eval $(call TRANSFER_TARGET,$(t))))
 $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(eval $(call TRANSFER_CANDIDATE,$(t),$(c)))))
-$(TE)/report.md: $(TE_SCORES) $(TE_FT) | $(PYDEP)
-	$(TRANSFER) report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ \
-		--title "Which pre-trained model to reuse: CC359 ($(NET) bank, seed $(SEED), targets $(TE_TARGETS))"
+$(TE)/report$(TE_VOX).md: $(TE_SCORES) $(TE_FT) | $(PYDEP)
+	$(TRANSFER) report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ --table $(TE)/scores$(TE_VOX).csv \
+		--plot $(TE)/scatter$(TE_VOX).png --title "$(TE_TITLE)"
 
 # ---------------------------------------------------------------- which layers carry the shift (seed 002)
 # per test pair, at K_BUDGET: SVCCA per feature layer between the baseline and each fine-tuned model (SpotTUnet: its
@@ -454,7 +461,7 @@ $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 # the archive keeps every file of every run but the checkpoints, except the baselines' final weights
 $(PACK): $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(if $(REUSE_METHODS),$(REUSE_VAL_RUNS) $(REUSE_PARAMS)) $(SF_PARAMS) $(TAUFILE) $(PARAMS) $(CR)/scores.csv $(VAL_SCORES) $(PLT) $(REPORT) $(SIZEFILE) \
 		$(PS_RUNS) $(PS_ONLINE) $(CR)/baseline_online/$(ONLINE_SRC) $(foreach p,$(TEST_PAIRS),$(PS)/$(p)/report.md $(PS)/$(p)/sa_layers.png) \
-		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report.md $(TE_SCORES) $(TE_FT) \
+		$(SELECTION) $(SELECTION:.md=.csv) $(SHIFT_POLICY) $(SHIFT_POLICY:.md=.csv) $(TE)/report$(TE_VOX).md $(TE_SCORES) $(TE_FT) \
 		$(LY_OUT)
 	mkdir -p $(@D)
 	{ find $^ -type f ! -name '*.pkl'; ls $(addsuffix /last.pkl,$(BASELINES)); } | tar cf - -T - | $(ZIP) > $@_tmp

@@ -405,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep.add_argument("--ft", type=Path, nargs="+", required=True, help="<target>/ft/<candidate>_s<seed> runs")
     rep.add_argument("--title", default="Which pre-trained model to reuse")
     rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--table", type=Path, help="every score beside the truth (default: scores.csv beside --out)")
+    rep.add_argument("--plot", type=Path, help="the scatter plots (default: scatter.png beside --out)")
     args = parser.parse_args(argv)
     command = {"sample": bank.sample_main, "score": bank.score_main, "report": bank.report_main}[args.command]
 

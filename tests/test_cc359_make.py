@@ -223,6 +223,23 @@ def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
     assert "--network checkpoint --new_head --seed 1" in (ft / "command.txt").read_text()
 
 
+def test_another_voxel_draw_scores_the_bank_again_against_the_same_fine_tunings(tiny_run):
+    out = make(tiny_run, *TINY_CC359, "TE_VOXEL_SEED=1", "TE_SLICES=1", "transfer")
+    assert out.returncode == 0 and "main.py" not in out.stdout, out.stderr[-2000:]
+    te = tiny_run / "results" / "cc359" / "transfer"
+    assert "--seed 1 --slices_per_case 1 --out" in out.stdout
+    with np.load(te / "5" / "voxels_seed1_slices1.npz") as voxels:
+        per_case = pd.DataFrame(voxels["scale2"][:, [0, 3]], columns=["slice", "case"]).groupby("case")["slice"].nunique()
+    assert (per_case == 1).all()                     # one slice per case: the brain covers it, background too
+    again = pd.read_csv(te / "scores_seed1_slices1.csv")
+    first = pd.read_csv(te / "scores.csv")
+    assert sorted(again["candidate"]) == sorted(first["candidate"]) and len(list((te / "5").glob("score_*"))) == 1
+    merged = first.merge(again, on="candidate")
+    assert (merged["sdice_x"] == merged["sdice_y"]).all() and (merged["ccfv_x"] != merged["ccfv_y"]).all()
+    assert "voxels drawn with seed 1 from 1 slices per case" in (te / "report_seed1_slices1.md").read_text()
+    assert (te / "scatter_seed1_slices1.png").exists()
+
+
 # the reuse strategies cut a residual U-Net: a width-4 one, one pair, one budget, a short k grid
 TINY_REUSE = [a for a in TINY_CC359 if not a.startswith(("NET=", "BUDGETS="))] + [
     "NET=ResUNet", "EXTRA=--net_width 4", "BUDGETS=8", "KS_ttl=1 3", "KS_lwft=2", "KS_transfusion=1", "LY_AFTER="]
