@@ -8,9 +8,6 @@ NET ?= ResUNet
 include common.mk
 .DEFAULT_GOAL := all
 .PHONY: all pack report plot runs sourcefree protoseg transfer layers
-# slice sets and runs made on the way are kept (make would delete them as intermediate files); unlike .SECONDARY with
-# no prerequisites, this leaves every file the makefile names a plain target, remade when missing (a TE_TARGETS added)
-.PRECIOUS: %
 
 # ---------------------------------------------------------------- data and protocol
 # PRESET=paper: the paper's protocol on the real release (CCDATA=/data/CC359) in one switch; any of
@@ -364,6 +361,11 @@ $(CR)/random/last.pkl: | $(CR)/random ;
 $(CR)/baseline_narrow/%: OPT = $(TRAIN_BASE) --net_width $(TE_NARROW)
 $(CR)/baseline_narrow/%: $(SETS)/baseline_% | $(PYDEP)
 	$(call RUN,$@,$<)
+# what the pattern rules make on the way is kept, where make would delete it as an intermediate file (.PRECIOUS takes
+# the rules' target patterns as written). Not a bare .SECONDARY:, which makes every target intermediate: a missing
+# file is then never remade while what needs it is newer (a TE_TARGETS added was called up to date).
+.PRECIOUS: $(SETS)/baseline_% $(SETS)/oracle_% $(SETS)/pair_% $(SETS)/hm_% $(CR)/baseline/% $(CR)/baseline_online/% \
+	$(CR)/baseline/%/last.pkl $(CR)/baseline/%/epoch$(TE_EARLY).pkl $(CR)/baseline_narrow/% $(CR)/baseline_narrow/%/last.pkl
 $(CR)/random: OPT = --n_epoch 0 --target_losses="$(L_OR)"# weights as initialised with the run's seed
 $(CR)/random: $(SETS)/baseline_0 | $(PYDEP)
 	$(call RUN,$@,$<)

@@ -57,6 +57,7 @@ def test_a_target_no_test_pair_reaches_takes_its_pool_from_the_first_other_domai
     assert f"transfer.py sample --pool {sets}/pair_0_3_all/train" in text      # 0_3 is the validation pair
     assert f"--target_dataset {sets}/pair_1_0_all " in text
     assert f"--workdir {tmp_path}/results/cc359/baseline_narrow/1_tmp" in text   # target 0's narrow baseline
+    assert not re.findall(r"^rm (?!-rf).*", text, re.M)     # nothing made on the way is deleted as intermediate
 
 
 def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
