@@ -195,6 +195,29 @@ def ranking_table(scores: pd.DataFrame, estimators: Sequence[str]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def top_picks(scores: pd.DataFrame, estimators: Sequence[str]) -> pd.DataFrame:
+    """Per estimator and target: the candidate it ranks first, and its regret: the best candidate's fine-tuned surface
+    Dice minus the pick's (what choosing by the estimator costs against fine-tuning the whole bank)."""
+    rows = []
+    for target, group in scores.groupby("target", sort=True):
+        best = group["sdice"].max()
+        for name in estimators:
+            pick = group.loc[group[name].idxmax()]
+            rows.append({"estimator": name, "target": target, "pick": pick["candidate"], "regret": best - pick["sdice"]})
+    return pd.DataFrame(rows)
+
+
+def picks_markdown(picks: pd.DataFrame) -> List[str]:
+    targets = sorted(picks["target"].unique())
+    lines = ["| estimator | " + " | ".join(f"target {t}" for t in targets) + " | mean regret |",
+             "|---|" + "---|" * (len(targets) + 1)]
+    for name, group in picks.groupby("estimator", sort=False):
+        g = group.set_index("target")
+        lines.append(f"| {name} | " + " | ".join(f"{g.loc[t, 'pick']} ({g.loc[t, 'regret']:.1f})" for t in targets)
+                     + f" | **{g['regret'].mean():.2f}** |")
+    return lines
+
+
 def ranking_markdown(table: pd.DataFrame) -> List[str]:
     targets = sorted(table["target"].unique())
     head = " | ".join(f"tau {t}" for t in targets) + " | mean tau | " + " | ".join(f"r {t}" for t in targets)
@@ -239,6 +262,9 @@ def transfer_report(scores: pd.DataFrame, title: str) -> str:
              *[f"- {k}: {v}" for k, v in VARIANT_NOTE.items()], "",
              f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against {leader} and the ceiling "
              f"{means.get('ceiling (seed vs seed)', np.nan):.3f} (nan: undefined, a constant score or truth).\n",
+             "## The model each estimator picks\n",
+             "Its top-ranked candidate per target and, in brackets, the regret: the best candidate's fine-tuned surface "
+             "Dice minus the pick's.\n", *picks_markdown(top_picks(scores, [*ESTIMATORS, "ccfv_wo_ccons"])), "",
              "## Table 2: CC-FV ablations (paper variant)\n", *ranking_markdown(table2), "",
              *[f"- ccfv_{k}: {ABLATION_NOTE[k]}" for k in ABLATIONS if k != "ccfv"], "",
              f"Scoring one model (one forward pass over the pool's sampled slices and every estimator) takes "

@@ -216,7 +216,7 @@ def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
         assert list(voxels["caps"]) == [100, 200, 400] and voxels["scale2"].shape[1] == 5
     text = (te / "report.md").read_text()
     for piece in ["## Table 1: estimators", "| ceiling (seed vs seed) |", "## Table 2: CC-FV ablations",
-                  "| ccfv_bhattacharyya |", "| ccfv_unit |", "ccfv_unit: features L2-normalised", "CC-FV, paper variant",
+                  "| ccfv_bhattacharyya |", "| ccfv_unit |", "## The model each estimator picks", "mean regret", "ccfv_unit: features L2-normalised", "CC-FV, paper variant",
                   "Scoring one model"]:
         assert piece in text, piece
     assert (te / "scatter.png").stat().st_size > 1000

@@ -381,6 +381,15 @@ def test_the_ranking_table_and_its_ceiling():
     assert np.isnan(flat.loc["ccfv", "tau"]) and np.isnan(flat.loc["ccfv", "pearson"])
 
 
+def test_the_top_pick_and_its_regret():
+    scores = pd.DataFrame({"target": ["5"] * 3 + ["1"] * 3, "candidate": list("abcabc"),
+                           "sdice": [90.0, 80.0, 70.0, 60.0, 75.0, 70.0], "leep": [1, 3, 2, 1, 2, 3]})
+    picks = bank.top_picks(scores, ["leep"]).set_index("target")
+    assert picks.loc["5", "pick"] == "b" and picks.loc["5", "regret"] == pytest.approx(10.0)
+    assert picks.loc["1", "pick"] == "c" and picks.loc["1", "regret"] == pytest.approx(5.0)
+    assert bank.picks_markdown(bank.top_picks(scores, ["leep"]))[2] == "| leep | c (5.0) | b (10.0) | **7.50** |"
+
+
 def test_a_pool_of_one_case_or_a_missing_class_is_refused(tmp_path, capsys):
     from PIL import Image
     for case in ("Case00", "Case01"):
