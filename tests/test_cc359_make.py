@@ -58,6 +58,10 @@ def test_a_target_no_test_pair_reaches_takes_its_pool_from_the_first_other_domai
     assert f"--target_dataset {sets}/pair_1_0_all " in text
     assert f"--workdir {tmp_path}/results/cc359/baseline_narrow/1_tmp" in text   # target 0's narrow baseline
     assert not re.findall(r"^rm (?!-rf).*", text, re.M)     # nothing made on the way is deleted as intermediate
+    assert f"--seed 0 --slices_per_case 16 --out {tmp_path}/results/cc359/transfer/0/voxels.npz" in text
+    text = make(tmp_path, "-n", "transfer", "TE_TARGETS=0", "TE_SLICES=all").stdout
+    assert f"--seed 0  --out {tmp_path}/results/cc359/transfer/0/voxels_slicesall.npz" in text
+    assert "from all slices per case" in text and "transfer/report_slicesall.md" in text
 
 
 def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
