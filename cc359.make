@@ -331,7 +331,8 @@ TE_NARROW ?= 8# width of the narrower baseline (ResUNet's default: 16)
 TE_DOMAINS ?= 0 1 2 3 4 5# the domains whose baselines (but the target's own) enter the default bank
 TE_SLICES_DEFAULT = 16
 TE_SLICES ?= $(TE_SLICES_DEFAULT)# voxels drawn from this many slices per pool case (all: every slice); the forward pass
-# scales with it (16 of 57 here: 3.4x faster, the taus as close to every slice's as two voxel draws' are to each other)
+# scales with it (16 of 57 here: 0.9-1.2 s against 2.5-2.7 s idle, and the taus as close to every slice's as two
+# voxel draws' are to each other; README, "Which pre-trained model to reuse")
 TE_VOXEL_SEED ?= 0# the voxel draw's seed
 # another voxel draw scores the bank again beside the default one, against the same fine-tunings: voxels<TE_VOX>.npz,
 # score<TE_VOX>/, report<TE_VOX>.md, scores<TE_VOX>.csv, scatter<TE_VOX>.png
