@@ -1,0 +1,34 @@
+"""Writes tests/golden/: the runs and options that make -n prints for each chain variant (python tests/make_golden.py).
+
+Run it only to record an intended change of the experiments; test_dryrun.py compares the makefiles against it."""
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dryrun  # noqa: E402
+from conftest import run_make  # noqa: E402
+
+VARIANTS = {
+    "cc359": ("cc359.make", []),
+    "cc359_paper": ("cc359.make", ["PRESET=paper"]),
+    "cc359_seeds_sourcefree": ("cc359.make", ["SEEDS=0 1", "SEED_GOAL=sourcefree"]),
+    "cc359_transfer_targets": ("cc359.make", ["transfer", "TE_TARGETS=0 3", "TE_VOXEL_SEED=1"]),
+    "prostate": ("prostate.make", []),
+    "prostate_hard": ("prostate.make", ["SHIFT=hard", "all", "lrgrid"]),
+    "prostate_seeds": ("prostate.make", ["SEEDS=0 1"]),
+}
+
+
+def main() -> None:
+    for name, (mk, extra) in VARIANTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = run_make(mk, Path(tmp), "-Bn", *extra)
+            assert out.returncode == 0, out.stderr
+            table = dryrun.runs(out.stdout, tmp)
+            dryrun.save(table, Path(__file__).parent / "golden" / f"{name}.json.gz")
+            print(name, len(table), sum(len(v) for v in table.values()))
+
+
+if __name__ == "__main__":
+    main()
