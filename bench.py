@@ -112,7 +112,7 @@ def bench_epoch(precision: str) -> List[dict]:
                "--target_losses", "[('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]",
                "--target_folders", folders, "--val_target_folders", folders, "--network", "UNet",
                "--grp_regex", r"Case\d+_\d+", "--n_class", "2", "--metric_axis", "1", "--n_epoch", "2",
-               "--batch_size", str(DEFAULT_INPUT["batch"]), "--do_hd", "True", "--precision", precision]
+               "--batch_size", str(DEFAULT_INPUT["batch"]), "--hd95", "--precision", precision]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
         stats = pd.read_csv(Path(tmp) / "run_tmp" / "run_stats.csv").set_index("name")["value"]
     outside = 1 - stats["compute"] / stats["epochs"]

@@ -49,22 +49,20 @@ FRESH = $(if $(findstring B,$(firstword -$(MAKEFLAGS))),rm -rf $(1)_tmp,:)
 # what every main.py run gets from PREC and CL (CL=1: channels_last memory format)
 RUN_NUMERICS = --precision $(PREC) $(if $(filter 1,$(CL)),--channels_last) $(if $(THREADS),--threads $(THREADS))
 
-# losses shared by the chains: supervised CE, and SFDA's entropy + KL to the size prior of column $(1), the
-# prediction's class ratio measured by $(2) or SFDA_FN: norm_soft_size (the SFDA code) or soft_ratio (the papers)
-SFDA_FN ?= norm_soft_size
-# the chains' sfda runs stop and fall back to AdaBN when their predicted foreground falls below GUARD x the
-# prior's on the training slices (main.py --collapse_guard; 0: off, the seed's behaviour)
-GUARD ?= 0.25
-GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD))
-# label-free epoch choice for the source-free runs (ProtoSeg's mu, seed 003): mu over about MU_IMAGES training
-# slices at every validated epoch, the best -> best_mu.pkl (main.py --mu_images; 0: off)
-MU_IMAGES ?= 64
-MU_OPT = $(if $(filter-out 0,$(MU_IMAGES)),--mu_images $(MU_IMAGES))
-# online ProtoSeg (seed 003, Table 1): the supervised CE plus the SA term of the network's last two feature layers
-L_ONLINE = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1), ('ProtoSegLoss', {'layers': 'last'}, None, None, None, 1)]
+# the supervised losses: cross-entropy, and with it online ProtoSeg's SA term of the last two feature layers (seed 003)
 L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
-SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
-	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]
+L_ONLINE = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1), ('ProtoSegLoss', {'layers': 'last'}, None, None, None, 1)]
+
+# One main.py run. $@: the run directory, written as $@_tmp and renamed when complete; $(DATASET): its slice set;
+# $(CHAIN_OPT): what every run of the chain gets; $(OPT): what this run adds (the last of a repeated option wins).
+.SECONDEXPANSION:
+define TRAIN
+	$(call FRESH,$@)
+	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(DATASET) --network $(NET) --n_class 2 \
+		--metric_axis 1 --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
+		--batch_size $(BS) $(CHAIN_OPT) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
+	rm -rf $@ && mv $@_tmp $@
+endef
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -76,14 +74,10 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/python -O -m compileall -q -j 0 $(VENV)/lib > $(VENV)/compileall.log 2>&1 || true
 	touch $@
 
-# SEEDS: one phony target per seed root runs the chain there in a sub-make (make -j runs them side by side); $(1):
-# the outputs every seed shares (data, caches, size files), built once by this make before any seed starts
-define SEED_CHAINS
-ifneq ($(strip $(SEEDS)),)
-.DEFAULT_GOAL := seeds
-endif
+# SEEDS: one phony target per seed root runs the chain there in a sub-make (make -j runs them side by side), after
+# this make has built what every seed shares ($(SEED_SHARED): data, caches, size files), so no two seeds race to.
+CHAIN_GOAL = $(if $(strip $(SEEDS)),seeds,all)# a chain's default goal
 .PHONY: seeds $(SEED_ROOTS)
-$(SEED_ROOTS): $(1) | $(PYDEP)
-	+$$(MAKE) -f $(firstword $(MAKEFILE_LIST)) SEEDS= SEED=$$(patsubst seed%,%,$$(notdir $$@)) RD=$$@ \
-		$(if $(filter command line,$(origin SOURCE_RD)),SOURCE_RD=$(SOURCE_RD)/$$(notdir $$@)) $(SEED_GOAL)
-endef
+$(SEED_ROOTS): $(RD)/seed%: $$(SEED_SHARED) | $(PYDEP)
+	+$(MAKE) -f $(firstword $(MAKEFILE_LIST)) SEEDS= SEED=$* RD=$@ \
+		$(if $(filter command line,$(origin SOURCE_RD)),SOURCE_RD=$(SOURCE_RD)/$(notdir $@)) $(SEED_GOAL)

@@ -454,7 +454,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
         seconds["compute"] += tra.compute_s if tra else 0.0
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == n_epochs or collapsed:
             val_pass = run_pass(net, data.val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
-            val_eval = evaluate(val_pass.pred, data.val, args.n_class, args.metric_axis, args.do_hd)
+            val_eval = evaluate(val_pass.pred, data.val, args.n_class, args.metric_axis, args.hd95)
             t2 = time.perf_counter()
             seconds["val"] += t2 - t1
             seconds["compute"] += val_pass.compute_s

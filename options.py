@@ -4,7 +4,9 @@ Option strings that hold Python literals (--target_losses, --target_folders) are
 every failure is one ``error:`` line naming the option.
 """
 import argparse
+import csv
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -17,6 +19,11 @@ from reuse import METHODS
 from utils import OptionError, parse_literal, str2bool
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# a choice csv's columns (report.py choose_tau, choose, choose_lr, choose_k) and the options they set (--chosen)
+CHOSEN_OPTIONS = {"tau": "tau", "lambda": "k_reg", "lr": "l_rate", "k": "reuse"}
+# options of the seed's recipes that are accepted and change nothing: what they asked for is always on, or is moot
+IGNORED = {"--dice_3d": "3D Dice per patient (always computed)", "--in_memory": "decode data once (always)",
+           "--pprint": "no effect"}
 
 
 @dataclass
@@ -86,7 +93,8 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "AdaBN statistics (label-free; 0: off)")
     parser.add_argument("--adabn", action="store_true",
                         help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
-    parser.add_argument("--do_hd", type=str2bool, default=False, help="HD95 and ASSD per val patient")
+    parser.add_argument("--hd95", action="store_true", help="HD95 and ASSD per val patient")
+    parser.add_argument("--do_hd", dest="hd95", type=str2bool, help="(seed compatibility) any true value: --hd95")
     parser.add_argument("--saveim", type=str2bool, default=False, help="save the best epoch's val predictions")
     parser.add_argument("--mu_images", type=int, default=0,
                         help="label-free selection (ProtoSeg's mu, seed 003): at every validated epoch, the mean mu "
@@ -131,11 +139,14 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--test_folder", default="", help="split of --target_dataset evaluated with the last weights")
     parser.add_argument("--spacing", default="", help="voxel spacing row,column,slice in mm (default: file headers)")
     parser.add_argument("--sdice_tol", type=float, default=1.0, help="surface Dice tolerance in mm")
-    # accepted for compatibility with the seed's recipes; the behaviour they asked for is always on
-    parser.add_argument("--dice_3d", action="store_true", help="(always on) 3D Dice per patient")
-    parser.add_argument("--in_memory", action="store_true", help="(always on) decode data once")
-    parser.add_argument("--pprint", action="store_true", help="(no effect)")
+    parser.add_argument("--chosen", default="", metavar="FILE[:COLUMN=VALUE]",
+                        help="set the options a choice csv holds (tau, lambda -> --k_reg, lr -> --l_rate, k -> the "
+                             "level of --reuse METHOD) from its only row, or from the row whose COLUMN is VALUE")
+    for flag, meaning in IGNORED.items():
+        parser.add_argument(flag, action="store_true", help=f"(seed compatibility) {meaning}")
     args = parser.parse_args(argv)
+    if args.chosen:
+        apply_chosen(args, args.chosen, parser)
     for name in ("n_epoch", "l_rate", "lr_decay", "lr_decay_epoch", "weight_decay"):     # nargs="?" as in the seed
         if getattr(args, name) is None:
             parser.error(f"--{name} needs a value")
@@ -161,6 +172,38 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if len(args.spacing) != 3 or min(args.spacing) <= 0:
             parser.error(f"--spacing {args.spacing}: expected three positive numbers")
     return args
+
+
+def apply_chosen(args: argparse.Namespace, spec: str, parser: argparse.ArgumentParser) -> None:
+    """--chosen FILE[:COLUMN=VALUE]: the options of one row of a choice csv, read when the run starts."""
+    path, _, key = spec.partition(":")
+    column, _, wanted = key.partition("=")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        parser.error(f"--chosen {spec}: cannot read {path} ({e.strerror})")
+    if column:
+        rows = [r for r in rows if column in r and same_value(r[column], wanted)]
+    if len(rows) != 1:
+        parser.error(f"--chosen {spec}: {path} has {len(rows)} rows{f' with {column} = {wanted}' if column else ''}, "
+                     f"expected one")
+    found = {CHOSEN_OPTIONS[c]: v for c, v in rows[0].items() if c in CHOSEN_OPTIONS}
+    if not found:
+        parser.error(f"--chosen {spec}: {Path(path).name} has none of the columns {', '.join(CHOSEN_OPTIONS)}")
+    for option, value in found.items():
+        if option == "reuse":
+            args.reuse = f"{args.reuse.partition(':')[0]}:{int(float(value))}"
+        else:
+            setattr(args, option, float(value))
+
+
+def same_value(cell: str, wanted: str) -> bool:
+    """A csv cell equals a wanted value, as numbers where both are numbers (budget 8 = 8.0)."""
+    try:
+        return float(cell) == float(wanted)
+    except ValueError:
+        return cell == wanted
 
 
 def parse_reuse(text: str, parser: argparse.ArgumentParser) -> Tuple[str, int]:

@@ -2,11 +2,11 @@
 # Variables: CC CFLAGS NET EPC DEBUG BS PREC EXTRA RD DATA SIZES ARCH SEED DATA_SEED (see common.mk and README),
 # SHIFT: default (the target scanner) or hard (target_hard: a source model barely transfers to it).
 include common.mk
-.DEFAULT_GOAL := all
+include sourcefree.mk
+include prostate_source.mk
+.DEFAULT_GOAL := $(CHAIN_GOAL)
 .PHONY: all pack report plot lrgrid protoseg sourcefree
 
-G_RGX = Case\d+_\d+
-TT_DATA = [('IMG', png_transform, False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
 SHIFT ?= default
 ifeq ($(SHIFT),default)
 TDOM = target
@@ -19,86 +19,61 @@ SIZEFILE = $(SIZES)/prostate_hard.csv
 else
 $(error SHIFT=$(SHIFT): expected default or hard)
 endif
-SRC = $(DATA)/prostate_source
 TGT = $(DATA)/prostate_$(TDOM)
-# one source model for both shifts; the adaptation starts from its epoch chosen on the *source* validation set
-CES = $(RD)/prostate/cesource
-CES_ONLINE = $(RD)/prostate/cesource_online# the same training with the online ProtoSeg term (seed 003, Table 1)
-SOURCE_CES = $(SOURCE_RD)/prostate/cesource# what the adaptation runs start from (SOURCE_RD: another root's)
-M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
+G_RGX = $(P_RGX)
+TT_DATA = $(P_DATA)
+CHAIN_OPT = $(P_OPT)
+DATASET = $(TGT)
 N_EP = 0
+# one source model for both shifts (prostate_source.mk); the adaptation starts from its epoch chosen on the *source*
+# validation set, in this root or in SOURCE_RD's
+SOURCE_CES = $(SOURCE_RD)/prostate/cesource
+M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 
-TRN = $(CES) $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent $(PR)/fs
+SF_RUNS = $(addprefix $(PR)/,$(SF_METHODS) adaent)
+TRN = $(CES) $(SF_RUNS) $(PR)/fs
 PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
 REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
 all: pack report protoseg
-sourcefree: $(CES) $(PR)/noadapt $(PR)/adabn $(PR)/sfda $(PR)/sfda_truesize# the source model and its source-free runs
+sourcefree: $(CES) $(addprefix $(PR)/,$(SF_METHODS))# the source model and its source-free runs
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
 
-# ---------------------------------------------------------------- data and prior
-$(DATA)/prostate_%: | $(PYDEP)
-	$(CC) $(CFLAGS) synth.py prostate --domain $* --out $@ --seed $(DATA_SEED)
-
 $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) --out $@
 
-# ---------------------------------------------------------------- runs
-# CE on the source; everything else runs on the target and starts from the source model
-$(CES): OPT = --target_dataset $(SRC) --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
-$(CES): N_EP = 30
-$(CES): $(SRC)
-$(CES_ONLINE): OPT = --target_dataset $(SRC) --target_losses="$(L_ONLINE)" --l_rate 5e-4 --lr_decay 1
-$(CES_ONLINE): N_EP = 30
-$(CES_ONLINE): $(SRC)
-
-$(PR)/noadapt: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0
-$(PR)/adabn: OPT = --target_losses="$(L_OR)" --model_weights $(M_WEIGHTS) --n_epoch 0 --adabn
-
-SFDA_OPT = --l_rate 5e-5 --lr_decay 0.9 --model_weights $(M_WEIGHTS) --entmap $(MU_OPT)
-$(PR)/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SFDA_OPT) $(GUARD_OPT)
-$(PR)/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SFDA_OPT) $(GUARD_OPT)
-$(PR)/adaent: OPT = --target_losses="[('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]" $(SFDA_OPT)
-$(PR)/sfda $(PR)/sfda_truesize $(PR)/adaent: N_EP = 20
-$(PR)/sfda $(PR)/sfda_truesize: $(SIZEFILE)
+# ---------------------------------------------------------------- runs on the target
+# the source-free runs (sourcefree.mk) with seed 004's Adam schedule; full supervision from scratch (the oracle)
+SF_SCHEDULE = --l_rate 5e-5 --lr_decay 0.9 --entmap
+$(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS)
+$(SF_RUNS): N_EP = 20
+$(SF_RUNS): $(TGT) $(SOURCE_CES) $$(if $$(filter sfda%,$$(@F)),$(SIZEFILE)) | $(PYDEP)
+	$(TRAIN)
+$(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
+$(PR)/fs: N_EP = 30
+$(PR)/fs: $(TGT) | $(PYDEP)
+	$(TRAIN)
 
 # the learning-rate study: make -f prostate.make lrgrid -> $(PR)/lrgrid/sfda_lr<lr>, GRID_EPC epochs each
 # (a run's epoch-k row equals a k-epoch run's last row: the staircase only decays after epoch 20, 40, ...)
 LR_GRID ?= 1e-6 5e-6 1e-5 5e-5
 GRID_EPC ?= 40
 GRID = $(foreach lr,$(LR_GRID),$(PR)/lrgrid/sfda_lr$(lr))
-$(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $(patsubst sfda_lr%,%,$(notdir $@)) --lr_decay 0.9 \
+lrgrid: $(GRID)
+$(PR)/lrgrid/sfda_lr%: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" --l_rate $* --lr_decay 0.9 \
 	--model_weights $(M_WEIGHTS) $(MU_OPT)
 $(PR)/lrgrid/sfda_lr%: N_EP = $(GRID_EPC)
-$(GRID): $(SIZEFILE) $(TGT) $(SOURCE_CES)
-lrgrid: $(GRID)
-
-# the size-function study: $(PR)/fn_<fn>/sfda and sfda_truesize measure the class ratio with <fn>
-$(PR)/fn_%/sfda: OPT = --target_losses="$(call SFDA_LOSS,dumbpredwtags,$*)" $(SFDA_OPT)
-$(PR)/fn_%/sfda_truesize: OPT = --target_losses="$(call SFDA_LOSS,val_gt_size,$*)" $(SFDA_OPT)
-$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: N_EP = 20
-$(PR)/fn_%/sfda $(PR)/fn_%/sfda_truesize: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
+$(PR)/lrgrid/sfda_lr%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
-
-# full supervision on the target (oracle), from scratch
-$(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
-$(PR)/fs: N_EP = 30
-
-$(filter-out $(CES),$(TRN)): $(TGT)
-$(filter-out $(CES) $(PR)/fs,$(TRN)): $(SOURCE_CES)
-
-define TRAIN
-	$(call FRESH,$@)
-	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(TGT) --network $(NET) --n_class 2 --metric_axis 1 \
-		--dice_3d --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
-		--batch_size $(BS) --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --do_hd 90 --saveim True \
-		$(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
-	rm -rf $@ && mv $@_tmp $@
-endef
-$(TRN) $(GRID) $(CES_ONLINE): | $(PYDEP)
+# the size-function study: $(PR)/fn_<fn>/sfda and sfda_truesize measure the class ratio with <fn>, unguarded
+$(PR)/fn_%: OPT = $(SF_$(*F)) --model_weights $(M_WEIGHTS)
+$(PR)/fn_%: private SFDA_FN = $(*D)
+$(PR)/fn_%: private GUARD = 0
+$(PR)/fn_%: N_EP = 20
+$(PR)/fn_%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
 
 # ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
@@ -132,7 +107,7 @@ $(PS)/sa_layers.png: $(PS_RUNS) | $(PYDEP)
 # ---------------------------------------------------------------- several training seeds
 # make -f prostate.make SEEDS="0 1 2" [-j2 THREADS=1]: $(RD)/seed<s>/prostate..., then every run as mean ± sd
 SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
-$(eval $(call SEED_CHAINS,$(SIZEFILE)))
+SEED_SHARED = $(SIZEFILE)
 SEEDS_SELECTION = $(RD)/seeds/$(notdir $(PR))_selection.md
 SEEDS_PROTOSEG = $(if $(filter all protoseg,$(SEED_GOAL)),$(RD)/seeds/$(notdir $(PR))_protoseg.md)
 seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION) $(SEEDS_PROTOSEG)

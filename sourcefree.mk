@@ -1,0 +1,25 @@
+# The source-free methods (seed 004), written once for every chain: what each run adapts with. The runs see the
+# target's unlabelled slices, the source model and the size prior, never a source image. A chain names its runs and
+# adds its schedule, SF_SCHEDULE (optimiser, learning rate, epochs), and the model they start from.
+
+# the prior's class ratio measured by norm_soft_size (the SFDA code) or soft_ratio (the papers)
+SFDA_FN ?= norm_soft_size
+# stop a run whose predicted foreground on the training slices falls below GUARD x the prior's, and fall back to
+# AdaBN (main.py --collapse_guard; 0: off, the seed's behaviour)
+GUARD ?= 0.25
+GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD))
+# the label-free epoch choice (ProtoSeg's mu, seed 003) over about MU_IMAGES training slices at every validated epoch,
+# the best -> best_mu.pkl (main.py --mu_images; 0: off)
+MU_IMAGES ?= 64
+MU_OPT = $(if $(filter-out 0,$(MU_IMAGES)),--mu_images $(MU_IMAGES))
+# weighted entropy + KL between the prediction's class ratio (measured by $(2) or SFDA_FN) and the prior of column $(1)
+SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
+	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]
+L_ENT = [('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]
+
+SF_METHODS = noadapt adabn sfda sfda_truesize
+SF_noadapt = --n_epoch 0 --target_losses="$(L_OR)"# the source model as it is
+SF_adabn = $(SF_noadapt) --adabn# its BatchNorm statistics re-estimated on the target
+SF_sfda = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SF_SCHEDULE) $(MU_OPT) $(GUARD_OPT)
+SF_sfda_truesize = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SF_SCHEDULE) $(MU_OPT) $(GUARD_OPT)# the upper bound
+SF_adaent = --target_losses="$(L_ENT)" $(SF_SCHEDULE) $(MU_OPT)# the entropy term alone (AdaEnt)
