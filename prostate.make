@@ -4,8 +4,8 @@
 include common.mk
 include sourcefree.mk
 include prostate_source.mk
-.DEFAULT_GOAL := $(CHAIN_GOAL)
-.PHONY: all pack report plot lrgrid protoseg sourcefree
+.DEFAULT_GOAL := $(if $(filter seed,$(RECIPE)),$(if $(SEEDS),seeds,recipe),$(CHAIN_GOAL))
+.PHONY: all recipe pack report plot lrgrid protoseg sourcefree
 
 SHIFT ?= default
 ifeq ($(SHIFT),default)
@@ -18,6 +18,15 @@ PR = $(RD)/prostate_hard
 SIZEFILE = $(SIZES)/prostate_hard.csv
 else
 $(error SHIFT=$(SHIFT): expected default or hard)
+endif
+# RECIPE=seed: seed 004's own SFDA schedule (Adam at 1e-6, 100 epochs, x0.9 every 20, batch 10) for sfda and
+# sfda_truesize, unguarded (the guard's ratio is logged all the same), into <root>_recipe_seed, from the same source model
+RECIPE ?= project
+ifeq ($(RECIPE),seed)
+PR := $(PR)_recipe_seed
+SEED_GOAL = recipe
+else ifneq ($(RECIPE),project)
+$(error RECIPE=$(RECIPE): expected project (the default) or seed (seed 004's own schedule))
 endif
 TGT = $(DATA)/prostate_$(TDOM)
 G_RGX = $(P_RGX)
@@ -37,6 +46,7 @@ REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
 all: pack report protoseg
+recipe: $(PR)/sfda $(PR)/sfda_truesize
 sourcefree: $(CES) $(addprefix $(PR)/,$(SF_METHODS))# the source model and its source-free runs
 pack: $(PACK)
 report: $(REPORT)
@@ -47,9 +57,13 @@ $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 
 # ---------------------------------------------------------------- runs on the target
 # the source-free runs (sourcefree.mk) with seed 004's Adam schedule; full supervision from scratch (the oracle)
-SF_SCHEDULE = --l_rate 5e-5 --lr_decay 0.9 --entmap
+SF_SCHEDULE = --l_rate $(if $(filter seed,$(RECIPE)),1e-6,5e-5) --lr_decay 0.9 --entmap
 $(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS)
-$(SF_RUNS): N_EP = 20
+$(SF_RUNS): N_EP = $(if $(filter seed,$(RECIPE)),100,20)
+ifeq ($(RECIPE),seed)
+$(SF_RUNS): private BS = 10
+$(SF_RUNS): private GUARD = 0
+endif
 $(SF_RUNS): $(TGT) $(SOURCE_CES) $$(if $$(filter sfda%,$$(@F)),$(SIZEFILE)) | $(PYDEP)
 	$(TRAIN)
 $(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
