@@ -1,11 +1,13 @@
 # Environment, tests, benchmark. The experiments: make -f prostate.make, make -f cc359.make (see README).
 include common.mk
 .DEFAULT_GOAL := help
-.PHONY: help venv test bench compare clean
+.PHONY: help venv test test-fast test-slurm bench compare clean
 
 help:
 	@echo "make venv                 create .venv from requirements.txt"
-	@echo "make test                 unit tests and end-to-end smoke runs (pytest)"
+	@echo "make test                 every test: unit tests, make -n checks, the tiny chains end to end, SLURM where installed"
+	@echo "make test-fast            unit tests and make -n checks only (-m \"not slow\"), under a minute"
+	@echo "make test-slurm           the SLURM tests, installing slurm-wlm and munge with apt-get if missing (root)"
 	@echo "make bench                machine peak, training throughput, epoch overhead, metric speed -> $(RD)/bench"
 	@echo "make -f prostate.make     the SFDA experiment on the embedded (or your) prostate data"
 	@echo "make -f cc359.make        fine-tuning / SpotTUnet / SFDA across the six CC359 scanner domains, ProtoSeg,"
@@ -19,6 +21,14 @@ venv: $(PYDEP)
 
 test: | $(PYDEP)
 	$(CC) $(CFLAGS) -m pytest -q tests
+
+# the tests marked slow (pytest.ini) run make for real or need the tiny chains: minutes; the rest takes seconds
+test-fast: | $(PYDEP)
+	$(CC) $(CFLAGS) -m pytest -q -m "not slow" tests
+
+# tests/test_slurm.py installs SLURM only when asked (here, or with CI set); elsewhere it runs if SLURM is present
+test-slurm: | $(PYDEP)
+	SLURM_INSTALL=1 $(CC) $(CFLAGS) -m pytest -q -rs tests/test_slurm.py
 
 # the reference metric packages are installed for the benchmark only
 bench: | $(PYDEP)

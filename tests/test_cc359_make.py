@@ -1,117 +1,164 @@
-"""cc359.make end to end: the recipe chain (make -n) and a tiny real run with the dummy network."""
+"""cc359.make end to end: the runs the chain defines (make -n, read by tests/dryrun.py) and a tiny real run with the
+dummy network (slow)."""
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import dryrun
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_CC359, run_make
+from conftest import TINY_CC359, assert_drawn, run_make
 
 TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noadapt/2_5", "adabn/2_5", "sfda/2_5",
           "sfda_truesize/2_5"] + [f"{m}/2_5_n{n}" for m in ("ft_all", "ft_first", "ft_last", "spottune") for n in (8, 45)]
+CR = "results/cc359"
+SETS = "data/cc359_sets"
 
 
 def make(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_make("cc359.make", tmp, *extra)
 
 
+def dry(tmp: Path, *extra: str) -> tuple[str, dict]:
+    """make's output and its runs {run: [options]}, paths relative to ``tmp``, a chosen option naming the row it reads
+    (chosen:<csv>:budget=45); give -n or -Bn in ``extra``."""
+    out = make(tmp, *extra)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout, dryrun.runs(out.stdout, str(tmp), selectors=True)
+
+
+def only(runs: dict, run: str) -> dict:
+    """The options of a run the dry run holds once (one option set)."""
+    assert run in runs, f"no run {run}"
+    assert len(runs[run]) == 1, f"{run} runs with {len(runs[run])} option sets"
+    return runs[run][0]
+
+
+def named(runs: dict, pattern: str) -> list[str]:
+    """The groups of ``pattern`` (a regex over run names, e.g. main.py's with one group) in the runs, sorted."""
+    return sorted({m.group(1) for run in runs if (m := re.fullmatch(pattern, run))})
+
+
 def test_dry_run_shows_the_protocol(tmp_path):
-    out = make(tmp_path, "-n")
-    assert out.returncode == 0, out.stderr
-    text = out.stdout
-    cr = f"{tmp_path}/results/cc359"
+    text, runs = dry(tmp_path, "-Bn")
+    cr = f"{tmp_path}/{CR}"
     for run in ["baseline/0", "baseline/2", "baseline/4", "oracle/5/fold2", "oracle/1/fold0", "ft_first/2_5_n8",
                 "ft_last/4_1_n45", "spottune/4_1_n45", "spottune_val/0_3_n45_tau1_lam0", "spottune_val/0_3_n8_lam0.01",
                 "hm/2_5", "sfda_truesize/4_1"]:
-        assert f"--workdir {cr}/{run}_tmp" in text, run
-    assert "--trainable first" in text and "--trainable last" in text
-    # test runs read the validation's choice when they run; the baselines come before what starts from them
-    assert f"--tau $(awk -F, '$1 == 45 {{print $2}}' {cr}/spottune_params.csv)" in text
-    assert text.index(f"{cr}/baseline/2_tmp") < text.index(f"{cr}/ft_all/2_5_n8_tmp")
-    assert text.index("report.py choose ") < text.index(f"{cr}/spottune/2_5_n8_tmp")
-    for piece in ["synth.py cc359", "cc359.py prep", "sizes.py --gt_dir", "moustache.py --scores", "plot.py --lambda_runs",
-                  "plot.py --policy_runs", "report.py cc359", "-cc359-seed0.tar.gz"]:
-        assert piece in text, piece
+        assert only(runs, f"main.py {CR}/{run}")["--workdir"] == f"{CR}/{run}_tmp", run
+    for part in ("first", "last"):
+        tuned = [only(runs, k) for k in runs if k.startswith(f"main.py {CR}/ft_{part}/")]
+        assert tuned and all(o["--trainable"] == part for o in tuned), part
+    # test runs read the validation's choice when they run (their budget's row); the baselines come before what
+    # starts from them, the choice before the runs that read it
+    for n in (8, 45):
+        spot = only(runs, f"main.py {CR}/spottune/2_5_n{n}")
+        chosen = f"chosen:{CR}/spottune_params.csv:budget={n}"
+        assert (spot["--tau"], spot["--k_reg"], spot["--model_weights"]) == (chosen, chosen, f"{CR}/baseline/2/last.pkl")
+    assert only(runs, f"report.py choose {CR}/spottune_params.csv")["--tau_file"] == f"{CR}/spottune_tau.csv"
+    assert text.index(f"--workdir {cr}/baseline/2_tmp") < text.index(f"--workdir {cr}/ft_all/2_5_n8_tmp")
+    assert text.index(f"--out {cr}/spottune_params.csv") < text.index(f"--workdir {cr}/spottune/2_5_n8_tmp")
+    for run in ["synth.py cc359 data/cc359", "cc359.py prep data/cc359_prep", f"report.py cc359 {CR}/report.md"]:
+        assert run in runs, run
+    assert "--gt_dir" in only(runs, "sizes.py sizes/cc359.csv")
+    assert "--scores" in only(runs, f"moustache.py {CR}/violin.png")
+    assert "--lambda_runs" in only(runs, f"plot.py {CR}/lambda_val.png")
+    assert "--policy_runs" in only(runs, f"plot.py {CR}/policy.png")
+    assert re.search(rf"{tmp_path}/archives/\S+-cc359-seed0\.tar\.gz\b", text)
 
 
 def test_the_default_bank_holds_every_other_domain_early_and_late_a_narrow_a_random_and_a_cross_task_model(tmp_path):
-    text = make(tmp_path, "-n", "transfer").stdout
-    cr = f"{tmp_path}/results/cc359"
+    _, runs = dry(tmp_path, "-Bn", "transfer")
     for target, others in (("5", "01234"), ("1", "02345")):
-        scored = re.findall(rf"transfer.py score --model (\S+) --name \S+ --voxels {cr}/transfer/{target}/", text)
-        expected = [f"{cr}/baseline/{d}/{e}.pkl" for d in others for e in ("last", "epoch1")]
-        expected += [f"{cr}/baseline_narrow/{others[0]}/last.pkl", f"{cr}/random/last.pkl",
-                     f"{tmp_path}/results/prostate/cesource/best_3d.pkl"]
+        scored = [o["--model"] for k in runs if k.startswith("transfer.py score ") for o in runs[k]
+                  if o["--voxels"].startswith(f"{CR}/transfer/{target}/")]
+        expected = [f"{CR}/baseline/{d}/{e}.pkl" for d in others for e in ("last", "epoch1")]
+        expected += [f"{CR}/baseline_narrow/{others[0]}/last.pkl", f"{CR}/random/last.pkl",
+                     "results/prostate/cesource/best_3d.pkl"]
         assert sorted(scored) == sorted(expected), target
-        assert len(re.findall(rf"--workdir {cr}/transfer/{target}/ft/\S+_s[01]_tmp", text)) == 2 * len(expected)
-    assert "--net_width 8" in text and "--save_epochs 1" in text and "make -f prostate.make" in text
+        assert len(named(runs, rf"main\.py {CR}/transfer/{target}/ft/(\S+_s[01])")) == 2 * len(expected), target
+        assert only(runs, f"main.py {CR}/baseline_narrow/{others[0]}")["--net_width"] == "8"
+        assert all(only(runs, f"main.py {CR}/baseline/{d}")["--save_epochs"] == "1" for d in others)
+    assert "main.py results/prostate/cesource" in runs            # the cross-task model: prostate's source model
     assert make(tmp_path, "-n", "transfer", "TE_TARGETS=6").returncode != 0       # CC359 has domains 0..5
 
 
 def test_a_target_no_test_pair_reaches_takes_its_pool_from_the_first_other_domains_pair(tmp_path):
-    text = make(tmp_path, "-n", "transfer", "TE_TARGETS=0 3").stdout
-    sets = f"{tmp_path}/data/cc359_sets"
-    assert f"transfer.py sample --pool {sets}/pair_1_0_all/train" in text
-    assert f"transfer.py sample --pool {sets}/pair_0_3_all/train" in text      # 0_3 is the validation pair
-    assert f"--target_dataset {sets}/pair_1_0_all " in text
-    assert f"--workdir {tmp_path}/results/cc359/baseline_narrow/1_tmp" in text   # target 0's narrow baseline
-    assert not re.findall(r"^rm (?!-rf).*", text, re.M)     # nothing made on the way is deleted as intermediate
-    assert f"--seed 0 --slices_per_case 16 --out {tmp_path}/results/cc359/transfer/0/voxels.npz" in text
-    text = make(tmp_path, "-n", "transfer", "TE_TARGETS=0", "TE_SLICES=all").stdout
-    assert f"--seed 0  --out {tmp_path}/results/cc359/transfer/0/voxels_slicesall.npz" in text
-    assert "from all slices per case" in text and "transfer/report_slicesall.md" in text
+    text, runs = dry(tmp_path, "-Bn", "transfer", "TE_TARGETS=0 3")
+    sample = only(runs, f"transfer.py sample {CR}/transfer/0/voxels.npz")
+    assert (sample["--pool"], sample["--seed"], sample["--slices_per_case"]) == (f"{SETS}/pair_1_0_all/train", "0", "16")
+    assert only(runs, f"transfer.py sample {CR}/transfer/3/voxels.npz")["--pool"] == f"{SETS}/pair_0_3_all/train"  # 0_3: validation
+    tuned = [only(runs, k) for k in runs if k.startswith(f"main.py {CR}/transfer/0/ft/")]
+    assert tuned and all(o["--target_dataset"] == f"{SETS}/pair_1_0_all" for o in tuned)
+    assert f"main.py {CR}/baseline_narrow/1" in runs                          # target 0's narrow baseline
+    assert not re.findall(r"^rm (?!-).*", text, re.M)       # nothing made on the way is deleted as intermediate
+    _, runs = dry(tmp_path, "-Bn", "transfer", "TE_TARGETS=0", "TE_SLICES=all")
+    sample = only(runs, f"transfer.py sample {CR}/transfer/0/voxels_slicesall.npz")
+    assert sample["--seed"] == "0" and "--slices_per_case" not in sample
+    assert "from all slices per case" in only(runs, f"transfer.py report {CR}/transfer/report_slicesall.md")["--title"]
 
 
 def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
     """The tau grid runs only at TAU_BUDGET (default: the largest budget) with lambda 0; the lambda grid reads tau."""
-    text = make(tmp_path, "-n", "BUDGETS=45 8").stdout
-    cr = f"{tmp_path}/results/cc359"
-    runs = sorted(set(re.findall(rf"--workdir {cr}/spottune_val/(\S+)_tmp", text)))
-    assert runs == ["0_3_n45_lam0.01", "0_3_n45_tau0.1_lam0", "0_3_n45_tau1_lam0", "0_3_n8_lam0", "0_3_n8_lam0.01"]
-    assert f"report.py choose_tau --runs {cr}/spottune_val/0_3_n45_tau0.1_lam0 {cr}/spottune_val/0_3_n45_tau1_lam0 " \
-           f"--budget 45 --out {cr}/spottune_tau.csv" in text
-    lam_run = next(line for line in text.splitlines() if f"--workdir {cr}/spottune_val/0_3_n8_lam0.01_tmp" in line)
-    assert f"--tau $(awk -F, 'NR == 2 {{print $2}}' {cr}/spottune_tau.csv) --k_reg 0.01" in lam_run
-    assert text.index("report.py choose_tau") < text.index(f"{cr}/spottune_val/0_3_n8_lam0_tmp")
-    text = make(tmp_path, "-n", "TAU_BUDGET=8").stdout
-    assert f"{cr}/spottune_val/0_3_n8_tau1_lam0_tmp" in text and f"{cr}/spottune_val/0_3_n45_lam0_tmp" in text
+    text, runs = dry(tmp_path, "-Bn", "BUDGETS=45 8")
+    cr = f"{tmp_path}/{CR}"
+    assert named(runs, rf"main\.py {CR}/spottune_val/(\S+)") == \
+        ["0_3_n45_lam0.01", "0_3_n45_tau0.1_lam0", "0_3_n45_tau1_lam0", "0_3_n8_lam0", "0_3_n8_lam0.01"]
+    choice = only(runs, f"report.py choose_tau {CR}/spottune_tau.csv")
+    assert choice["--runs"].split() == [f"{CR}/spottune_val/0_3_n45_tau0.1_lam0", f"{CR}/spottune_val/0_3_n45_tau1_lam0"]
+    assert choice["--budget"] == "45"
+    lam_run = only(runs, f"main.py {CR}/spottune_val/0_3_n8_lam0.01")
+    assert (lam_run["--tau"], lam_run["--k_reg"]) == (f"chosen:{CR}/spottune_tau.csv", "0.01")
+    assert text.index(f"--out {cr}/spottune_tau.csv") < text.index(f"--workdir {cr}/spottune_val/0_3_n8_lam0_tmp")
+    _, runs = dry(tmp_path, "-Bn", "TAU_BUDGET=8")
+    assert f"main.py {CR}/spottune_val/0_3_n8_tau1_lam0" in runs and f"main.py {CR}/spottune_val/0_3_n45_lam0" in runs
 
 
 def test_lr_drops_once_and_budget_sets_name_their_pair(tmp_path):
-    text = make(tmp_path, "-n").stdout
-    runs = [line for line in text.splitlines() if "main.py --workdir" in line and "--optimizer sgd" in line]
-    assert runs and all("--lr_schedule step_once" in line for line in runs)
-    data = f"{tmp_path}/data/cc359_sets"
-    assert f"--out {data}/pair_2_5_n8 --kind pair --source 2 --target 5 --n_val 2 --budget 8 --budget_from scan" in text
-    assert f"--target_dataset {data}/pair_4_1_all " in text                          # the source-free runs' pool
-    assert "--budget_from pool" in make(tmp_path, "-n", "BUDGET_FROM=pool").stdout
+    _, runs = dry(tmp_path, "-Bn")
+    sgd = [only(runs, k) for k in runs if k.startswith("main.py ") and only(runs, k).get("--optimizer") == "sgd"]
+    assert sgd and all(o["--lr_schedule"] == "step_once" for o in sgd)
+    split = only(runs, f"cc359.py split {SETS}/pair_2_5_n8")
+    assert {f: split[f] for f in ("--kind", "--source", "--target", "--n_val", "--budget", "--budget_from")} == \
+        {"--kind": "pair", "--source": "2", "--target": "5", "--n_val": "2", "--budget": "8", "--budget_from": "scan"}
+    for method in ("noadapt", "adabn", "sfda", "sfda_truesize"):                   # the source-free runs' pool
+        assert only(runs, f"main.py {CR}/{method}/4_1")["--target_dataset"] == f"{SETS}/pair_4_1_all", method
+    _, runs = dry(tmp_path, "-Bn", "BUDGET_FROM=pool")
+    budgets = [only(runs, k) for k in runs if k.startswith("cc359.py split ") and "--budget" in only(runs, k)]
+    assert budgets and all(o["--budget_from"] == "pool" for o in budgets)
     out = make(tmp_path, "-n", "BUDGET_FROM=slices")
     assert out.returncode != 0 and "BUDGET_FROM=slices: scan (the paper's) or pool" in out.stderr
 
 
 def test_paper_preset_sets_the_protocol_in_one_switch(tmp_path):
-    out = make(tmp_path, "-n", "PRESET=paper")
-    assert out.returncode == 0, out.stderr[-2000:]
-    text, cr, data = out.stdout, f"{tmp_path}/results/cc359", f"{tmp_path}/data/cc359_sets"
-    base = next(line for line in text.splitlines() if f"--workdir {cr}/baseline/1_tmp" in line)
-    for piece in ["--spacing 1,0.95,0.95", "--sdice_tol 1", "--l_rate 1e-3", "--n_epoch 100", "--iterations 100",
-                  "--lr_decay_epoch 80", "--lr_schedule step_once"]:
-        assert piece in base, piece
-    ft = next(line for line in text.splitlines() if f"--workdir {cr}/ft_all/1_0_n800_tmp" in line)
-    assert "--n_epoch 60" in ft and "--lr_decay_epoch 45" in ft
-    assert f"--out {data}/baseline_0 --kind baseline --source 0 --n_val 4" in text
-    assert f"--out {data}/pair_0_1_n8 --kind pair --source 0 --target 1 --n_val 2" in text
-    assert "cc359.py prep --meta" in text and "--spacing 1,0.95,0.95" in text
-    val = set(re.findall(rf"--workdir {cr}/spottune_val/(\S+)_tmp", text))
+    _, runs = dry(tmp_path, "-Bn", "PRESET=paper")
+    base = only(runs, f"main.py {CR}/baseline/1")
+    expected = {"--spacing": "1,0.95,0.95", "--sdice_tol": "1", "--l_rate": "1e-3", "--n_epoch": "100",
+                "--iterations": "100", "--lr_decay_epoch": "80", "--lr_schedule": "step_once"}
+    assert {f: base.get(f) for f in expected} == expected
+    ft = only(runs, f"main.py {CR}/ft_all/1_0_n800")
+    assert (ft["--n_epoch"], ft["--lr_decay_epoch"]) == ("60", "45")
+    split = only(runs, f"cc359.py split {SETS}/baseline_0")
+    assert (split["--kind"], split["--source"], split["--n_val"]) == ("baseline", "0", "4")
+    split = only(runs, f"cc359.py split {SETS}/pair_0_1_n8")
+    assert (split["--kind"], split["--source"], split["--target"], split["--n_val"]) == ("pair", "0", "1", "2")
+    prep = only(runs, "cc359.py prep data/cc359_prep")
+    assert "--meta" in prep and prep["--spacing"] == "1,0.95,0.95"
+    val = set(named(runs, rf"main\.py {CR}/spottune_val/(\S+)"))
     assert len(val) == 5 * 6 + 5 * (7 * 9 - 1)                   # 5 pairs: 6 taus at N = 270, then 7 x 9 lambdas
     assert {f"0_{t}_n270_tau0.01_lam0" for t in range(1, 6)} <= val and "0_5_n8_lam0.02" in val
-    tested = set(re.findall(rf"--workdir {cr}/spottune/(\d_\d)_n8_tmp", text))
+    tested = set(named(runs, rf"main\.py {CR}/spottune/(\d_\d)_n8"))
     assert tested == {f"{s}_{t}" for s in range(1, 6) for t in range(6) if s != t}
-    assert "--budget 270 --out" in text
-    text = make(tmp_path, "-n", "PRESET=paper", "BUDGETS=8 270").stdout                           # overridable
-    assert set(re.findall(rf"--workdir {cr}/spottune/1_0_n(\d+)_tmp", text)) == {"8", "270"}
+    assert only(runs, f"report.py choose_tau {CR}/spottune_tau.csv")["--budget"] == "270"
+    out = make(tmp_path, "-Bn", "PRESET=paper", "BUDGETS=8 270")                                 # overridable
+    assert out.returncode == 0, out.stderr[-2000:]
+    # only the spottune runs are read: the whole paper protocol takes seconds to parse
+    spot = dryrun.runs("\n".join(c for c in dryrun.commands(out.stdout) if f"{tmp_path}/{CR}/spottune/" in c),
+                       str(tmp_path))
+    assert named(spot, rf"main\.py {CR}/spottune/1_0_n(\d+)") == ["270", "8"]
     out = make(tmp_path, "-n", "PRESET=fast")
     assert out.returncode != 0 and "PRESET=fast: the only preset is paper" in out.stderr
 
@@ -121,6 +168,7 @@ def tiny_run(tiny_cc359):
     return tiny_cc359
 
 
+@pytest.mark.slow
 def test_every_run_tests_its_volumes(tiny_run):
     cr = tiny_run / "results" / "cc359"
     for run in TESTED:
@@ -145,6 +193,7 @@ def test_every_run_tests_its_volumes(tiny_run):
                                      "ft_all", "ft_first", "ft_last", "spottune"}
 
 
+@pytest.mark.slow
 def test_report_plots_and_archive(tiny_run):
     cr = tiny_run / "results" / "cc359"
     text = (cr / "report.md").read_text()
@@ -153,8 +202,9 @@ def test_report_plots_and_archive(tiny_run):
                   "tau chosen once, at N = 45 with lambda = 0", "## Statistics (the paper's one-sided Wilcoxon",
                   "SpotTUnet > the better of ft_all / ft_first", "cannot reach p < 0.05"]:
         assert piece in text, piece
-    for png in ["violin.png", "lambda_val.png", "policy.png", "protoseg/2_5/sa_layers.png"]:
-        assert (cr / png).stat().st_size > 1000
+    for png in ["violin.png", "lambda_val.png", "policy.png"]:
+        assert_drawn(cr / png)
+    assert_drawn(cr / "protoseg" / "2_5" / "sa_layers.png", series=6)         # one line per analysed model
     ps = (cr / "protoseg" / "2_5" / "report.md").read_text()            # ProtoSeg per test pair
     assert all(f"| {m} |" in ps for m in ["baseline_on_source", "baseline", "adabn", "sfda", "sfda_truesize"])
     assert "| baseline_online_on_source |" in ps and "Online ProtoSeg (seed 003, Table 1)" in ps
@@ -173,6 +223,7 @@ def test_report_plots_and_archive(tiny_run):
     assert len(checkpoints) == 2 and all("/baseline/" in n and n.endswith("/last.pkl") for n in checkpoints)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.assign(MRI=m["MRI"].str.replace("CC0002", "CC0999")), "CC0999_ge_3_50_M.nii.gz does not exist"),
     (lambda m: m.assign(tomograph_model=["siemens", "hitachi"]), "unknown domain 'hitachi'"),
@@ -191,20 +242,25 @@ def test_a_bad_meta_csv_stops_make_with_one_message_and_no_cache(tmp_path, edit,
     assert not (tmp_path / "data" / "cc359_prep").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_second_make_has_nothing_to_do(tiny_run):
     out = make(tiny_run, *TINY_CC359, "-n")
-    assert out.returncode == 0 and "main.py" not in out.stdout, out.stdout[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not [run for run in dryrun.runs(out.stdout, str(tiny_run)) if run.startswith("main.py ")], out.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_wider_bank_is_scored_and_reported_though_the_report_is_newer(tiny_run):
     """The bank's new files are plain targets, remade when missing (a bare .SECONDARY: made them intermediate, and
     make called the newer report up to date)."""
-    out = make(tiny_run, *TINY_CC359, "TE_DOMAINS=0 2 4", "-n", "transfer")
-    cr = tiny_run / "results" / "cc359"
-    assert f"transfer.py score --model {cr}/baseline/4/last.pkl" in out.stdout, out.stdout[-2000:]
-    assert f"--workdir {cr}/transfer/5/ft/baseline_4_epoch0_s1_tmp" in out.stdout and "transfer.py report" in out.stdout
+    _, runs = dry(tiny_run, *TINY_CC359, "TE_DOMAINS=0 2 4", "-n", "transfer")
+    scored = [o["--model"] for k in runs if k.startswith("transfer.py score ") for o in runs[k]]
+    assert f"{CR}/baseline/4/last.pkl" in scored, sorted(runs)
+    assert f"main.py {CR}/transfer/5/ft/baseline_4_epoch0_s1" in runs
+    assert any(k.startswith("transfer.py report ") for k in runs)
 
 
+@pytest.mark.slow
 def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
     """Target 5 (the test pair 2_5's): the default bank on TE_DOMAINS 0 and 2 (7 models), one scored row and two
     fine-tunings each, the tables."""
@@ -223,16 +279,21 @@ def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
                   "| ccfv_bhattacharyya |", "| ccfv_unit |", "## The model each estimator picks", "mean regret", "ccfv_unit: features L2-normalised", "CC-FV, paper variant",
                   "Scoring one model"]:
         assert piece in text, piece
-    assert (te / "scatter.png").stat().st_size > 1000
+    assert_drawn(te / "scatter.png")
     ft = te / "5" / "ft" / "prostate_cesource_best_3d_s1"
     assert "--network checkpoint --new_head --seed 1" in (ft / "command.txt").read_text()
 
 
+@pytest.mark.slow
 def test_another_voxel_draw_scores_the_bank_again_against_the_same_fine_tunings(tiny_run):
     out = make(tiny_run, *TINY_CC359, "TE_VOXEL_SEED=1", "TE_SLICES=1", "transfer")
-    assert out.returncode == 0 and "main.py" not in out.stdout, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    ran = dryrun.runs("\n".join(c for c in dryrun.commands(out.stdout) if c.lstrip().startswith(sys.executable)),
+                     str(tiny_run))
+    assert not [run for run in ran if run.startswith("main.py ")], out.stdout[-2000:]
     te = tiny_run / "results" / "cc359" / "transfer"
-    assert "--seed 1 --slices_per_case 1 --out" in out.stdout
+    sample = only(ran, f"transfer.py sample {CR}/transfer/5/voxels_seed1_slices1.npz")
+    assert (sample["--seed"], sample["--slices_per_case"]) == ("1", "1")
     with np.load(te / "5" / "voxels_seed1_slices1.npz") as voxels:
         per_case = pd.DataFrame(voxels["scale2"][:, [0, 3]], columns=["slice", "case"]).groupby("case")["slice"].nunique()
     assert (per_case == 1).all()                     # one slice per case: the brain covers it, background too
@@ -242,7 +303,7 @@ def test_another_voxel_draw_scores_the_bank_again_against_the_same_fine_tunings(
     merged = first.merge(again, on="candidate")
     assert (merged["sdice_x"] == merged["sdice_y"]).all() and (merged["ccfv_x"] != merged["ccfv_y"]).all()
     assert "voxels drawn with seed 1 from 1 slices per case" in (te / "report_seed1_slices1.md").read_text()
-    assert (te / "scatter_seed1_slices1.png").exists()
+    assert_drawn(te / "scatter_seed1_slices1.png")
 
 
 # the reuse strategies cut a residual U-Net: a width-4 one, one pair, one budget, a short k grid
@@ -251,19 +312,22 @@ TINY_REUSE = [a for a in TINY_CC359 if not a.startswith(("NET=", "BUDGETS="))] +
 
 
 def test_dry_run_searches_k_once_on_the_validation_pairs_and_the_tests_read_it(tmp_path):
-    text = make(tmp_path, "-n", "layers").stdout
-    cr = f"{tmp_path}/results/cc359"
-    runs = sorted(set(re.findall(rf"--workdir {cr}/(\w+_val/0_3\S+)_tmp", text)))
-    assert [r for r in runs if r.startswith(("ttl", "lwft", "transfusion"))] == \
+    text, runs = dry(tmp_path, "-Bn", "layers")
+    cr = f"{tmp_path}/{CR}"
+    assert named(runs, rf"main\.py {CR}/((?:ttl|lwft|transfusion)_val/0_3\S+)") == \
         [f"lwft_val/0_3_n45_k{k}" for k in (1, 2, 3, 4)] + [f"transfusion_val/0_3_n45_k{k}" for k in (0, 1, 2)] + \
         [f"ttl_val/0_3_n45_k{k}" for k in (0, 1, 2, 3)]
-    assert f"--reuse ttl:$(awk -F, '$1 == \"ttl\" {{print $2}}' {cr}/reuse_params.csv)" in text
-    assert text.index("report.py choose_k") < text.index(f"{cr}/ttl/2_5_n8_tmp")
-    assert "svcca.py complexity" in text and "svcca.py anatomy" in text
-    other = make(tmp_path, "-n", "NET=UNet").stdout                    # the strategies need a residual U-Net
-    assert "--reuse" not in other and "reuse_params" not in other and "svcca.py" not in other
+    for method in ("ttl", "lwft", "transfusion"):                 # the test runs read the level chosen for them
+        assert only(runs, f"main.py {CR}/{method}/2_5_n8")["--reuse"] == \
+            f"{method}:chosen:{CR}/reuse_params.csv:method={method}", method
+    assert text.index(f"--out {cr}/reuse_params.csv") < text.index(f"--workdir {cr}/ttl/2_5_n8_tmp")
+    assert f"svcca.py complexity {CR}/layers/complexity.csv" in runs and f"svcca.py anatomy {CR}/layers/anatomy.md" in runs
+    _, other = dry(tmp_path, "-Bn", "NET=UNet")                        # the strategies need a residual U-Net
+    assert not [k for k in other if "reuse_params" in k or k.startswith("svcca.py ")]
+    assert not [k for k in other for o in other[k] if "--reuse" in o or any("reuse_params" in v for v in o.values())]
 
 
+@pytest.mark.slow
 def test_a_tiny_resunet_chain_chooses_k_tests_the_strategies_and_draws_the_layer_anatomy(tiny_cc359, tmp_path):
     cr = tmp_path / "results" / "cc359"
     out = run_make("cc359.make", tmp_path, "-j2", *TINY_REUSE, "layers", data=tiny_cc359)

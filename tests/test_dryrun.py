@@ -32,3 +32,17 @@ def test_the_parser_reads_options_as_argparse_does():
     assert table["report.py choose r/x.csv"] == [{"--runs": "r/a r/b", "--out": "r/x.csv"}]
     b = table["main.py r/b"][0]
     assert b["--tau"] == "chosen:r/spottune_tau.csv" and "--chosen" not in b
+
+
+def test_selectors_name_the_row_a_run_reads_in_both_spellings_and_prefixes_the_interpreter():
+    text = ("python -O main.py --workdir r/a_tmp --tau $(awk -F, '$1 == 45 {print $2}' r/spottune_params.csv) "
+            "--k_reg $(awk -F, '$1 == 45 {print $3}' r/spottune_params.csv) --reuse ttl:$(awk -F, '$1 == \"ttl\" "
+            "{print $2}' r/reuse_params.csv)\n"
+            "srun -c 1 python main.py --workdir r/b_tmp --spottune --chosen r/spottune_params.csv:budget=45\n"
+            "python main.py --workdir r/c_tmp --reuse ttl --chosen r/reuse_params.csv:method=ttl\n")
+    a, b, c = (dryrun.runs(text, "", selectors=True)[f"main.py r/{r}"][0] for r in "abc")
+    assert a["--tau"] == a["--k_reg"] == b["--tau"] == b["--k_reg"] == "chosen:r/spottune_params.csv:budget=45"
+    assert a["--reuse"] == c["--reuse"] == "ttl:chosen:r/reuse_params.csv:method=ttl"
+    assert dryrun.runs(text)["main.py r/b"][0]["--tau"] == "chosen:r/spottune_params.csv"      # the golden's form
+    assert dryrun.prefixes(text) == {"main.py r/a": {("python", "-O")}, "main.py r/b": {("srun", "-c", "1", "python")},
+                                     "main.py r/c": {("python",)}}

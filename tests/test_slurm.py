@@ -1,6 +1,10 @@
 """A real SLURM: a single-node cluster on this machine (munged, slurmctld, slurmd on localhost, its config in a
 temporary directory) runs the tiny chains through LAUNCH="srun ..." with make -j2; results equal the local runs',
-and a job cancelled with scancel is resumed by the next make."""
+and a job cancelled with scancel is resumed by the next make.
+
+Where SLURM is installed these tests run (as root); where it is not, they skip and say so. They install Debian's
+slurm-wlm and munge themselves (apt-get, as root) only when asked to: in CI (the variable CI set) or under
+`make test-slurm` (SLURM_INSTALL=1), never on a machine that merely runs `make test`."""
 import os
 import shutil
 import signal
@@ -15,10 +19,21 @@ import pytest
 from conftest import TINY_CC359, TINY_PROSTATE, run_make
 
 DAEMONS = ["munged", "slurmctld", "slurmd", "srun", "scancel", "squeue", "sinfo"]
+# system packages are installed only where asked: CI, or make test-slurm (SLURM_INSTALL=1)
+INSTALL_ASKED = bool(os.environ.get("CI") or os.environ.get("SLURM_INSTALL"))
+
+pytestmark = pytest.mark.slow
+# decided before any fixture: the tiny chains the tests compare against take minutes to build
+if os.geteuid() != 0:
+    pytest.skip("a single-node SLURM cluster needs root (slurmd runs jobs as their users)", allow_module_level=True)
+if not INSTALL_ASKED and not all(shutil.which(d) for d in DAEMONS):
+    pytest.skip(f"SLURM is not installed (missing: {' '.join(d for d in DAEMONS if not shutil.which(d))}); "
+                "`make test-slurm` (or CI=1) installs Debian's slurm-wlm and munge with apt-get, as root",
+                allow_module_level=True)
 
 
 def install_slurm() -> None:
-    """Debian's slurm-wlm and munge, or a skip that says why they cannot be had here."""
+    """SLURM as found, or (where asked: the module is skipped elsewhere) Debian's slurm-wlm and munge installed now."""
     if all(shutil.which(d) for d in DAEMONS):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
@@ -51,12 +66,11 @@ def slurm_conf(d: Path, host: str) -> str:
         "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """The environment that points srun at a fresh single-node cluster; the daemons stop afterwards."""
+    """The environment that points srun at a fresh single-node cluster; the daemons stop afterwards. Session-scoped
+    and first in each test's arguments, so that it is set up (or skips) before the tiny chains are built."""
     install_slurm()
-    if os.geteuid() != 0:
-        pytest.skip("a single-node SLURM cluster needs root (slurmd runs jobs as their users)")
     d = tmp_path_factory.mktemp("slurm")
     for sub in ("munge", "state", "spool"):
         (d / sub).mkdir()
