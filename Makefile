@@ -13,9 +13,10 @@ help:
 	@echo "make -f cc359.make        fine-tuning / SpotTUnet / SFDA across the six CC359 scanner domains, ProtoSeg,"
 	@echo "                          and which pre-trained model to reuse (make -f cc359.make transfer)"
 	@echo "make compare REF=\"results/seed0/prostate ...\" CAND=\"results_bf16/seed0/prostate ...\""
-	@echo "                          two modes run by run, roots paired by seed: the paired mean difference within"
-	@echo "                          TOLERANCE (1.5) points and no more collapses -> first CAND root/compare.md"
-	@echo "make clean                remove results, generated data, sizes and archives"
+	@echo "                          two modes run by run, roots paired by seed, judged by the paired rule (best or"
+	@echo "                          final score within TOLERANCE 1.5 points, no more collapses, last-epoch moves only"
+	@echo "                          within the run's own swing and not all one way) -> first CAND root/compare.md"
+	@echo "make clean                remove results, sizes, archives, caches and the embedded data (never your own)"
 
 venv: $(PYDEP)
 
@@ -41,10 +42,13 @@ REF ?= $(RD)/prostate
 CAND ?= results_bf16/prostate
 TOLERANCE ?= 1.5
 ONLY ?=# compare only these runs, e.g. ONLY="cesource noadapt adabn sfda sfda_truesize"
+UNJUDGED ?=# runs reported, not judged: a grid point the choice rejects in both modes, e.g. UNJUDGED=cc359/sfda_val/0_3_lr5e-4
 compare: | $(PYDEP)
 	$(CC) $(CFLAGS) report.py compare --reference $(REF) --candidate $(CAND) --tolerance $(TOLERANCE) \
-		$(if $(ONLY),--only $(ONLY)) --out $(firstword $(CAND))/compare.md
+		$(if $(ONLY),--only $(ONLY)) $(if $(UNJUDGED),--unjudged $(UNJUDGED)) --out $(firstword $(CAND))/compare.md
 
+# results, size files, archives, CC359's caches, and the data folders synth.py wrote (its .embedded marker): a folder
+# of your own data under $(DATA) is never deleted
 clean:
-	rm -rf $(RD) $(DATA)/prostate_source $(DATA)/prostate_target $(DATA)/prostate_target_hard $(DATA)/cc359 $(DATA)/cc359_prep $(DATA)/cc359_sets \
-		$(SIZES) $(ARCH)
+	rm -rf $(RD) $(SIZES) $(ARCH) $(DATA)/cc359_prep $(DATA)/cc359_sets
+	for marker in $(wildcard $(DATA)/*/.embedded); do rm -rf "$$(dirname "$$marker")"; done

@@ -1,33 +1,38 @@
-"""A bank of candidate models ranked on a target's annotated pool (seed 001's protocol; transfer.py's make side).
+"""A bank of candidate models ranked on a target's annotated pool (seed 001's protocol; transfer.py's commands).
 
 make -f cc359.make transfer: per target, voxels sampled once on its annotated pool (``transfer.py sample``),
-every candidate scored on them in one pass by every estimator of transfer.py (``score``), every candidate
+every candidate scored on them in one pass by every estimator of transferability.py (``score``), every candidate
 fine-tuned on the pool (main.py), then the tables and the scatter plot against the fine-tuned scores (``report``).
 """
 import argparse
 import re
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import pandas as pd
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
-if TYPE_CHECKING:
-    import torch
-
-from transfer import ABLATIONS, ccfv, check_features, gbc, leep, logme, pearson, transrate, weighted_tau
-from utils import write_csv_atomic, write_text_atomic
+from checkpoints import network_from_checkpoint  # noqa: E402
+from dataloader import SliceSet, load_split  # noqa: E402
+from networks import tapped  # noqa: E402
+from tables import read_run_stats, read_table, read_test_metrics  # noqa: E402
+from transferability import (ABLATIONS, ccfv, check_features, gbc, leep, logme, pearson, transrate,  # noqa: E402
+                             weighted_tau)
+from utils import atomic_output, evenly_spaced, publish, resized, save_figure, write_csv_atomic  # noqa: E402
 
 CAPS = (100, 200, 400)       # voxels per label and case at the coarse, middle and fine decoder scale (CC-FV's code)
-VOXEL_COLUMNS = ("slice", "row", "column", "case", "label")
 ESTIMATORS = ("ccfv", "ccfv_code", "logme", "leep", "gbc", "transrate")   # Table 1 rows; Table 2: the ablations
 
 
-def evenly_spaced(indices: np.ndarray, n: int) -> np.ndarray:
+def spread(indices: np.ndarray, n: int) -> np.ndarray:
     """``n`` of ``indices`` spread evenly from the first to the last (all of them when there are no more than n)."""
-    if len(indices) <= n:
-        return indices
-    return indices[np.unique(np.linspace(0, len(indices) - 1, n).round().astype(int))]
+    return indices[evenly_spaced(len(indices), n)]
 
 
 def sampled_slices(volume: np.ndarray, n: Optional[int]) -> np.ndarray:
@@ -38,10 +43,10 @@ def sampled_slices(volume: np.ndarray, n: Optional[int]) -> np.ndarray:
     values = np.unique(volume)
     holds = np.stack([(volume == v).any(axis=(1, 2)) for v in values], axis=1)      # (slices, labels)
     foreground = holds[:, values > 0].any(axis=1)
-    chosen = evenly_spaced(np.flatnonzero(foreground) if foreground.any() else np.arange(len(volume)), n)
+    chosen = spread(np.flatnonzero(foreground) if foreground.any() else np.arange(len(volume)), n)
     for j in range(len(values)):
         if not holds[chosen, j].any():
-            chosen = np.union1d(chosen, evenly_spaced(np.flatnonzero(holds[:, j]), n))
+            chosen = np.union1d(chosen, spread(np.flatnonzero(holds[:, j]), n))
     return chosen
 
 
@@ -73,25 +78,15 @@ def sample_voxels(labels: np.ndarray, patients: Sequence[str], caps: Sequence[in
     return out
 
 
-def read_at(feature: "torch.Tensor", rows: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """(m, C) values of a (1, C, h, w) map upsampled to ``size`` (bilinear, align_corners=False) at (row, column)
-    ``rows`` (m, 2): grid_sample at the points equals F.interpolate followed by indexing, without the full map."""
-    import torch
-    import torch.nn.functional as F
-    h, w = size
-    y = (rows[:, 0] + 0.5) / h * 2 - 1                   # output pixel centres in grid_sample's [-1, 1] frame
-    x = (rows[:, 1] + 0.5) / w * 2 - 1
-    grid = torch.from_numpy(np.stack([x, y], axis=1)).to(feature)[None, None]     # (1, 1, m, 2)
-    values = F.grid_sample(feature.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
-    return values[0, :, 0].T.cpu().numpy()
+def read_at(feature: torch.Tensor, rows: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(m, C) values of a (1, C, h, w) map upsampled to ``size`` (utils.resized) at the (row, column) ``rows`` (m, 2)."""
+    return resized(feature, size, at=rows)[0].T.cpu().numpy()
 
 
-def model_features(net, images: "torch.Tensor", voxels: Sequence[np.ndarray], batch_size: int = 16
+def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[np.ndarray], batch_size: int = 16
                    ) -> Tuple[List[np.ndarray], np.ndarray]:
     """One pass of ``net`` over the slices the voxels touch: per scale, the tapped decoder layer read at that scale's
     voxels, (n_k, C_k); and the network's softmax at the finest scale's voxels, (n, source classes)."""
-    import torch
-    from networks import tapped
     layers = net.decoder_scales()
     if len(layers) not in (1, len(voxels)):
         raise ValueError(f"{type(net).__name__} taps {len(layers)} decoder scales for {len(voxels)} voxel scales")
@@ -129,7 +124,6 @@ def score_model(features: Sequence[np.ndarray], probs: np.ndarray, voxels: Seque
     """Every estimator and Table 2 ablation on one model's sampled features, with its seconds; the baselines read the
     finest scale (the input of the final 1x1 conv), CC-FV every scale. NaN channels stop with the model's name;
     constant channels are counted in the row."""
-    import time
     row: Dict[str, float] = {}
     for layer, f in zip(layers, features):
         if not np.isfinite(f).all():
@@ -151,22 +145,15 @@ def score_model(features: Sequence[np.ndarray], probs: np.ndarray, voxels: Seque
     return row
 
 
-def candidate_name(checkpoint: Path, root: Optional[Path] = None) -> str:
-    """A bank entry's name: its path below ``root`` (else as given) without .pkl, '/' -> '_' (e.g. baseline_1_last)."""
-    path = checkpoint.relative_to(root) if root is not None and checkpoint.is_relative_to(root) else checkpoint
-    return str(path.with_suffix("")).strip("/").replace("/", "_")
-
-
 def fine_tuned_scores(runs: Sequence[Path]) -> pd.DataFrame:
     """target, candidate, seed, sdice, dice, seconds of fine-tuning runs named <root>/<target>/ft/<candidate>_s<seed>."""
-    from report import read_table
     rows = []
     for run in runs:
         match = re.fullmatch(r"(.+)_s(\d+)", run.name)
         if match is None or run.parent.name != "ft":
             raise ValueError(f"{run}: a fine-tuning run of the bank is named <target>/ft/<candidate>_s<seed>")
-        test = read_table(run / "test_metrics.csv", ["sdice", "dice"])
-        stats = read_table(run / "run_stats.csv", ["name", "value"]).set_index("name")["value"]
+        test = read_test_metrics(run)
+        stats = read_run_stats(run)
         rows.append({"target": run.parent.parent.name, "candidate": match.group(1), "seed": int(match.group(2)),
                      "sdice": 100 * test["sdice"].mean(), "dice": 100 * test["dice"].mean(), "ft_s": stats["total"]})
     return pd.DataFrame(rows)
@@ -275,10 +262,6 @@ def transfer_report(scores: pd.DataFrame, title: str) -> str:
 
 def scatter(scores: pd.DataFrame, out: Path) -> None:
     """Per target (rows) and estimator (columns): score against fine-tuned surface Dice, the top-ranked model ringed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from utils import atomic_output
     targets = sorted(scores["target"].unique())
     fig, axes = plt.subplots(len(targets), len(ESTIMATORS), figsize=(3 * len(ESTIMATORS), 2.8 * len(targets)),
                              squeeze=False)
@@ -293,17 +276,13 @@ def scatter(scores: pd.DataFrame, out: Path) -> None:
                          fontsize=8)
             ax.set_xlabel("score", fontsize=7)
             ax.set_ylabel("fine-tuned surface Dice" if j == 0 else "", fontsize=7)
-    fig.tight_layout()
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
 
 
-def load_pool(split: Path, folders: str, grp_regex: str, n_class: int):
-    """The target's annotated pool (a dataloader.SliceSet), refused when it cannot support the estimators."""
-    from dataloader import load_slices
-    from options import parse_folders
-    pool = load_slices(split, parse_folders(folders, "--folders"), n_class, grp_regex)
+def load_pool(split: Path, folders: str, grp_regex: str, n_class: int) -> SliceSet:
+    """The target's annotated pool, refused when it cannot support the estimators."""
+    pool = load_split(split, folders, n_class, grp_regex)
     cases = sorted(set(pool.patients))
     if len(cases) < 2:
         raise ValueError(f"{split}: the annotated pool holds {len(cases)} case(s); CC-FV's class consistency compares "
@@ -316,7 +295,6 @@ def load_pool(split: Path, folders: str, grp_regex: str, n_class: int):
 
 
 def sample_main(args: argparse.Namespace) -> None:
-    from utils import atomic_output
     if args.slices_per_case is not None and args.slices_per_case < 1:
         raise ValueError(f"--slices_per_case {args.slices_per_case}: at least 1 slice per case")
     pool = load_pool(args.pool, args.folders, args.grp_regex, args.n_class)
@@ -335,17 +313,11 @@ def read_voxels(path: Path) -> List[np.ndarray]:
 
 
 def score_main(args: argparse.Namespace) -> None:
-    import time
-    import torch
-    from networks import build_network, load_checkpoint
-    ckpt = load_checkpoint(args.model)
-    net = build_network(ckpt["network"], **ckpt["kwargs"])
-    net.load_state_dict(ckpt["state_dict"])
+    net = network_from_checkpoint(args.model, "checkpoint", None)     # a candidate keeps its own head (LEEP reads it)
     pool = load_pool(args.pool, args.folders, args.grp_regex, args.n_class)
     voxels = read_voxels(args.voxels)
     if any(v[:, 0].max() >= len(pool) for v in voxels):
         raise ValueError(f"{args.voxels}: voxels sampled on another pool (slice index beyond the {len(pool)} slices)")
-    from threadpoolctl import threadpool_limits
     torch.set_num_threads(args.threads or torch.get_num_threads())
     t0 = time.perf_counter()
     features, probs = model_features(net, pool.images, voxels)
@@ -353,14 +325,13 @@ def score_main(args: argparse.Namespace) -> None:
     layers = net.decoder_scales() * (len(voxels) if len(net.decoder_scales()) == 1 else 1)
     with threadpool_limits(limits=args.threads):        # numpy's BLAS too: two jobs of make -j2 on two cores
         scores = score_model(features, probs, voxels, layers, args.name)
-    row = {"candidate": args.name, "network": ckpt["network"], "checkpoint": str(args.model), "forward_s": forward_s,
+    row = {"candidate": args.name, "network": type(net).__name__, "checkpoint": str(args.model), "forward_s": forward_s,
            **scores}
     write_csv_atomic(pd.DataFrame([row]), args.out, float_format="%.6g")
     print(pd.DataFrame([row]).T.to_string(header=False))
 
 
 def report_main(args: argparse.Namespace) -> None:
-    from report import read_table
     scored = pd.concat([read_table(p, ["candidate"]).assign(target=p.parent.parent.name) for p in args.scores])
     tuned = fine_tuned_scores(args.ft)
     per_seed = tuned.pivot_table(index=["target", "candidate"], columns="seed", values=["sdice", "dice"])
@@ -372,6 +343,4 @@ def report_main(args: argparse.Namespace) -> None:
         raise ValueError(f"no fine-tuning run for {', '.join(missing['target'] + '/' + missing['candidate'])}")
     write_csv_atomic(table, args.table or args.out.parent / "scores.csv", float_format="%.6g")
     scatter(table, args.plot or args.out.parent / "scatter.png")
-    text = transfer_report(table, args.title)
-    write_text_atomic(text, args.out)
-    print(text)
+    publish(transfer_report(table, args.title), args.out)

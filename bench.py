@@ -31,8 +31,10 @@ from scipy import ndimage
 from torch.utils.flop_counter import FlopCounterMode
 
 from metrics import hd95_assd, surface_dice
-from networks import NETWORKS, SpotTUnet, build_network
-from utils import atomic_output
+from networks import NETWORKS, build_network
+from spottune import SpotTUnet
+from tables import read_run_stats
+from utils import write_csv_atomic
 
 ROOT = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -114,7 +116,7 @@ def bench_epoch(precision: str) -> List[dict]:
                "--grp_regex", r"Case\d+_\d+", "--n_class", "2", "--metric_axis", "1", "--n_epoch", "2",
                "--batch_size", str(DEFAULT_INPUT["batch"]), "--hd95", "--precision", precision]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-        stats = pd.read_csv(Path(tmp) / "run_tmp" / "run_stats.csv").set_index("name")["value"]
+        stats = read_run_stats(Path(tmp) / "run_tmp")
     outside = 1 - stats["compute"] / stats["epochs"]
     common = {"section": "epoch", "name": "UNet", "precision": precision, "channels_last": False}
     return [{**common, "metric": "epoch_seconds", "value": stats["epochs"] / 2, "unit": "s"},
@@ -174,7 +176,7 @@ def bench_memory(volumes: Sequence[int] = (2, 8, 16)) -> List[dict]:
                    "--grp_regex", r"CC\d+_\d+", "--n_class", "2", "--metric_axis", "1", "--n_epoch", "1",
                    "--iterations", "2", "--batch_size", "16", "--optimizer", "sgd", "--spacing", PAPER_SPACING]
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-            stats = pd.read_csv(Path(tmp) / f"run{n}_tmp" / "run_stats.csv").set_index("name")["value"]
+            stats = read_run_stats(Path(tmp) / f"run{n}_tmp")
             peaks.append(stats["peak_memory"])
             rows.append({"section": "memory", "name": f"ResUNet, {n} training volumes", "precision": "fp32",
                          "channels_last": False, "metric": "peak_memory", "value": stats["peak_memory"], "unit": "MiB"})
@@ -250,8 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.only == "memory":
         df = pd.DataFrame(bench_memory())
-        with atomic_output(args.out / "memory.csv") as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6g")
+        write_csv_atomic(df, args.out / "memory.csv", float_format="%.6g")
         print_table(df)
         return 0
     repeat = 2 if args.quick else 5
@@ -267,8 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows += bench_metrics(1 if args.quick else 3)
 
     df = pd.DataFrame(rows)
-    with atomic_output(args.out / "bench.csv") as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+    write_csv_atomic(df, args.out / "bench.csv", float_format="%.6g")
     print_table(df)
     print(f"\nwritten {args.out / 'bench.csv'}")
     return 0

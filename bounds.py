@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from utils import instantiate
+
 
 class Bounds:
     def __call__(self, filenames: Sequence[str], targets: Tensor) -> Tensor:
@@ -134,13 +136,4 @@ BOUNDS = {"PredictionBounds": PredictionBounds, "PreciseBounds": PreciseBounds,
 
 def build_bounds(name: Optional[str], kwargs: Optional[Dict[str, Any]]) -> Optional[Bounds]:
     """Instantiate a bounds generator of a ``--target_losses`` tuple; None when the tuple gives None."""
-    if name is None:
-        return None
-    if name not in BOUNDS:
-        raise ValueError(f"unknown bounds {name!r}; known: {', '.join(sorted(BOUNDS))}")
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"bounds {name}: parameters must be a dict, got {kwargs!r}")
-    try:
-        return BOUNDS[name](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bounds {name}: bad parameters {kwargs!r}: {e}") from None
+    return None if name is None else instantiate(BOUNDS, "bounds", name, kwargs)

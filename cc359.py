@@ -50,7 +50,7 @@ from scipy import ndimage
 from sklearn.model_selection import KFold, train_test_split
 
 from dataloader import DataError
-from utils import atomic_output
+from utils import atomic_output, evenly_spaced, one_error_line, parse_spacing
 
 DOMAINS: List[Tuple[str, int]] = [("siemens", 15), ("siemens", 3), ("ge", 15), ("ge", 3), ("philips", 15), ("philips", 3)]
 DOMAIN_NAMES = [f"{vendor}_{tesla}" for vendor, tesla in DOMAINS]
@@ -302,7 +302,7 @@ def budget_slices(ids: Sequence[str], n_slices: Dict[str, int], budget: Optional
         raise DataError(f"budget {budget} slices: the annotation pool ({len(ids)} scans) holds {len(names)} slices; "
                         f"raise NADD or the subjects per domain, or lower the budget")
     if mode == "pool":
-        return [names[i] for i in np.linspace(0, len(names) - 1, budget).round().astype(int)]
+        return [names[i] for i in evenly_spaced(len(names), budget)]
     if mode != "scan":
         raise ValueError(f"budget mode {mode!r}: scan or pool")
     ends = np.cumsum([n_slices[i] for i in ids])
@@ -390,16 +390,6 @@ def write_split(prep: Path, kind: str, source: Optional[int], target: Optional[i
 
 # ---------------------------------------------------------------- command line
 
-def parse_spacing(text: str) -> Tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"spacing {text!r}: expected three numbers like 1,0.95,0.95") from None
-    if len(values) != 3 or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"spacing {text!r}: expected three positive numbers")
-    return values
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -424,30 +414,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_split.add_argument("--n_add", type=int, default=3, help="pair: scans in the target's annotation pool")
     p_split.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "meta":
-            meta_from_release(args.root).to_csv(args.out, index=False)
-            print(f"wrote {args.out}")
-        elif args.command == "prep":
-            write_prep(args.meta, args.spacing, args.out)
-            print(f"wrote {args.out} at spacing {args.spacing} mm")
-        else:
-            need = {"baseline": ["source"], "oracle": ["target"], "pair": ["source", "target"], "hm": ["source", "target"]}
-            for name in need[args.kind]:
-                if getattr(args, name) is None:
-                    parser.error(f"--kind {args.kind} needs --{name}")
-            if args.budget != "all" and not args.budget.isdigit():
-                parser.error(f"--budget {args.budget!r}: a number of slices or 'all'")
-            budget = None if args.budget == "all" else int(args.budget)
-            if not (args.prep / "cases.csv").is_file():
-                raise DataError(f"{args.prep}: no cases.csv (run cc359.py prep first)")
-            write_split(args.prep, args.kind, args.source, args.target, args.fold, budget, args.n_val, args.n_add, args.out,
-                        args.budget_from, args.n_val_source)
-            print(f"wrote {args.out}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    if args.command == "split":
+        need = {"baseline": ["source"], "oracle": ["target"], "pair": ["source", "target"], "hm": ["source", "target"]}
+        for name in need[args.kind]:
+            if getattr(args, name) is None:
+                parser.error(f"--kind {args.kind} needs --{name}")
+        if args.budget != "all" and not args.budget.isdigit():
+            parser.error(f"--budget {args.budget!r}: a number of slices or 'all'")
+    return one_error_line(run_command, args)
+
+
+def run_command(args: argparse.Namespace) -> None:
+    if args.command == "meta":
+        meta_from_release(args.root).to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    elif args.command == "prep":
+        write_prep(args.meta, args.spacing, args.out)
+        print(f"wrote {args.out} at spacing {args.spacing} mm")
+    else:
+        if not (args.prep / "cases.csv").is_file():
+            raise DataError(f"{args.prep}: no cases.csv (run cc359.py prep first)")
+        write_split(args.prep, args.kind, args.source, args.target, args.fold, None if args.budget == "all" else
+                    int(args.budget), args.n_val, args.n_add, args.out, args.budget_from, args.n_val_source)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

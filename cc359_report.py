@@ -1,7 +1,7 @@
-"""The CC359 protocol's tables (seed 000), read from the runs' own files; report.py's subcommands call them.
+"""The CC359 protocol's tables (seed 000), read from the runs' own files; report.py's subcommands write them.
 
 ``collect`` gathers every run's test_metrics.csv (one row per test volume) with the method, pair, budget,
-tau, lambda, lr and k its directory name (or, for SpotTUnet, its command.txt) gives; ``choose_lr`` picks the
+tau, lambda, lr and k its directory name (or, for SpotTUnet, its params.txt) gives; ``choose_lr`` picks the
 source-free adaptation's learning rate on the validation pairs; ``choose_tau`` picks SpotTUnet's tau once, at
 one budget with lambda = 0, and ``choose`` then the lambda per budget with that tau, both on the validation
 pairs (the paper's order); ``choose_k`` the level of each reuse strategy (seed 002); ``cc359_report`` the
@@ -10,7 +10,6 @@ volumes, as in the paper), baseline and oracle, the paper's one-sided Wilcoxon t
 issue's targets checked on these numbers.
 """
 import re
-import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from report import COLLAPSE, mean_sd
+from tables import COLLAPSE, fell_back, mean_sd, read_params, read_table, read_test_metrics
 
 RUN_NAME = re.compile(r"(?P<source>\d)_(?P<target>\d)(?:_n(?P<budget>\d+))?(?:_tau(?P<tau>[\d.e-]+))?"
                       r"(?:_lam(?P<lam>[\d.e-]+))?(?:_lr(?P<lr>[\d.e-]+))?(?:_k(?P<k>\d+))?$")
@@ -31,8 +30,8 @@ def parse_run(run: Path) -> Dict[str, object]:
     """method, source, target, budget, tau, lambda, fold of a run directory.
 
     Names: ``<method>/<s>_<t>[_n<N>][_tau<T>][_lam<L>]`` or ``oracle/<t>/fold<k>``. SpotTUnet runs
-    whose name lacks tau or lambda (the lambda grid, the test runs: both read them from a csv when they
-    run) get them from the run's command.txt.
+    whose name lacks tau or lambda (the lambda grid, the test runs: both read them from a choice csv when they
+    run, --chosen) get them from the run's params.txt.
     """
     if run.parent.parent.name == "oracle":
         return {"method": "oracle", "source": np.nan, "target": int(run.parent.name), "budget": np.nan,
@@ -43,34 +42,19 @@ def parse_run(run: Path) -> Dict[str, object]:
     g = match.groupdict()
     tau, lam = (float(g[k]) if g[k] else np.nan for k in ("tau", "lam"))
     if run.parent.name.startswith("spottune") and (np.isnan(tau) or np.isnan(lam)):
-        given = command_options(run)
-        tau = float(given.get("--tau", tau)) if np.isnan(tau) else tau
-        lam = float(given.get("--k_reg", lam)) if np.isnan(lam) else lam
+        given = read_params(run)
+        tau = float(given["tau"]) if np.isnan(tau) else tau
+        lam = float(given["k_reg"]) if np.isnan(lam) else lam
     return {"method": run.parent.name, "source": int(g["source"]), "target": int(g["target"]),
             "budget": float(g["budget"]) if g["budget"] else np.nan, "tau": tau, "lam": lam, "fold": np.nan,
             **({"lr": float(g["lr"])} if g["lr"] else {}), **({"k": int(g["k"])} if g["k"] else {})}
-
-
-def command_options(run: Path) -> Dict[str, str]:
-    """``--option value`` pairs of the run's command.txt (empty when the run has none)."""
-    path = run / "command.txt"
-    if not path.is_file():
-        return {}
-    try:
-        words = shlex.split(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot parse the command ({e})") from None
-    return {w: v for w, v in zip(words, words[1:]) if w.startswith("--") and not v.startswith("--")}
 
 
 def collect(runs: Sequence[Path]) -> pd.DataFrame:
     """One row per (run, test volume): the run's coordinates, patient, dice, sdice."""
     frames = []
     for run in runs:
-        path = run / "test_metrics.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (is the run complete, and was it given --test_folder?)")
-        df = pd.read_csv(path)[["patient", "dice", "sdice"]]
+        df = read_test_metrics(run)[["patient", "dice", "sdice"]]
         for key, value in parse_run(run).items():
             df.insert(0, key, value)
         df.insert(0, "run", str(run))
@@ -89,7 +73,7 @@ def validation_grid(scores: pd.DataFrame) -> pd.DataFrame:
     per_run = experiment_scores(scores)
     if per_run[["tau", "lam"]].isna().any().any():
         bad = per_run.loc[per_run[["tau", "lam"]].isna().any(axis=1), "run"].iloc[0]
-        raise ValueError(f"{bad}: SpotTUnet validation run without tau or lambda (name or command.txt)")
+        raise ValueError(f"{bad}: SpotTUnet validation run without tau or lambda (name or params.txt)")
     per_run = per_run.drop_duplicates(["source", "target", "budget", "tau", "lam"])
     return per_run.groupby(["budget", "tau", "lam"], sort=True)["sdice"].mean().reset_index()
 
@@ -151,7 +135,7 @@ def choose_k(scores: pd.DataFrame) -> pd.DataFrame:
 
 def read_tau(path: Path) -> float:
     """The tau of spottune_tau.csv (one row: budget, tau, val_sdice)."""
-    table = pd.read_csv(path)
+    table = read_table(path)
     if "tau" not in table.columns or len(table) != 1:
         raise ValueError(f"{path}: expected one row with a tau column (written by report.py choose_tau)")
     return float(table["tau"].iloc[0])
@@ -268,7 +252,7 @@ def source_free_per_seed(per_seeds: Sequence[pd.DataFrame]) -> str:
             continue
         per_seed = pd.Series([r["sdice"].mean() for r in runs])
         down = sum(int((r["dice"] < COLLAPSE).sum()) for r in runs)
-        guarded = sum(int(sum((Path(run) / "collapse.txt").is_file() for run in r["run"])) for r in runs)
+        guarded = sum(int(sum(fell_back(Path(run)) for run in r["run"])) for r in runs)
         total = sum(len(r) for r in runs)
         lines.append(f"| {method} | {mean_sd(per_seed)} | {', '.join(f'{100 * v:.1f}' for v in per_seed)} | "
                      f"{down}/{total} | {guarded}/{total} |")

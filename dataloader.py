@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from utils import OptionError, parse_literal
+
 EXTENSIONS = (".png", ".nii.gz", ".nii", ".npy")
 
 
@@ -86,6 +88,18 @@ TRANSFORMS: Dict[str, Callable[[Path], np.ndarray]] = {
     "dummy_gt_transform": gt_transform,
 }
 IMAGE_TRANSFORMS = {png_transform, nii_transform, nii_transform2}
+Folders = List[Tuple[str, Callable[[Path], np.ndarray], bool]]
+
+
+def parse_folders(text: str, option: str) -> Folders:
+    """``[('IMG', nii_transform2, False), ...]`` -> list of (subfolder, transform function, is_hot)."""
+    value = parse_literal(text, TRANSFORMS, option)
+    if not isinstance(value, list) or not value:
+        raise OptionError(f"{option}: expected a non-empty list of (folder, transform, is_hot) tuples")
+    for item in value:
+        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str) and callable(item[1])):
+            raise OptionError(f"{option}: each entry must be (folder, transform, is_hot), got {item!r}")
+    return value
 
 
 def pixel_spacing(path: Path) -> Tuple[float, float, float]:
@@ -176,8 +190,13 @@ def _resolve(folder: Path, stem: str, reference: Path) -> Path:
     raise DataError(f"{reference}: no matching file {stem}.* in {folder}")
 
 
-def load_slices(root: Path, folders: Sequence[Tuple[str, Callable, bool]], n_class: int,
-                grp_regex: str, debug: bool = False) -> SliceSet:
+def load_split(root: Path, folders: str, n_class: int, grp_regex: str, debug: bool = False,
+               option: str = "--folders") -> SliceSet:
+    """``load_slices`` with the folders given as an option string (``option`` names it in errors)."""
+    return load_slices(root, parse_folders(folders, option), n_class, grp_regex, debug)
+
+
+def load_slices(root: Path, folders: Folders, n_class: int, grp_regex: str, debug: bool = False) -> SliceSet:
     """Decode every slice of ``root`` once. Images come from folders[0], labels from folders[1]."""
     if len(folders) < 2:
         raise DataError(f"{root}: --target_folders needs an image folder and a GT folder, got {len(folders)}")

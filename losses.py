@@ -3,23 +3,17 @@
 ``terms(probs, target, bounds) -> (loss_s, loss_cons)``: the supervised/entropy term and the
 constraint/prior term, logged as ``*_loss_s`` and ``*_loss_cons``; the loss is their sum.
 Shapes: probs and target (B, C, H, W), bounds (B, C, 2) as produced by bounds.py.
-A loss that reads feature maps names them in ``layers``; main.py taps them and passes ``features`` (name -> map).
+A loss that reads feature maps names them in ``layers``; training.run_pass taps them and passes ``features`` (name -> map).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from protoseg import has_prototypes, protoseg
-from utils import RATIO_FUNCTIONS, SIZE_FUNCTIONS, simplex
+from prototypes import has_prototypes, protoseg
+from utils import RATIO_FUNCTIONS, SIZE_FUNCTIONS, instantiate, simplex
 
 Terms = Tuple[Tensor, Tensor]
-
-
-def _require(kwargs: Dict[str, Any], loss: str, *keys: str) -> None:
-    missing = [k for k in keys if k not in kwargs]
-    if missing:
-        raise ValueError(f"loss {loss}: missing parameter(s) {', '.join(missing)}")
 
 
 class Loss:
@@ -38,10 +32,20 @@ def _weighted_entropy_sum(probs: Tensor, weights: Tensor) -> Tensor:
     return -torch.einsum("bcwh,c->", probs * (probs + 1e-10).log(), weights)
 
 
+def soft_dice(probs: Tensor, target: Tensor) -> Tensor:
+    """Soft Dice per image and class, (B, C, *S) -> (B, C): 2 sum(p t) / sum(p + t), 1 where both sum to 0.
+
+    A loss term, not metrics.dice: it scores probabilities, not masks, and must stay differentiable in them; its
+    empty rule is the metric's."""
+    inter = (probs * target).flatten(2).sum(2)
+    total = (probs + target).flatten(2).sum(2)
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1e-10), torch.ones_like(total))
+
+
 class CrossEntropy(Loss):
     """Weighted CE on classes ``idc``, normalised by the number of labelled pixels of those classes."""
 
-    def __init__(self, idc: Sequence[int], weights: Sequence[float] = (), dtype: Any = None):
+    def __init__(self, idc: Sequence[int], weights: Sequence[float] = ()):
         self.idc = list(idc)
         self.weights = torch.tensor(list(weights) or [1.0] * len(self.idc), dtype=torch.float32)
         if len(self.weights) != len(self.idc):
@@ -56,23 +60,20 @@ class CrossEntropy(Loss):
 
 
 class DiceLoss(Loss):
-    """1 - soft Dice per image and class, averaged."""
+    """1 - soft Dice per image and class of ``idc``, averaged."""
 
-    def __init__(self, idc: Sequence[int], dtype: Any = None):
+    def __init__(self, idc: Sequence[int]):
         self.idc = list(idc)
 
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
-        pc, tc = probs[:, self.idc].float(), target[:, self.idc].float()
-        inter = torch.einsum("bcwh,bcwh->bc", pc, tc)
-        union = pc.sum(dim=(2, 3)) + tc.sum(dim=(2, 3))
-        loss = (1 - (2 * inter + 1e-10) / (union + 1e-10)).mean()
+        loss = (1 - soft_dice(probs[:, self.idc].float(), target[:, self.idc].float())).mean()
         return loss, torch.zeros_like(loss)
 
 
 class SelfEntropy(Loss):
     """Class-weighted Shannon entropy of the prediction (AdaEnt), per-pixel mean over classes ``idc``."""
 
-    def __init__(self, idc: Sequence[int], weights: Sequence[float], dtype: Any = None):
+    def __init__(self, idc: Sequence[int], weights: Sequence[float]):
         self.idc = list(idc)
         self.weights = torch.tensor(list(weights), dtype=torch.float32)
         if len(self.weights) != len(self.idc):
@@ -87,7 +88,7 @@ class SelfEntropy(Loss):
 class EntKLProp(Loss):
     """Weighted entropy + KL(predicted class ratio || prior class ratio) (Bateson et al. 2020/2022).
 
-    L = lamb_se * L_ent + lamb_consprior * L_KL, both over all classes (methods/sfda.md):
+    L = lamb_se * L_ent + lamb_consprior * L_KL, both over all classes (docs/methods/sfda.md):
       L_ent = - sum w_c p log(p + 1e-10) / sum p
       tau   = fn(p, power) per image: norm_soft_size (the code) or soft_ratio (the papers' sum p / (W*H)),
       tau*  = bounds[:, :, 0] / (W*H)
@@ -109,7 +110,9 @@ class EntKLProp(Loss):
         self.size_fn = SIZE_FUNCTIONS[fn]
 
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
-        assert simplex(probs)
+        if not simplex(probs):
+            raise ValueError(f"EntKLProp: the predictions {tuple(probs.shape)} do not sum to 1 over the classes "
+                             f"(axis 1); it needs softmax probabilities")
         b, c, w, h = probs.shape
         if len(self.weights) != c:
             raise ValueError(f"EntKLProp: weights_se has {len(self.weights)} entries for {c} classes")
@@ -157,14 +160,14 @@ class ProtoSegLoss(Loss):
     ProtoSeg foreground probability (prototypes from this batch's ground truth) and the ground truth.
 
     Foreground = every class > 0. The seed adds "the SA score" of the N feature segmentation maps to the output's
-    loss; its equation is lost, so the differentiable Dice stands for it (methods/protoseg.md, section 5). Images
+    loss; its equation is lost, so the differentiable Dice stands for it (docs/methods/protoseg.md, section 5). Images
     whose ground truth is all background or all foreground have no prototype and are left out of the mean.
     The tuple's weight is the term's only weight; the term is logged as loss_cons. ``layers``: feature layer names,
     or 'last': the network's last two feature layers (mu's; main.py resolves it).
     """
     LAST = "last"
 
-    def __init__(self, layers: Any, dtype: Any = None):
+    def __init__(self, layers: Any):
         if layers == self.LAST:
             layers = [self.LAST]
         if isinstance(layers, str) or not layers or not all(isinstance(n, str) for n in layers):
@@ -174,18 +177,13 @@ class ProtoSegLoss(Loss):
 
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor, features: Optional[Dict[str, Tensor]] = None) -> Terms:
         if features is None or any(n not in features for n in self.layers):
-            raise ValueError(f"ProtoSegLoss: needs the feature maps {list(self.layers)} (main.py taps them)")
+            raise ValueError(f"ProtoSegLoss: needs the feature maps {list(self.layers)} (training.run_pass taps them)")
         gt = (1 - target[:, :1].float())                                  # (B, 1, H, W) foreground
         ok = has_prototypes(gt)
         zero = probs.sum() * 0
         if not ok.any():
             return zero, zero
-        per_layer = []
-        for name in self.layers:
-            fg = protoseg(features[name][ok], gt[ok])[:, 1]               # (b, H, W)
-            g = gt[ok][:, 0]
-            inter, union = (fg * g).flatten(1).sum(1), (fg + g).flatten(1).sum(1)
-            per_layer.append((1 - 2 * inter / union.clamp(min=1e-10)).mean())
+        per_layer = [(1 - soft_dice(protoseg(features[name][ok], gt[ok])[:, 1:], gt[ok])).mean() for name in self.layers]
         return zero, torch.stack(per_layer).mean()
 
 
@@ -205,17 +203,4 @@ LOSSES = {"CrossEntropy": CrossEntropy, "DiceLoss": DiceLoss, "SelfEntropy": Sel
 
 def build_loss(name: str, kwargs: Dict[str, Any], fn: Any) -> Loss:
     """Instantiate a loss of the ``--target_losses`` tuple; ``fn`` (5th element) is passed on when given."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"loss {name}: parameters must be a dict, got {kwargs!r}")
-    params = dict(kwargs)
-    if fn is not None:
-        params["fn"] = fn
-    try:
-        return LOSSES[name](**params)
-    except TypeError as e:
-        raise ValueError(f"loss {name}: bad parameters {kwargs!r}: {e}") from None
-
-
-__all__: List[str] = ["Loss", "LOSSES", "build_loss", "SpotTUnetPenalty", *LOSSES]
+    return instantiate(LOSSES, "loss", name, kwargs, **({"fn": fn} if fn is not None else {}))

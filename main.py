@@ -16,8 +16,9 @@ adaptation that loses its foreground and falls back to the start model with AdaB
 
 The CC359 protocol (seed 000) adds: --optimizer sgd, --iterations (random batches per epoch),
 --trainable (fine-tune only these blocks), --spottune (SpotTUnet around the loaded network).
-Its pieces: options.py (the command line), resume.py (the run directory's state), reuse.py (--reuse),
-metrics.py (the scores), networks.py, losses.py, bounds.py, dataloader.py.
+Its pieces: options.py (the command line), training.py (one pass over a split, AdaBN), resume.py (the run
+directory's state), reuse.py (--reuse), spottune.py, checkpoints.py, metrics.py (the scores), networks.py,
+losses.py, bounds.py, dataloader.py.
 """
 import argparse
 import random
@@ -25,7 +26,6 @@ import resource
 import socket
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,19 +35,20 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from dataloader import DataError, SliceSet, check_disjoint_patients, load_slices, save_entropy_maps, save_predictions
-from losses import SpotTUnetPenalty
+from checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
+from dataloader import (SliceSet, check_disjoint_patients, load_slices, parse_folders, save_entropy_maps,
+                        save_predictions)
 from metrics import dice_2d, evaluate, evaluate_volumes, size_stats
-from networks import (BlockNet, CheckpointError, SpotTUnet, build_network, load_checkpoint, network_from_checkpoint,
-                      save_checkpoint, tapped)
-from options import PRECISIONS, LossSpec, check_options, get_args, parse_folders, parse_losses
-from protoseg import label_free_mu, mu_subsample
+from networks import BlockNet, build_network
+from options import LossSpec, check_options, get_args, parse_losses
+from prototypes import label_free_mu, mu_subsample
 from resume import RESUME, History, prepare_workdir, restore, resume_state, save_resume_state
 from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
-from utils import (OptionError, class2one_hot, exp_lr_scheduler, norm_soft_size, probs2class, record_provenance,
-                   write_csv_atomic)
+from spottune import SpotTUnet
+from tables import COLLAPSE_FILE, TESTED_WEIGHTS
+from training import PassResult, autocast, reestimate_batchnorm, run_pass
+from utils import OptionError, class2one_hot, exp_lr_scheduler, one_error_line, record_provenance, write_csv_atomic
 
 write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
 
@@ -147,157 +148,6 @@ def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> No
     targets = class2one_hot(data.labels, n_class) if any(spec.bounds is not None for spec in specs) else None
     data.bounds = [spec.bounds(data.filenames, targets) if spec.bounds is not None
                    else torch.zeros(len(data), n_class, 2) for spec in specs]
-
-
-class _StopForward(Exception):
-    """Raised by a forward hook once the layer being measured has seen its input."""
-
-
-def reestimate_batchnorm(net: torch.nn.Module, data: SliceSet, batch_size: int, device: torch.device,
-                         precision: str) -> None:
-    """AdaBN (Li et al. 2016): every BatchNorm's running statistics become those of its input over all of ``data``.
-
-    Layer by layer in forward order, with the network in eval mode: layer k's input is computed with
-    layers < k already normalised by their new target statistics, so each mean and (unbiased)
-    variance is exactly the statistic over the whole set, between-patient variation included (a
-    one-pass average of batch statistics would miss it). Each pass stops at the measured layer.
-    No gradient step; momenta and train/eval modes are left as they were.
-    """
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    was_training = net.training
-    net.eval()
-    for bn in norms:
-        sums = {"n": 0, "s": 0.0, "ss": 0.0}
-
-        def accumulate(module: torch.nn.Module, inputs: Tuple[Tensor, ...], sums=sums) -> None:
-            x = inputs[0].detach().double().transpose(0, 1).flatten(1)      # (C, N*H*W)
-            sums["n"] += x.shape[1]
-            sums["s"] = sums["s"] + x.sum(dim=1)
-            sums["ss"] = sums["ss"] + (x * x).sum(dim=1)
-            raise _StopForward
-        handle = bn.register_forward_pre_hook(accumulate)
-        try:
-            with torch.no_grad(), autocast(device, precision):
-                for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
-                    try:
-                        net(data.images[idx].to(device, torch.float32))
-                    except _StopForward:
-                        pass
-        finally:
-            handle.remove()
-        n = sums["n"]
-        if n == 0:            # a layer this forward never reaches keeps its statistics
-            continue
-        mean = sums["s"] / n
-        var = (sums["ss"] - n * mean * mean) / max(n - 1, 1)               # unbiased, as BatchNorm keeps it
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_(var.clamp(min=0).to(bn.running_var.dtype))
-    net.train(was_training)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-# ---------------------------------------------------------------- one pass over a split
-
-@dataclass
-class PassResult:
-    loss_s: float
-    loss_cons: float
-    pred: Tensor          # (N, H, W) uint8 argmax (0 for slices a random-batch epoch did not draw)
-    seen: Tensor          # (N,) bool: slices predicted in this pass
-    entropy: Optional[Tensor]  # (N, H, W) float16, only when asked
-    compute_s: float      # seconds in forward, losses, backward and optimizer step
-    frozen_sum: Optional[Tensor] = None   # SpotTUnet: (units,) sum over slices of a (1 = frozen unit)
-    dice2d: float = float("nan")
-    # mean foreground pixels per slice: sum of probabilities, the SFDA code's norm_soft_size x W*H, the prior
-    soft_size: float = float("nan")
-    norm_soft_size: float = float("nan")
-    prior_size: float = float("nan")
-
-
-def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
-             device: torch.device, optimizers: Sequence[torch.optim.Optimizer], generator: torch.Generator,
-             desc: str, keep_entropy: bool = False) -> PassResult:
-    """One epoch of training (optimizers given) or evaluation (none) over ``data``.
-
-    Training visits every slice once in random order, or draws ``--iterations`` random batches.
-    Losses and predictions accumulate on the device and come back to the host once per pass.
-    """
-    training = bool(optimizers)
-    net.train(training)
-    spot = net if isinstance(net, SpotTUnet) else None
-    penalty = SpotTUnetPenalty(args.k_reg)
-    pred = torch.zeros(data.labels.shape, dtype=torch.uint8, device=device)
-    seen = torch.zeros(len(data), dtype=torch.bool, device=device)
-    entropy = torch.empty(data.labels.shape, dtype=torch.float16, device=device) if keep_entropy else None
-    frozen_sum = torch.zeros(len(spot.units), dtype=torch.float64, device=device) if spot else None
-    sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
-    size_sums = torch.zeros(3, dtype=torch.float64, device=device)  # PassResult's three sizes summed over slices
-    prior = next((b for spec, b in zip(specs, data.bounds) if spec.bounds is not None), None)
-    n_seen = 0
-    compute_s = 0.0
-    memory = torch.channels_last if args.channels_last else torch.contiguous_format
-    if training and args.iterations:
-        batches = list(data.random_batches(args.batch_size, args.iterations, generator))
-    else:
-        batches = list(data.batches(args.batch_size, training, generator))
-    tap_names = sorted({name for spec in specs for name in spec.loss.layers})      # losses that read features
-    with torch.enable_grad() if training else torch.no_grad(), tapped(net, tap_names) as taps:
-        for idx in tqdm(batches, desc=desc, leave=False, disable=None):
-            images = data.images[idx].to(device, torch.float32, memory_format=memory)
-            target = class2one_hot(data.labels[idx], args.n_class).to(device)
-            t0 = time.perf_counter()
-            with autocast(device, args.precision):
-                logits = net(images)
-            probs = logits.float().softmax(dim=1)
-            loss_s = loss_cons = torch.zeros((), device=device)
-            for spec, bounds in zip(specs, data.bounds):
-                features = {"features": taps} if spec.loss.layers else {}
-                s, cons = spec.loss.terms(probs, target, bounds[idx].to(device), **features)
-                loss_s, loss_cons = loss_s + spec.weight * s, loss_cons + spec.weight * cons
-            if spot is not None:
-                loss_cons = loss_cons + penalty(spot.last_actions)     # lambda x share of fine-tuned units
-                frozen_sum += spot.last_actions.detach().sum(dim=0).double()
-            if training:
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                (loss_s + loss_cons).backward()
-                for optimizer in optimizers:
-                    optimizer.step()
-            compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
-            sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
-            size_sums += foreground_sizes(probs.detach(), prior[idx] if prior is not None else None)
-            n_seen += len(idx)
-            at = idx.to(device)
-            pred[at] = probs2class(probs).to(torch.uint8)
-            seen[at] = True
-            if entropy is not None:
-                entropy[at] = (-(probs * (probs + 1e-10).log()).sum(dim=1) / np.log(args.n_class)).half()
-    loss_s, loss_cons = (sums / max(n_seen, 1)).tolist()
-    if not (np.isfinite(loss_s) and np.isfinite(loss_cons)):
-        raise FloatingPointError(f"{desc}: the loss became non-finite (mean entropy/CE term {loss_s}, prior term "
-                                 f"{loss_cons}); stopped before saving these weights. Try a lower --l_rate.")
-    soft, norm_soft, prior_size = (size_sums / max(n_seen, 1)).tolist()
-    return PassResult(loss_s, loss_cons, pred.cpu(), seen.cpu(), entropy.cpu() if entropy is not None else None,
-                      compute_s, frozen_sum.cpu() if frozen_sum is not None else None, soft_size=soft,
-                      norm_soft_size=norm_soft, prior_size=prior_size if prior is not None else float("nan"))
-
-
-def foreground_sizes(probs: Tensor, bounds: Optional[Tensor]) -> Tensor:
-    """Foreground (classes > 0) pixels summed over the batch: soft size, norm_soft_size x W*H, prior (3,).
-
-    Logged each epoch to see how a size prior is met: by confident masks (the soft sizes near the
-    argmax size) or by diffuse probabilities that never win the argmax (soft sizes far above it).
-    """
-    b, c, h, w = probs.shape
-    soft = (1 - probs[:, 0]).sum()
-    norm_soft = (1 - norm_soft_size(probs.float())[:, 0]).sum() * h * w
-    prior = bounds[:, 1:, 0].sum().to(probs.device) if bounds is not None else torch.zeros((), device=probs.device)
-    return torch.stack([soft.double(), norm_soft.double(), prior.double()])
-
 
 # ---------------------------------------------------------------- epoch statistics
 
@@ -426,8 +276,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
 
     With --collapse_guard, an epoch whose argmax foreground falls below the guard's share of the prior
     ends the training: the model falls back to ``start`` with AdaBN statistics and is validated as the
-    last epoch (``collapse.txt`` records it). Collapsed SFDA runs lose their foreground within 1-3
-    epochs (argmax/prior 0.0-0.1) while healthy ones stay at 0.6-1.9 (README)."""
+    last epoch (``collapse.txt`` records it)."""
     n_epochs = max(args.n_epoch, 1)
     seconds, best = history.seconds, history.best
     for epoch in range(history.next_epoch, n_epochs):
@@ -448,7 +297,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
             print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, below the collapse guard "
                   f"{args.collapse_guard:g}: stopped; the start model with AdaBN statistics is the result", flush=True)
             fall_back_to_adabn(net, start, data, args, device)
-            (savedir / "collapse.txt").write_text(f"{epoch},{ratio:.4f}\n")
+            (savedir / COLLAPSE_FILE).write_text(f"{epoch},{ratio:.4f}\n")
         t1 = time.perf_counter()
         seconds["train"] += t1 - t0
         seconds["compute"] += tra.compute_s if tra else 0.0
@@ -494,11 +343,6 @@ def select_by_mu(net: torch.nn.Module, epoch: int, data: Data, args: argparse.Na
         (savedir / "mubestepoch.txt").write_text(f"{epoch},{mu:.4f}")
     history.seconds["mu"] += time.perf_counter() - t0
     return mu, empty
-
-
-# what a run tests: the last epoch's weights, and with --mu_images the epochs chosen by labels and by mu
-TESTED_WEIGHTS = {"last": "test_metrics.csv", "best_3d.pkl": "test_metrics_best_3d.csv",
-                  "best_mu.pkl": "test_metrics_best_mu.csv"}
 
 
 def test_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
@@ -552,7 +396,7 @@ def run(args: argparse.Namespace) -> None:
     check_loss_layers(net, specs)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    # an evaluation-only run steps nothing, and skips the import of torch._dynamo (about 3 s) an optimizer triggers
+    # an evaluation-only run steps nothing: no optimizer (building one imports torch._dynamo, a slow start)
     optimizers = build_optimizers(net, args) if args.n_epoch > 0 else []
     savedir = Path(args.workdir)
     start = {k: v.clone() for k, v in net.state_dict().items()} if args.collapse_guard else None   # before any step
@@ -575,19 +419,18 @@ def run(args: argparse.Namespace) -> None:
           f"({history.seconds['total']:.0f}s)")
 
 
+# what stops a run with one error line: bad options, data or checkpoints, an existing result, a diverging loss
+RUN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args(argv)
     try:
-        run(args)
-    except (OptionError, DataError, CheckpointError, FileNotFoundError, FileExistsError,
-            FloatingPointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return one_error_line(run, args, RUN_ERRORS)
     except KeyboardInterrupt:
         print(f"interrupted: {args.workdir} is incomplete; the same command resumes it after its last complete epoch",
               file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

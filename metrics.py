@@ -1,22 +1,19 @@
 """Segmentation metrics: 2D Dice per slice, 3D Dice per patient, surface Dice, HD95 and ASSD (spacing-aware).
 
-Dice follows the SFDA code (methods/sfda.md): (2I + 1e-8) / (|P| + |G| + 1e-8), so an empty
-prediction on an empty slice scores 1. HD95/ASSD follow medpy's definitions: surfaces are the
-voxels removed by one erosion with the face-connected structure, distances come from a Euclidean
-distance transform with the voxel spacing.
+Dice is 2|P & G| / (|P| + |G|), 1 when both masks are empty (dice_from_sizes); every Dice of the project is this one.
+HD95/ASSD follow medpy's definitions: surfaces are the voxels removed by one erosion with the face-connected
+structure, distances come from a Euclidean distance transform with the voxel spacing.
 """
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
+from surface_distance import lookup_tables   # DeepMind's exact marching-cubes tables (Apache-2.0)
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from dataloader import SliceSet
-
-EPS = 1e-8
+from dataloader import SliceSet
 
 
 def confusion_sizes(pred: Tensor, gt: Tensor, n_class: int, chunk: int = 256) -> Tuple[Tensor, Tensor, Tensor]:
@@ -37,7 +34,20 @@ def confusion_sizes(pred: Tensor, gt: Tensor, n_class: int, chunk: int = 256) ->
 
 
 def dice_from_sizes(inter: Tensor, pred_size: Tensor, gt_size: Tensor) -> Tensor:
-    return (2 * inter + EPS) / (pred_size + gt_size + EPS)
+    """Dice from the sizes of the intersection, the prediction and the ground truth: 2I / (|P| + |G|).
+
+    Empty masks: both empty (nothing to find, nothing found) score 1; one empty against a non-empty one scores 0
+    (I = 0). The SFDA code's (2I + 1e-8) / (|P| + |G| + 1e-8) gives the same to within 1e-8.
+    """
+    total = pred_size + gt_size
+    return torch.where(total > 0, 2 * inter / torch.where(total > 0, total, torch.ones_like(total)),
+                       torch.ones_like(total))
+
+
+def dice(pred: Tensor, gt: Tensor, n_spatial: int) -> Tensor:
+    """Dice (dice_from_sizes) of boolean masks over their last ``n_spatial`` dimensions, broadcast over the others."""
+    dims = tuple(range(-n_spatial, 0))
+    return dice_from_sizes((pred & gt).sum(dims).double(), pred.sum(dims).double(), gt.sum(dims).double())
 
 
 def dice_3d(inter: Tensor, pred_size: Tensor, gt_size: Tensor, patients: Sequence[str]) -> Tuple[List[str], Tensor]:
@@ -103,7 +113,7 @@ def per_patient_hd(pred: Tensor, gt: Tensor, patients: Sequence[str], slice_numb
 
 
 # ---------------------------------------------------------------- surface Dice (Nikolov et al. 2018)
-# Faithful to the DeepMind surface-distance definition (methods/surface_dice.md): surfaces live on the
+# Faithful to the DeepMind surface-distance definition (docs/methods/surface_dice.md): surfaces live on the
 # corner lattice (shape + 1), each border corner carries its marching-cubes surfel area (3D) or
 # contour length (2D) from the reference package's lookup tables, distances come from an EDT with
 # the spacing, and a surface element counts when its distance is <= the tolerance.
@@ -121,7 +131,6 @@ def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
 
 def _element_sizes(spacing: Sequence[float]) -> np.ndarray:
     """Surfel area (3D) or contour length (2D) of each neighbour code, from DeepMind's tables."""
-    from surface_distance import lookup_tables  # the exact marching-cubes table (Apache-2.0)
     if len(spacing) == 3:
         return lookup_tables.create_table_neighbour_code_to_surface_area(tuple(spacing))
     return lookup_tables.create_table_neighbour_code_to_contour_length(tuple(spacing))
@@ -179,7 +188,7 @@ def dice_2d(pred: Tensor, labels: Tensor, n_class: int, metric_axis: Sequence[in
     return dice_from_sizes(*confusion_sizes(pred, labels, n_class))[:, list(metric_axis)].mean().item()
 
 
-def evaluate(pred: Tensor, data: "SliceSet", n_class: int, metric_axis: Sequence[int], do_hd: bool = False
+def evaluate(pred: Tensor, data: SliceSet, n_class: int, metric_axis: Sequence[int], do_hd: bool = False
              ) -> Dict[str, Any]:
     """2D Dice (mean over slices), 3D Dice per patient, and HD95/ASSD per patient when asked."""
     axis = list(metric_axis)
@@ -201,7 +210,7 @@ def evaluate(pred: Tensor, data: "SliceSet", n_class: int, metric_axis: Sequence
     return out
 
 
-def evaluate_volumes(pred: Tensor, data: "SliceSet", metric_axis: Sequence[int], tolerance: float,
+def evaluate_volumes(pred: Tensor, data: SliceSet, metric_axis: Sequence[int], tolerance: float,
                      spacing: Optional[Sequence[float]] = None) -> pd.DataFrame:
     """Per test volume: 3D Dice and surface Dice at ``tolerance`` mm of each metric_axis class, and their means;
     ``spacing`` (row, column, slice) replaces the files' when given."""
@@ -212,7 +221,7 @@ def evaluate_volumes(pred: Tensor, data: "SliceSet", metric_axis: Sequence[int],
         row: Dict[str, Any] = {"patient": pid}
         for k in metric_axis:
             pk, gk = p == k, g == k
-            row[f"dice_c{k}"] = 2 * (pk & gk).sum() / max(pk.sum() + gk.sum(), 1) if (pk.any() or gk.any()) else 1.0
+            row[f"dice_c{k}"] = dice(torch.from_numpy(pk), torch.from_numpy(gk), pk.ndim).item()
             row[f"sdice_c{k}"] = surface_dice(gk, pk, vol_spacing, tolerance)
         rows.append(row)
     table = pd.DataFrame(rows)

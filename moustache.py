@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cc359_report import FINETUNING, NO_BUDGET  # noqa: E402
-from report import read_per_patient, read_table  # noqa: E402
+from tables import read_per_patient, read_table  # noqa: E402
 from utils import one_error_line, save_figure  # noqa: E402
 
 
@@ -47,7 +47,22 @@ def violins(scores: pd.DataFrame, out: Path) -> None:
     save_figure(fig, out)
 
 
-def draw(argv: Optional[Sequence[str]] = None) -> int:
+def boxes(runs: Sequence[Path], out: Path) -> None:
+    """Per run, a box of its patients' validation 3D Dice at the best epoch, the patients as points over it."""
+    values = [read_per_patient(run) for run in runs]
+    fig, ax = plt.subplots(figsize=(1.2 * len(runs) + 2, 4.5))
+    ax.boxplot(values, showmeans=True)
+    ax.set_xticks(range(1, len(runs) + 1), [run.name for run in runs], rotation=30, ha="right")
+    rng = np.random.default_rng(0)  # jitter of the points only
+    for i, v in enumerate(values, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=10, alpha=0.6, color="k", zorder=3)
+    ax.set_ylabel("validation 3D Dice per patient (best epoch)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--scores", type=Path, help="CC359 scores.csv (report.py collect)")
@@ -56,24 +71,8 @@ def draw(argv: Optional[Sequence[str]] = None) -> int:
     if (args.runs is None) == (args.scores is None):
         parser.error("give --runs or --scores")
     if args.scores is not None:
-        violins(read_table(args.scores, ["method", "target", "budget", "sdice"]), args.out)
-        return 0
-    values = [read_per_patient(run) for run in args.runs]
-    fig, ax = plt.subplots(figsize=(1.2 * len(args.runs) + 2, 4.5))
-    ax.boxplot(values, showmeans=True)
-    ax.set_xticks(range(1, len(args.runs) + 1), [run.name for run in args.runs], rotation=30, ha="right")
-    rng = np.random.default_rng(0)  # jitter of the points only
-    for i, v in enumerate(values, start=1):
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=10, alpha=0.6, color="k", zorder=3)
-    ax.set_ylabel("validation 3D Dice per patient (best epoch)")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="y", alpha=0.3)
-    save_figure(fig, args.out)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return one_error_line(draw, argv)
+        return one_error_line(lambda a: violins(read_table(a.scores, ["method", "target", "budget", "sdice"]), a.out), args)
+    return one_error_line(lambda a: boxes(a.runs, a.out), args)
 
 
 if __name__ == "__main__":

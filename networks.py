@@ -4,9 +4,6 @@ Every network exposes ``blocks()``: its blocks as (name, module) pairs in forwar
 the first/last layers, policies, truncation and feature taps all ask for blocks through it, so
 "the first layers" is defined once, here.
 """
-import copy
-import pickle
-from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -14,8 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-
-from utils import atomic_output
 
 
 class BlockNet(nn.Module):
@@ -248,7 +243,7 @@ class ENet(BlockNet):
         return x
 
 
-# Residual U-Net 2D of seed 000 (Zakazov et al. 2021; neuro-ml/domain_shift_anatomy), methods/spottunet.md:
+# Residual U-Net 2D of seed 000 (Zakazov et al. 2021; neuro-ml/domain_shift_anatomy), docs/methods/spottunet.md:
 # pre-activation residual blocks, skips merged by addition, n = 16 filters at full resolution.
 
 def pre_act(n_in: int, n_out: int, kernel: int = 3, stride: int = 1, bias: bool = False) -> nn.Sequential:
@@ -367,126 +362,6 @@ class ResUNet(BlockNet):
         return x[..., :size[0], :size[1]]
 
 
-# SpotTUnet (Zakazov et al. 2021), methods/spottunet.md: every unit of a pre-trained network exists
-# twice, frozen and fine-tuned; a small ResNet policy picks one per unit and per image with a hard
-# Gumbel-softmax (straight-through). a = 1 selects the frozen unit: out = a * frozen + (1 - a) * tuned.
-
-def gumbel_softmax_hard(logits: Tensor, tau: float, noise: bool) -> Tensor:
-    """Straight-through hard Gumbel-softmax over the last axis: one-hot forward, softmax gradient."""
-    if noise:
-        u = torch.rand_like(logits)
-        logits = logits - torch.log(-torch.log(u + 1e-20) + 1e-20)
-    y = torch.softmax(logits / tau, dim=-1)
-    hard = F.one_hot(y.argmax(dim=-1), y.shape[-1]).to(y.dtype)
-    return (hard - y).detach() + y
-
-
-class PolicyBlock(nn.Module):
-    """ResNet basic block, stride 2; the shortcut average-pools and pads channels with zeros."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n_in, n_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(n_out),
-                                  nn.ReLU(), nn.Conv2d(n_out, n_out, 3, padding=1, bias=False), nn.BatchNorm2d(n_out))
-        self.extra = n_out - n_in
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = F.avg_pool2d(x, 2, ceil_mode=True)
-        shortcut = F.pad(shortcut, [0, 0, 0, 0, 0, self.extra])
-        body = self.body(x)
-        return F.relu(body + shortcut[..., :body.shape[-2], :body.shape[-1]])
-
-
-class PolicyNet(nn.Module):
-    """The agent: conv3x3(32)+BN, three basic blocks (64, 128, 256, stride 2), BN-ReLU, pool, linear -> 2 logits per unit."""
-
-    def __init__(self, in_dim: int, n_units: int):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(in_dim, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
-                                      PolicyBlock(32, 64), PolicyBlock(64, 128), PolicyBlock(128, 256),
-                                      nn.BatchNorm2d(256), nn.ReLU())
-        self.head = nn.Linear(256, 2 * n_units)
-        self.n_units = n_units
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0, (2 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3))).view(-1, self.n_units, 2)
-
-
-class RoutedUnit(nn.Module):
-    """A unit and its frozen twin; the owner sets ``choice`` (B,) before each forward: 1 frozen, 0 tuned."""
-
-    def __init__(self, unit: nn.Module):
-        super().__init__()
-        self.tuned = unit
-        self.frozen = copy.deepcopy(unit).requires_grad_(False)
-        self.choice: Optional[Tensor] = None
-
-    def forward(self, *args: Tensor) -> Tensor:
-        a = self.choice.view(-1, *([1] * (args[0].dim() - 1)))
-        return self.frozen(*args) * a + self.tuned(*args) * (1 - a)
-
-
-class SpotTUnet(nn.Module):
-    """Wraps a pre-trained BlockNet: each of its blocks becomes a RoutedUnit driven by a PolicyNet.
-
-    ``forward`` returns the segmentation logits; ``last_actions`` holds the (B, n_units) choices
-    (1 = frozen). ``force`` (None, "frozen", "tuned") bypasses the policy, for analysis and tests.
-    """
-
-    def __init__(self, backbone: BlockNet, in_dim: int = 1, tau: float = 0.1):
-        super().__init__()
-        self.backbone = backbone
-        self.unit_names = [name for name, _ in backbone.blocks()]
-        self.units = []
-        for name in self.unit_names:
-            parent_name, _, child = name.rpartition(".")
-            routed = RoutedUnit(backbone.get_submodule(name))
-            setattr(backbone.get_submodule(parent_name), child, routed)   # "" is the backbone; "0" a Sequential slot
-            self.units.append(routed)
-        self.policy = PolicyNet(in_dim, len(self.units))
-        self.tau = tau
-        self.init_kwargs = {"backbone": type(backbone).__name__, **getattr(backbone, "init_kwargs", {}), "tau": tau}
-        self.force: Optional[str] = None
-        self.last_actions: Optional[Tensor] = None
-
-    def actions(self, x: Tensor) -> Tensor:
-        if self.force is not None:
-            value = 1.0 if self.force == "frozen" else 0.0
-            return torch.full((x.shape[0], len(self.units)), value, device=x.device)
-        one_hot = gumbel_softmax_hard(self.policy(x).float(), self.tau, noise=self.training)
-        return one_hot[..., 1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.actions(x)
-        for i, unit in enumerate(self.units):
-            unit.choice = a[:, i]
-        self.last_actions = a
-        return self.backbone(x)
-
-
-def tuned_copy(spot: SpotTUnet) -> BlockNet:
-    """The backbone SpotTUnet fine-tuned: a plain network made of every unit's tuned twin (for layer analyses)."""
-    net = copy.deepcopy(spot.backbone)
-    for name in spot.unit_names:
-        parent_name, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent_name), child, net.get_submodule(name).tuned)
-    return net
-
-
-def multiply_adds(net: nn.Module, shape: Sequence[int]) -> int:
-    """Multiply-adds of one forward pass on a (1, *shape) input, counted by torch.utils.flop_counter (2 FLOPs each)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = net.training
-    net.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.zeros(1, *shape))
-    net.train(was_training)
-    return counter.get_total_flops() // 2
-
-
 NETWORKS: Dict[str, Callable[..., BlockNet]] = {"Dimwit": Dimwit, "UNet": UNet, "ENet": ENet, "ResUNet": ResUNet}
 
 
@@ -519,70 +394,8 @@ def tapped(net: BlockNet, names: Sequence[str]) -> Iterator[Dict[str, Tensor]]:
 
 def build_network(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> BlockNet:
     """Instantiate a network by name; unknown names raise ValueError listing the known ones."""
-    if name == "SpotTUnet":      # as saved by a SpotTUnet checkpoint: the backbone's name and kwargs, and tau
-        tau = kwargs.pop("tau", 0.1)
-        return SpotTUnet(build_network(kwargs.pop("backbone", "ResUNet"), in_dim, out_dim, **kwargs), in_dim, tau)
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(sorted(NETWORKS))}")
     net = NETWORKS[name](in_dim, out_dim, **kwargs)
     net.init_kwargs = {"in_dim": in_dim, "out_dim": out_dim, **kwargs}  # what a checkpoint needs to rebuild it
-    return net
-
-
-# ---------------------------------------------------------------- checkpoints
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is not a state-dict checkpoint of the expected network."""
-
-
-def save_checkpoint(path: Path, net: BlockNet, **meta: Any) -> None:
-    """Save {network, kwargs, state_dict, **meta} atomically (write then rename)."""
-    payload = {"network": type(net).__name__, "kwargs": dict(net.init_kwargs),
-               "state_dict": net.state_dict(), **meta}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load a checkpoint dict with weights_only=True; anything else (e.g. a pickled model) is refused."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: not a plain state-dict checkpoint (a pickled whole model can "
-                              f"execute code when loaded; re-save it as a state dict). Detail: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint, truncated or corrupt ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or not {"network", "kwargs", "state_dict"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a checkpoint dict with keys network, kwargs, state_dict")
-    return ckpt
-
-
-def network_from_checkpoint(path: Path, expected_network: str, n_class: int, new_head: bool = False) -> BlockNet:
-    """Rebuild the network a checkpoint describes, checking it is the expected architecture (``checkpoint``: any) and
-    class count. ``new_head``: another class count is accepted; every weight but the output layer's is loaded (seed
-    001 loads everything but the last convolution) and the output layer keeps its fresh initialisation."""
-    ckpt = load_checkpoint(path)
-    if expected_network not in ("checkpoint", ckpt["network"]):
-        raise CheckpointError(f"{path}: holds a {ckpt['network']} but --network is {expected_network}")
-    kwargs = dict(ckpt["kwargs"])
-    if kwargs.get("out_dim") != n_class and not new_head:
-        raise CheckpointError(f"{path}: trained for {kwargs.get('out_dim')} classes but --n_class is {n_class}")
-    kwargs["out_dim"] = n_class
-    try:
-        net = build_network(ckpt["network"], **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build {ckpt['network']} from the checkpoint's arguments {kwargs}: {e}") from None
-    state = ckpt["state_dict"]
-    if new_head:
-        own = net.state_dict()
-        reset = [k for k in own if k in state and state[k].shape != own[k].shape]
-        state = {**state, **{k: own[k] for k in reset}}
-        if reset:
-            print(f">> {path}: {len(reset)} output-layer tensor(s) re-initialised for {n_class} classes: {', '.join(reset)}")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {ckpt['network']}({kwargs}): {str(e).splitlines()[0]}") from None
     return net

@@ -6,17 +6,16 @@ every failure is one ``error:`` line naming the option.
 import argparse
 import csv
 import re
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from bounds import Bounds, build_bounds
-from dataloader import TRANSFORMS
 from losses import Loss, build_loss
 from reuse import METHODS
-from utils import OptionError, parse_literal, str2bool
+from utils import OptionError, parse_literal, parse_spacing, str2bool
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # a choice csv's columns (report.py choose_tau, choose, choose_lr, choose_k) and the options they set (--chosen)
@@ -32,17 +31,6 @@ class LossSpec:
     loss: Loss
     bounds: Optional[Bounds]
     weight: float
-
-
-def parse_folders(text: str, option: str) -> List[Tuple[str, Any, bool]]:
-    """``[('IMG', nii_transform2, False), ...]`` -> list of (subfolder, transform function, is_hot)."""
-    value = parse_literal(text, TRANSFORMS, option)
-    if not isinstance(value, list) or not value:
-        raise OptionError(f"{option}: expected a non-empty list of (folder, transform, is_hot) tuples")
-    for item in value:
-        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str) and callable(item[1])):
-            raise OptionError(f"{option}: each entry must be (folder, transform, is_hot), got {item!r}")
-    return value
 
 
 def parse_losses(text: str) -> List[LossSpec]:
@@ -160,17 +148,15 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
     if args.spottune and not args.model_weights:
         parser.error("--spottune needs --model_weights (the pre-trained network it fine-tunes)")
+    if args.spacing:
+        try:
+            args.spacing = parse_spacing(args.spacing)
+        except OptionError as e:
+            parser.error(str(e))
     if args.reuse:
         args.reuse = parse_reuse(args.reuse, parser)
         if not args.model_weights or args.spottune or args.trainable:
             parser.error("--reuse needs --model_weights (the pre-trained network) and no --spottune or --trainable")
-    if args.spacing:
-        try:
-            args.spacing = tuple(float(v) for v in args.spacing.split(","))
-        except ValueError:
-            parser.error(f"--spacing {args.spacing!r}: expected three numbers, e.g. 1,0.95,0.95")
-        if len(args.spacing) != 3 or min(args.spacing) <= 0:
-            parser.error(f"--spacing {args.spacing}: expected three positive numbers")
     return args
 
 

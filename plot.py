@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cc359_report import collect, experiment_scores, parse_run  # noqa: E402
-from report import read_metrics, read_table  # noqa: E402
+from tables import read_metrics, read_policy, read_sa_layers, read_table  # noqa: E402
 from utils import one_error_line, save_figure  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def unet_panels(panels: Sequence[Tuple[str, Dict[str, float]]], out: Path, label
 def policy_picture(runs: Sequence[Path], out: Path) -> None:
     frames = []
     for run in runs:
-        df = read_table(run / "policy.csv", ["unit", "p_finetuned"])
+        df = read_policy(run)
         df["budget"] = parse_run(run)["budget"]
         frames.append(df)
     table = pd.concat(frames)
@@ -108,7 +108,7 @@ def policy_picture(runs: Sequence[Path], out: Path) -> None:
 def sa_layers(runs: Sequence[Path], out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
     for i, run in enumerate(runs):
-        layers = read_table(run / "sa_layers.csv", ["layer", "order", "sa"])
+        layers = read_sa_layers(run)
         units = read_table(run / "sa_units.csv", ["sa"])
         left.plot(layers["order"], 100 * layers["sa"], marker="o", ms=3, color=f"C{i}", label=run.name)
         right.plot(range(1, len(units) + 1), 100 * units["sa"], color=f"C{i}", label=run.name)
@@ -124,7 +124,25 @@ def sa_layers(runs: Sequence[Path], out: Path) -> None:
     save_figure(fig, out)
 
 
-def draw(argv: Optional[Sequence[str]] = None) -> int:
+def epoch_curves(runs: Sequence[Path], column: str, out: Path) -> None:
+    """``column`` of each run's metrics csv over its epochs; an evaluation-only run (one row) as a level line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tables = [read_metrics(run, ["epoch", column]) for run in runs]
+    for i, (run, df) in enumerate(zip(runs, tables)):
+        if len(df) == 1:
+            ax.axhline(df[column].iloc[0], ls="--", lw=1.2, color=f"C{i}", label=f"{run.name} (no training)")
+        else:
+            ax.plot(df["epoch"], df[column], marker=".", color=f"C{i}", label=run.name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.set_xlim(0, max(max(len(df) for df in tables) - 1, 1))
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", type=Path, help="curves over epochs")
     parser.add_argument("--lambda_runs", nargs="+", type=Path, help="SpotTUnet validation runs")
@@ -135,35 +153,18 @@ def draw(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if sum(x is not None for x in (args.runs, args.lambda_runs, args.policy_runs, args.sa_runs)) != 1:
         parser.error("give exactly one of --runs, --lambda_runs, --policy_runs, --sa_runs")
+    return one_error_line(draw, args)
+
+
+def draw(args: argparse.Namespace) -> None:
     if args.sa_runs:
         sa_layers(args.sa_runs, args.out)
-        return 0
-    if args.lambda_runs:
+    elif args.lambda_runs:
         lambda_curves(args.lambda_runs, args.out)
-        return 0
-    if args.policy_runs:
+    elif args.policy_runs:
         policy_picture(args.policy_runs, args.out)
-        return 0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    n_max = max(len(read_metrics(run)) for run in args.runs)
-    for i, run in enumerate(args.runs):
-        df = read_metrics(run)
-        if len(df) == 1:
-            ax.axhline(df[args.column].iloc[0], ls="--", lw=1.2, color=f"C{i}", label=f"{run.name} (no training)")
-        else:
-            ax.plot(df["epoch"], df[args.column], marker=".", color=f"C{i}", label=run.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(args.column.replace("_", " "))
-    ax.set_xlim(0, max(n_max - 1, 1))
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    save_figure(fig, args.out)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return one_error_line(draw, argv)
+    else:
+        epoch_curves(args.runs, args.column, args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 # The prostate data and source model: prostate.make adapts it, and cc359.make's transfer bank holds it as its
 # cross-task candidate. Its chain options are the run's own, so that either makefile trains the same model.
 P_RGX = Case\d+_\d+
-P_DATA = [('IMG', png_transform, False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
+P_TRANSFORM ?= png_transform# the image slices' transform: nii_transform2 for NIfTI slices (dataloader.py)
+P_DATA = [('IMG', $(P_TRANSFORM), False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
 P_OPT = --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --hd95 --saveim True
 P_NET = $(if $(filter command line,$(origin NET)),$(NET),UNet)
 SRC = $(DATA)/prostate_source

@@ -1,186 +1,33 @@
-"""ProtoSeg (seed 003, methods/protoseg.md): how well a feature map segments, without training anything.
+"""ProtoSeg's analyses (seed 003, docs/methods/protoseg.md): a model on a labelled split, and reports over models.
 
-Algorithm 1: a guide map (the ground truth, or the network's own output) weights two prototypes per image,
-the mean feature vector of the foreground and of the background; every pixel goes to the nearer one
-(squared Euclidean distance), which gives a segmentation of the feature map (SAM). Its Dice against the
-ground truth is the layer's segmentation ability (SA score, Eq. 8); per unit, the same on one channel. The
-mean SA score mu of an image (Eq. 12) compares every unit of the network's last two feature layers with the
-network's binarised output: no label is read, so mu estimates the output's quality on unlabelled images.
+    protoseg.py --model M.pkl --network N --split SLICES --folders F --grp_regex R --out DIR   one model: SA per
+        feature layer and unit, mu per image against Dice, coverage, separability, SA under input noise
+    protoseg.py report --runs DIR... --out MD        the analysed models of a chain side by side
+    protoseg.py seeds --roots ROOT... --out MD       headline figures over training seeds
+    protoseg.py shift --pairs DIR... --policies RUN... --out MD   SA drop under shift against SpotTUnet's policy
 
-Shapes: features (B, C, *S') from any layer, resized (bilinear / trilinear, align_corners=False) to the
-guide's (B, 1, *S); S is 2D or 3D. Sums run over positions, per image, never over the batch.
+The algorithm (prototypes, SA score, mu) is prototypes.py's.
 """
 import argparse
-import contextlib
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import Tensor
 
-from networks import tapped
-from utils import write_table_and_markdown
-
-
-def resized(features: Tensor, size: Sequence[int]) -> Tensor:
-    """Features at the guide's spatial size (linear interpolation; unchanged when the size matches)."""
-    if tuple(features.shape[2:]) == tuple(size):
-        return features
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(features, size=tuple(size), mode=mode, align_corners=False)
-
-
-def check_guide(features: Tensor, guide: Tensor, mask: Optional[Tensor]) -> None:
-    if guide.dim() != features.dim() or guide.shape[0] != features.shape[0] or guide.shape[1] != 1:
-        raise ValueError(f"the guide must be (B, 1, *spatial) with B = {features.shape[0]} and as many spatial "
-                         f"dimensions as the features {tuple(features.shape)}; got {tuple(guide.shape)}")
-    if mask is not None and mask.shape != guide.shape:
-        raise ValueError(f"the mask must have the guide's shape {tuple(guide.shape)}; got {tuple(mask.shape)}")
-
-
-def distances(features: Tensor, guide: Tensor, mask: Optional[Tensor] = None, per_unit: bool = False) -> Tensor:
-    """(B, 2, [C,] *S): squared distances of every position to the background (0) and foreground (1) prototypes.
-
-    Prototypes are guide-weighted means (Eq. 6) inside ``mask``; per_unit: each channel alone (C = 1 each).
-    An image whose guide has no foreground (or no background) inside the mask gets NaN distances.
-    """
-    check_guide(features, guide, mask)
-    x = resized(features.float(), guide.shape[2:])
-    weights = guide.float() if mask is None else guide.float() * mask.float()
-    rest = (1 - guide.float()) if mask is None else (1 - guide.float()) * mask.float()
-    dims = tuple(range(2, x.dim()))
-    pos = (x * weights).sum(dims, keepdim=True) / weights.sum(dims, keepdim=True)   # (B, C, 1..): 0/0 -> NaN
-    neg = (x * rest).sum(dims, keepdim=True) / rest.sum(dims, keepdim=True)
-    d_pos, d_neg = (x - pos) ** 2, (x - neg) ** 2
-    if not per_unit:
-        d_pos, d_neg = d_pos.sum(1), d_neg.sum(1)
-    return torch.stack([d_neg, d_pos], dim=1)
-
-
-def protoseg(features: Tensor, guide: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """Algorithm 1: (B, 2, *S) probabilities, background then foreground, softmax of the negated distances.
-
-    Unscaled squared distances, no temperature (the reference's behaviour): wide layers saturate to 0/1. The map
-    is ``segmentation_map`` of the result (the mask shapes the prototypes, not the map)."""
-    return torch.softmax(-distances(features, guide, mask), dim=1)
-
-
-def segmentation_map(probs_or_distances: Tensor, from_distances: bool = False) -> Tensor:
-    """The SAM: foreground where the foreground prototype is strictly nearer (a tie goes to the background)."""
-    if from_distances:
-        return probs_or_distances[:, 1] < probs_or_distances[:, 0]
-    return probs_or_distances[:, 1] > probs_or_distances[:, 0]
-
-
-def dice(pred: Tensor, target: Tensor, n_spatial: int) -> Tensor:
-    """Dice over the last ``n_spatial`` dimensions (bool inputs, broadcast), 1 when both are empty."""
-    dims = tuple(range(-n_spatial, 0))
-    inter = (pred & target).sum(dims).double()
-    total = (pred.sum(dims) + target.sum(dims)).double()
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-
-
-def has_prototypes(guide: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """(B,) whether the binary guide has both foreground and background inside the mask (else no prototype)."""
-    g = guide.bool() if mask is None else guide.bool() & mask.bool()
-    rest = ~guide.bool() if mask is None else ~guide.bool() & mask.bool()
-    return g.flatten(1).any(1) & rest.flatten(1).any(1)
-
-
-def _pooled_weights(weights: Tensor, size: Sequence[int]) -> Tensor:
-    """The adjoint of ``resized`` applied to (B, K, *S) weights: (B, K, *size) with sum(w * resized(x)) = sum(that
-    * x) for every x (interpolation is linear), so weighted means of the resized features never build them."""
-    if tuple(weights.shape[2:]) == tuple(size):
-        return weights
-    probe = torch.zeros(*weights.shape[:2], *size, dtype=weights.dtype, device=weights.device, requires_grad=True)
-    with torch.enable_grad():
-        (pooled,) = torch.autograd.grad((resized(probe, weights.shape[2:]) * weights).sum(), probe)
-    return pooled
-
-
-def sam(features: Tensor, guide: Tensor, mask: Optional[Tensor] = None, per_unit: bool = False) -> Tensor:
-    """The SAM, (B, [C,] *S) bool: ``segmentation_map(distances(...), from_distances=True)`` computed in float64
-    without the full-size features where it can. The foreground prototype p is nearer than the background's n iff
-    2 x.(p - n) > |p|^2 - |n|^2, linear in x, so the dot product is taken at the layer's own resolution and then
-    resized; the prototypes come from the adjoint of the resize. Per unit, every channel is resized (1D test)."""
-    check_guide(features, guide, mask)
-    size, x = guide.shape[2:], features.double()
-    g = guide.double()
-    m = torch.ones_like(g) if mask is None else mask.double()
-    weights = torch.cat([g * m, (1 - g) * m], dim=1)                                       # (B, 2, *S)
-    dims = tuple(range(2, x.dim()))
-    pooled = _pooled_weights(weights, x.shape[2:])                                         # (B, 2, *s)
-    protos = torch.einsum("bc...,bk...->bkc", x, pooled) / weights.sum(dims)[..., None]   # (B, 2, C): 0/0 -> NaN
-    pos, neg = protos[:, 0], protos[:, 1]
-    if per_unit:
-        view = (*pos.shape, *[1] * len(size))
-        return (pos - neg).view(view) * (2 * resized(x, size) - (pos + neg).view(view)) > 0
-    score = resized(torch.einsum("bc...,bc->b...", x, pos - neg)[:, None], size)[:, 0]    # (B, *S)
-    return 2 * score > ((pos ** 2).sum(1) - (neg ** 2).sum(1)).view(-1, *[1] * len(size))
-
-
-def sa_scores(features: Tensor, gt: Tensor, mask: Optional[Tensor] = None, per_unit: bool = False) -> Tensor:
-    """SA score (Eq. 8) of a layer per image, (B,), or of each unit, (B, C): Dice(SAM, GT) with GT prototypes.
-
-    gt: (B, 1, *S) binary. Images whose ground truth has no foreground (or no background) inside the mask
-    have no prototype: NaN, for the caller to skip and count (``torch.isnan``)."""
-    target = gt.bool()
-    n_spatial = gt.dim() - 2
-    scores = dice(sam(features, gt, mask, per_unit), target if per_unit else target[:, 0], n_spatial)  # (B, [C])
-    ok = has_prototypes(gt, mask).view(-1, *[1] * (scores.dim() - 1))
-    return torch.where(ok, scores, torch.full_like(scores, float("nan")))
-
-
-def mean_sa_score(last_features: Sequence[Tensor], output_probs: Tensor) -> Tensor:
-    """mu per image (Eq. 12), (B,): the mean SA score of every unit of the last feature layers against the
-    network's binarised output (argmax of its (B, 2, *S) probabilities), prototypes from that output too. No
-    label is read. An image whose output is empty (or all foreground: no contrast) gets 0, never NaN."""
-    if not last_features:
-        raise ValueError("mean_sa_score needs the network's last feature layer(s)")
-    output = (output_probs.argmax(dim=1, keepdim=True) == 1)
-    scores = torch.cat([sa_scores(f, output, per_unit=True) for f in last_features], dim=1)    # (B, units)
-    mu = scores.mean(dim=1)
-    return torch.where(torch.isnan(mu), torch.zeros_like(mu), mu)
-
-
-# ---------------------------------------------------------------- label-free model selection
-
-def mu_subsample(patients: Sequence[str], slice_numbers: Sequence[int], n_images: int) -> Tensor:
-    """Indices of a fixed, label-free subsample of about ``n_images`` slices: per patient, k = max(2, round(n /
-    patients)) slices at the centres of k equal bins of its slices in slice order (no label is read)."""
-    table = pd.DataFrame({"patient": list(patients), "slice": list(slice_numbers), "index": range(len(patients))})
-    k = max(2, round(n_images / max(table["patient"].nunique(), 1)))
-    chosen: List[int] = []
-    for _, group in table.sort_values(["patient", "slice"], kind="stable").groupby("patient", sort=True):
-        index = group["index"].to_numpy()
-        chosen.extend(index[np.unique(((np.arange(k) + 0.5) * len(index) / k).astype(int))].tolist())
-    return torch.tensor(sorted(chosen), dtype=torch.long)
-
-
-def label_free_mu(net, images: Tensor, batch_size: int, device: torch.device,
-                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Tuple[float, float]:
-    """(mean mu, share of empty outputs) of ``net`` over ``images`` (N, 1, H, W): mu per image (Eq. 12) from the
-    network's last feature layers and its own output, 0 for an empty output, so a collapsed model scores low."""
-    last = net.last_feature_layers()
-    was_training = net.training
-    net.eval()
-    mu, empty = [], []
-    with tapped(net, last) as taps, torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            with autocast():
-                logits = net(images[start:start + batch_size].to(device, torch.float32))
-            probs = logits.float().softmax(dim=1)
-            fg_probs = torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
-            mu.append(mean_sa_score([taps[name].float() for name in last], fg_probs))
-            empty.append((fg_probs.argmax(1) == 0).flatten(1).all(1))
-    net.train(was_training)
-    return torch.cat(mu).mean().item(), torch.cat(empty).double().mean().item()
+from checkpoints import network_from_checkpoint
+from dataloader import SliceSet, load_split
+from metrics import confusion_sizes, dice_3d, dice_from_sizes
+from networks import BlockNet, tapped
+from prototypes import foreground_probs, mean_sa_score, sa_scores
+from tables import mean_sd, read_policy, read_sa_layers, read_table
+from utils import atomic_output, evenly_spaced, one_error_line, publish, write_table_and_markdown
 
 
 # ---------------------------------------------------------------- a model on a labelled split
@@ -199,7 +46,7 @@ def noisy(images: Tensor, level: float, generator: torch.Generator) -> Tensor:
     return images + level * spread * noise
 
 
-def layer_sa(net, images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> Dict[str, np.ndarray]:
+def layer_sa(net: BlockNet, images: Tensor, labels: Tensor, batch_size: int, device: torch.device) -> Dict[str, np.ndarray]:
     """Per feature layer, the SA score of every image (NaN where the ground truth has no prototype)."""
     layers = net.feature_layers()
     sa: Dict[str, List[Tensor]] = {name: [] for name in layers}
@@ -212,13 +59,13 @@ def layer_sa(net, images: Tensor, labels: Tensor, batch_size: int, device: torch
     return {name: torch.cat(v).numpy() for name, v in sa.items()}
 
 
-def noise_table(net, data, levels: Sequence[float], batch_size: int, device: torch.device, seed: int = 0,
+def noise_table(net: BlockNet, data: SliceSet, levels: Sequence[float], batch_size: int, device: torch.device, seed: int = 0,
                 n_images: int = NOISE_IMAGES) -> pd.DataFrame:
     """Fig. 16: per layer and noise level, the mean SA on noisy inputs and its change from the clean ones, on up to
     ``n_images`` images with a non-empty ground truth, evenly spaced over the split (the study costs 1 + levels
     passes over every layer, so it keeps to a subsample)."""
     with_gt = torch.nonzero((data.labels > 0).flatten(1).any(1)).flatten()
-    index = with_gt[torch.linspace(0, len(with_gt) - 1, min(n_images, len(with_gt))).round().long().unique()]
+    index = with_gt[torch.from_numpy(evenly_spaced(len(with_gt), n_images))]
     images, labels = data.images[index].float(), data.labels[index]
     clean = layer_sa(net, images, labels, batch_size, device)
     rows = []
@@ -230,12 +77,11 @@ def noise_table(net, data, levels: Sequence[float], batch_size: int, device: tor
     return pd.DataFrame(rows)
 
 
-def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device("cpu"),
+def analyze(net: BlockNet, data: SliceSet, batch_size: int = 16, device: torch.device = torch.device("cpu"),
             noise_levels: Sequence[float] = NOISE_LEVELS) -> Dict[str, pd.DataFrame]:
     """SA per feature layer and per unit of the last one (ground-truth prototypes); per image mu, the output's
     Dice, the mean predictive entropy and the input's separability S_x (ProtoSeg on the intensities, Table 3); SA
-    per layer under input noise (Fig. 16). Foreground = every class > 0. ``data``: a dataloader.SliceSet."""
-    from metrics import confusion_sizes, dice_3d, dice_from_sizes
+    per layer under input noise (Fig. 16). Foreground = every class > 0."""
     layers, last = net.feature_layers(), net.last_feature_layers()
     net = net.to(device).eval()
     sa = {name: [] for name in layers}
@@ -244,7 +90,7 @@ def analyze(net, data, batch_size: int = 16, device: torch.device = torch.device
         for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
             images = data.images[idx].to(device, torch.float32)
             probs = torch.softmax(net(images).float(), dim=1)
-            fg_probs = torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
+            fg_probs = foreground_probs(probs)
             gt = (data.labels[idx] > 0)[:, None].to(device)
             for name in layers:
                 sa[name].append(sa_scores(taps[name], gt).cpu())
@@ -332,8 +178,7 @@ def summary(tables: Dict[str, pd.DataFrame], title: str) -> str:
 def chain_report(runs: Sequence[Path], title: str) -> str:
     """Markdown over several analysed models: SA per layer side by side; per model mu against Dice and the Dice
     gained at 70 % coverage by keeping the highest mu."""
-    from report import read_table
-    layers = [read_table(run / "sa_layers.csv", ["layer", "sa"]).set_index("layer")["sa"] for run in runs]
+    layers = [read_sa_layers(run).set_index("layer")["sa"] for run in runs]
     names = [run.name for run in runs]
     lines = [f"# {title}\n", "SA per feature layer (Dice x100; the ground truth guides the prototypes):\n",
              "| layer | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -349,12 +194,16 @@ def chain_report(runs: Sequence[Path], title: str) -> str:
     return "\n".join(lines + online_table(runs)) + "\n"
 
 
+def read_images(analysis: Path) -> pd.DataFrame:
+    """An analysis folder's per-image table: mu, the output's Dice, empty ground truth / output, entropy, S_x."""
+    return read_table(analysis / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy", "sx"])
+
+
 def mu_figures(run: Path) -> Dict[str, float]:
     """One analysis folder's headline figures: Pearson r of mu with Dice per image and per patient, the share of
     empty outputs, the mean Dice of all scored images and of the 70 % kept by mu, by entropy and at random, S_x,
     m(d), and the analysis's seconds (from its summary)."""
-    from report import read_table
-    images = read_table(run / "images.csv", ["mu", "dice", "gt_empty", "output_empty", "entropy", "sx"])
+    images = read_images(run)
     patients = read_table(run / "patients.csv", ["mu", "dice_3d"])
     scored = images[~images["gt_empty"]]
     cov = coverage_table(images).set_index("ranking")
@@ -370,7 +219,6 @@ def mu_figures(run: Path) -> Dict[str, float]:
 def seeds_report(roots: Sequence[Path], title: str) -> str:
     """Markdown over training seeds: per analysed model (the folders every root holds), r of mu with Dice and the
     Dice gained at 70 % coverage by mu and by entropy, mean ± sd over the seeds; and each seed's analysis time."""
-    from report import mean_sd
     models = [p.name for p in sorted(roots[0].iterdir()) if (p / "images.csv").is_file()
               and all((root / p.name / "images.csv").is_file() for root in roots)]
     if not models:
@@ -382,7 +230,7 @@ def seeds_report(roots: Sequence[Path], title: str) -> str:
              "| model | r per image | r per patient | empty outputs (%) | Dice, all | gain at 70 %, mu | gain, entropy |",
              "|---|---|---|---|---|---|---|"]
     for m, f in figures.items():
-        lines.append(f"| {m} | {r_mean_sd(f['r_image'])} | {r_mean_sd(f['r_patient'])} | {mean_sd(f['empty'])} | "
+        lines.append(f"| {m} | {mean_sd(f['r_image'], 1, 2)} | {mean_sd(f['r_patient'], 1, 2)} | {mean_sd(f['empty'])} | "
                      f"{mean_sd(f['dice_all'])} | {mean_sd(f['dice_70_mu'] - f['dice_all'])} | "
                      f"{mean_sd(f['dice_70_entropy'] - f['dice_all'])} |")
     seconds = pd.DataFrame({m: f["seconds"] for m, f in figures.items()})
@@ -391,32 +239,18 @@ def seeds_report(roots: Sequence[Path], title: str) -> str:
     return "\n".join(lines)
 
 
-def r_mean_sd(values: pd.Series) -> str:
-    v = values.dropna()
-    return "–" if v.empty else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
-
-
 def seeds_main(argv: Sequence[str]) -> int:
-    from utils import write_text_atomic
-    from utils import one_error_line
     parser = argparse.ArgumentParser(description="ProtoSeg's headline figures over training seeds")
     parser.add_argument("--roots", nargs="+", type=Path, required=True, help="one protoseg/ folder per seed")
     parser.add_argument("--title", default="ProtoSeg over seeds")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-
-    def write(_: None) -> int:
-        text = seeds_report(args.roots, args.title)
-        write_text_atomic(text, args.out)
-        print(text)
-        return 0
-    return one_error_line(write, None)
+    return one_error_line(lambda a: publish(seeds_report(a.roots, a.title), a.out), args)
 
 
 def online_table(runs: Sequence[Path]) -> List[str]:
     """Seed 003's Table 1 for every model <x>_online* analysed beside <x>*: the output's Dice and the last feature
     layer's SA, trained without and with the online ProtoSeg term (images with an empty ground truth left out)."""
-    from report import read_table
     by_name = {run.name: run for run in runs}
     pairs = [(by_name[name.replace("_online", "", 1)], run) for name, run in by_name.items()
              if "_online" in name and name.replace("_online", "", 1) in by_name]
@@ -426,8 +260,8 @@ def online_table(runs: Sequence[Path]) -> List[str]:
                  "feature layers; Dice x100 of the output B and SA x100 of the last feature layer:\n",
              "| model | output Dice | last-layer SA | images |", "|---|---|---|---|"]
     for run in (r for pair in pairs for r in pair):
-        images = read_table(run / "images.csv", ["dice", "gt_empty"])
-        last = read_table(run / "sa_layers.csv", ["layer", "sa"]).iloc[-1]
+        images = read_images(run)
+        last = read_sa_layers(run).iloc[-1]
         scored = images[~images["gt_empty"]]
         lines.append(f"| {run.name} | {100 * scored['dice'].mean():.1f} | {100 * last['sa']:.1f} ({last['layer']}) | "
                      f"{len(scored)} |")
@@ -440,10 +274,9 @@ def shift_table(pairs: Sequence[Path], policies: Sequence[Path]) -> pd.DataFrame
     """Per feature layer: the source model's SA on source validation and on the target scans, mean over the pairs'
     analysis folders (each holding baseline_on_source/ and baseline/), the drop, and SpotTUnet's share of slices
     fine-tuning that unit (policy.csv), mean over the test pairs per budget (run names <pair>_n<N>)."""
-    from report import read_table
     sa = {}
     for where, sub in (("sa_source", "baseline_on_source"), ("sa_target", "baseline")):
-        tables = [read_table(pair / sub / "sa_layers.csv", ["layer", "sa"]).set_index("layer")["sa"] for pair in pairs]
+        tables = [read_sa_layers(pair / sub).set_index("layer")["sa"] for pair in pairs]
         sa[where] = pd.concat(tables, axis=1).mean(axis=1)
     table = pd.DataFrame(sa)
     table["sa_drop"] = table["sa_source"] - table["sa_target"]
@@ -452,7 +285,7 @@ def shift_table(pairs: Sequence[Path], policies: Sequence[Path]) -> pd.DataFrame
         match = re.fullmatch(r".+_n(\d+)", run.name)
         if match is None:
             raise ValueError(f"{run}: a SpotTUnet test run is named <pair>_n<budget>")
-        frames.append(read_table(run / "policy.csv", ["unit", "p_finetuned"]).assign(budget=int(match.group(1))))
+        frames.append(read_policy(run).assign(budget=int(match.group(1))))
     policy = pd.concat(frames).groupby(["unit", "budget"])["p_finetuned"].mean().unstack("budget")
     policy.columns = [f"p_finetuned_n{b}" for b in policy.columns]
     return table.join(policy, how="left").rename_axis("layer").reset_index()
@@ -460,7 +293,6 @@ def shift_table(pairs: Sequence[Path], policies: Sequence[Path]) -> pd.DataFrame
 
 def shift_report(table: pd.DataFrame, title: str) -> str:
     """Markdown: the per-layer table and Spearman's rho of the SA drop with each budget's fine-tuning share."""
-    from scipy.stats import spearmanr
     budgets = [c for c in table.columns if c.startswith("p_finetuned_n")]
     lines = [f"# {title}\n", "Per feature layer of the source baseline: SA x100 on its own validation scans and on the "
              "target's test scans (ground-truth prototypes, mean over the test pairs), the drop under the shift, and "
@@ -503,27 +335,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def report_main(argv: Sequence[str]) -> int:
-    from utils import atomic_output, one_error_line
     parser = argparse.ArgumentParser(description="ProtoSeg over a chain's analysed models: one markdown report")
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--title", default="ProtoSeg")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-
-    def write(_: object) -> int:
-        text = chain_report(args.runs, args.title)
-        with atomic_output(args.out) as tmp:
-            tmp.write_text(text)
-        print(text)
-        return 0
-    return one_error_line(write, None)
+    return one_error_line(lambda a: publish(chain_report(a.runs, a.title), a.out), args)
 
 
 def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
-    from dataloader import DataError, load_slices
-    from options import parse_folders
-    from networks import CheckpointError, network_from_checkpoint
-    from utils import atomic_output
     parser = argparse.ArgumentParser(description="ProtoSeg analysis of one model on one labelled split: SA per "
                                                  "feature layer and unit, mu per image against Dice, coverage")
     parser.add_argument("--model", type=Path, required=True, help="a checkpoint (best_3d.pkl, last.pkl)")
@@ -538,27 +358,25 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--title", default="ProtoSeg")
     parser.add_argument("--out", type=Path, required=True, help="a folder: sa_layers.csv, sa_units.csv, images.csv, "
                                                                 "patients.csv, summary.md")
-    args = parser.parse_args(argv)
-    try:
-        net = network_from_checkpoint(args.model, args.network, args.n_class)
-        data = load_slices(args.split, parse_folders(args.folders, "--folders"), args.n_class, args.grp_regex,
-                           args.debug)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        t0 = time.perf_counter()
-        tables = analyze(net, data, args.batch_size)
-        seconds = time.perf_counter() - t0
-        with atomic_output(args.out) as tmp:
-            tmp.mkdir()
-            for name, table in tables.items():
-                table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
-            (tmp / "summary.md").write_text(summary(tables, args.title)
-                                            + f"\nThe analysis took {seconds:.1f} s ({len(data)} images).\n")
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return one_error_line(analysis, parser.parse_args(argv))
+
+
+def analysis(args: argparse.Namespace) -> None:
+    """One model on one split: the tables of ``analyze`` and their summary, written into the folder --out."""
+    net = network_from_checkpoint(args.model, args.network, args.n_class)
+    data = load_split(args.split, args.folders, args.n_class, args.grp_regex, args.debug)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    tables = analyze(net, data, args.batch_size)
+    seconds = time.perf_counter() - t0
+    with atomic_output(args.out) as tmp:
+        tmp.mkdir()
+        for name, table in tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False, float_format="%.6g")
+        (tmp / "summary.md").write_text(summary(tables, args.title)
+                                        + f"\nThe analysis took {seconds:.1f} s ({len(data)} images).\n")
     print((args.out / "summary.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,59 +26,19 @@ side (one per seed) are averaged run by run.
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from utils import write_csv_atomic, write_text_atomic
-
-
-def metrics_file(run: Path) -> Path:
-    found = sorted(run.glob("*_target_metrics.csv"))
-    if not found:
-        raise FileNotFoundError(f"{run}: no *_target_metrics.csv (is the run complete?)")
-    return found[0]
-
-
-def read_table(path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
-    """A csv of a run, or a ValueError / FileNotFoundError naming the file and what is wrong with it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (is the run complete?)")
-    try:
-        table_ = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable csv ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    missing = [c for c in columns if c not in table_.columns]
-    if missing:
-        raise ValueError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, table_.columns))})")
-    return table_
-
-
-def read_metrics(run: Path) -> pd.DataFrame:
-    return read_table(metrics_file(run), ["epoch", "val_dice_3d"])
-
-
-def read_best_epoch(run: Path) -> Tuple[int, float]:
-    """(epoch, 3D Dice) of ``3dbestepoch.txt``."""
-    path = run / "3dbestepoch.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (is the run complete?)")
-    try:
-        epoch, dice = path.read_text().split(",")
-        return int(epoch), float(dice)
-    except ValueError:
-        raise ValueError(f"{path}: expected 'epoch,dice', got {path.read_text()[:40]!r}") from None
-
-
-def read_per_patient(run: Path, metric: str = "dice_3d") -> np.ndarray:
-    """Per-patient ``metric`` (dice_3d, hd95, assd) at the best epoch, averaged over the reported classes."""
-    df = read_table(run / "val_dice_3d_per_patient.csv", ["patient"])
-    return df.filter(like=f"{metric}_c").mean(axis=1, skipna=False).to_numpy()
+from cc359_report import cc359_report, cc359_seeds_report, choose, choose_k, choose_lr, choose_tau, collect, read_tau
+from tables import (COLLAPSE, mean_sd, metrics_file, read_best_epoch, read_metrics, read_per_patient, read_run_stats,
+                    read_table, read_test_metrics)
+from utils import one_error_line, publish, write_csv_atomic
 
 
 def summarize(run: Path) -> Dict[str, object]:
-    metrics = read_metrics(run)
+    metrics = read_metrics(run, ["epoch", "val_dice_3d", "val_dice", "tra_loss_tot"])
     best_epoch, _ = read_best_epoch(run)
     at_best = metrics.loc[metrics["epoch"] == best_epoch]
     if at_best.empty:
@@ -86,7 +46,7 @@ def summarize(run: Path) -> Dict[str, object]:
     best = at_best.iloc[0]
     per_patient = read_per_patient(run)
     hd95 = read_per_patient(run, "hd95")
-    stats = read_table(run / "run_stats.csv", ["name", "value"]).set_index("name")["value"]
+    stats = read_run_stats(run)
     return {"run": run.name, "epochs": len(metrics) if metrics["tra_loss_tot"].notna().any() else 0,
             "best_epoch": best_epoch, "dice3d": per_patient.mean(),
             "dice3d_sd": per_patient.std(ddof=1) if len(per_patient) > 1 else 0.0,
@@ -107,9 +67,6 @@ def table(rows: List[Dict[str, object]]) -> str:
                    f"{fmt(r['last_dice3d'])} | {fmt(r['dice2d'])} | {fmt(r['hd95'], 2)} ({r['hd_defined']}/{r['patients']}) | {fmt(r['assd'], 2)} | "
                    f"{r['seconds']:.0f} |\n" for r in rows)
     return head + body
-
-
-COLLAPSE = 0.05   # a run whose last-epoch 3D Dice is below this predicts (almost) empty masks: a collapse
 
 
 def collapsed(rows: List[Dict[str, object]]) -> List[str]:
@@ -154,20 +111,12 @@ def claims(rows: List[Dict[str, object]], down: Optional[List[str]] = None) -> s
             "| claim | best epoch | holds | last epoch | holds |\n|---|---|---|---|---|\n" + lines + collapse_line)
 
 
-def mean_sd(values: pd.Series) -> str:
-    v = 100 * values.dropna()
-    if v.empty:
-        return "–"
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v.mean():.1f}"
-
-
 # ---------------------------------------------------------------- two result roots side by side
 
 def final_scores(run: Path) -> Dict[str, float]:
     """A run's final scores x 100: tested runs (test_metrics.csv) sdice/dice, others last/best val 3D Dice."""
-    tested = run / "test_metrics.csv"
-    if tested.is_file():
-        df = pd.read_csv(tested)
+    if (run / "test_metrics.csv").is_file():
+        df = read_test_metrics(run)
         return {"sdice": 100 * df["sdice"].mean(), "dice": 100 * df["dice"].mean()}
     dice3d = read_metrics(run)["val_dice_3d"]
     return {"last 3D Dice": 100 * dice3d.iloc[-1], "best 3D Dice": 100 * dice3d.max()}
@@ -184,9 +133,19 @@ def find_runs(root: Path) -> Dict[str, Path]:
     return runs
 
 
+SWING_EPOCHS = 5    # a run's own epoch-to-epoch swing: max - min of its validation 3D Dice over its last 5 epochs
+
+
+def own_swing(run: Path) -> float:
+    """Points of validation 3D Dice a run swings over its last SWING_EPOCHS epochs (NaN: a tested run)."""
+    if (run / "test_metrics.csv").is_file():
+        return float("nan")
+    last = read_metrics(run)["val_dice_3d"].dropna().iloc[-SWING_EPOCHS:]
+    return 100 * float(last.max() - last.min())
+
+
 def run_seconds(run: Path) -> float:
-    stats = run / "run_stats.csv"
-    return float(pd.read_csv(stats).set_index("name")["value"]["total"]) if stats.is_file() else float("nan")
+    return float(read_run_stats(run)["total"]) if (run / "run_stats.csv").is_file() else float("nan")
 
 
 def check_same_runs(root_a: Path, runs_a: Iterable[str], root_b: Path, runs_b: Iterable[str]) -> None:
@@ -223,7 +182,8 @@ def paired_scores(references: Sequence[Path], candidates: Sequence[Path],
             for score in a:
                 rows.append({"run": name, "score": score, "pair": k, "reference": a[score], "candidate": b[score],
                              "reference_collapsed": collapsed_scores(a), "candidate_collapsed": collapsed_scores(b),
-                             "reference_s": run_seconds(ref[name]), "candidate_s": run_seconds(cand[name])})
+                             "reference_s": run_seconds(ref[name]), "candidate_s": run_seconds(cand[name]),
+                             "reference_swing": own_swing(ref[name])})
     return pd.DataFrame(rows)
 
 
@@ -240,18 +200,44 @@ def compare(references: Sequence[Path], candidates: Sequence[Path], only: Option
                      "delta": (kept["candidate"] - kept["reference"]).mean() if len(kept) else np.nan,
                      "pairs": len(kept), "reference_collapses": int(g["reference_collapsed"].sum()),
                      "candidate_collapses": int(g["candidate_collapsed"].sum()),
-                     "reference_s": g["reference_s"].mean(), "candidate_s": g["candidate_s"].mean()})
+                     "reference_s": g["reference_s"].mean(), "candidate_s": g["candidate_s"].mean(),
+                     "swing": g["reference_swing"].mean()})
+    return pd.DataFrame(rows)
+
+
+def judge(table_: pd.DataFrame, tolerance: float, unjudged: Sequence[str] = ()) -> pd.DataFrame:
+    """The paired rule, per run: (a) its best-epoch (validated runs) or final (tested runs) score moves by at most
+    ``tolerance`` points; (b) no more collapses; (c) a last-epoch move beyond ``tolerance`` lies within the
+    reference run's own swing over its last epochs, and the runs beyond do not all move one way. ``unjudged``
+    runs (a grid point the choice rejects in both modes) are reported, not judged."""
+    judged = table_[~table_["run"].isin(unjudged)]
+    main = judged[judged["score"] != "last 3D Dice"].groupby("run", sort=False).head(1).set_index("run")
+    last = judged[judged["score"] == "last 3D Dice"].set_index("run")
+    beyond = last[last["delta"].abs() > tolerance]
+    one_way = len(beyond) > 1 and (np.sign(beyond["delta"]).nunique() == 1)
+    rows = []
+    for run, r in main.iterrows():
+        fails = []
+        if abs(r["delta"]) > tolerance:
+            fails.append(f"{r['score']} {r['delta']:+.1f}")
+        if r["candidate_collapses"] > r["reference_collapses"]:
+            fails.append("more collapses")
+        if run in beyond.index:
+            move = beyond.loc[run]
+            if abs(move["delta"]) > move["swing"]:
+                fails.append(f"last {move['delta']:+.1f} beyond its own swing {move['swing']:.1f}")
+            elif one_way:
+                fails.append(f"last {move['delta']:+.1f}: every run beyond {tolerance:g} moves the same way")
+        rows.append({"run": run, "fails": "; ".join(fails)})
     return pd.DataFrame(rows)
 
 
 def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates: Sequence[Path],
-                   tolerance: float) -> str:
-    """Markdown: per-run table, the rule (paired mean difference within ``tolerance`` points, no more collapses in
-    the candidate) judged on each run's first score, total run time of each side."""
-    primary = table_.groupby("run", sort=False).head(1)          # sdice, or the last-epoch 3D Dice
-    beyond = primary[primary["delta"].abs() > tolerance]
-    more_collapses = primary[primary["candidate_collapses"] > primary["reference_collapses"]]
-    failed = sorted(set(beyond["run"]) | set(more_collapses["run"]))
+                   tolerance: float, unjudged: Sequence[str] = ()) -> str:
+    """Markdown: per-run table, the paired rule (``judge``) run by run, total run time of each side."""
+    verdicts = judge(table_, tolerance, unjudged)
+    failed = verdicts[verdicts["fails"] != ""]
+    primary = table_.groupby("run", sort=False).head(1)
     times = primary[["reference_s", "candidate_s"]].sum()
 
     def value(mean: float, sd: float) -> str:
@@ -262,24 +248,23 @@ def compare_report(table_: pd.DataFrame, references: Sequence[Path], candidates:
              f"3D Dice), mean ± sd over the {len(references)} root(s) of each side; the k-th candidate root pairs with "
              f"the k-th reference root (the same training seed). delta = mean of candidate - reference over the pairs "
              f"where neither side collapsed (Dice below {100 * COLLAPSE:g}), in points; collapses: reference / "
-             f"candidate. The rule, on each run's first score: |delta| <= {tolerance:g} and no more collapses in the "
-             f"candidate.\n",
-             "| run | score | reference | candidate | delta (pairs) | collapses | reference s | candidate s |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"candidate; swing: the reference run's own max - min of validation 3D Dice over its last {SWING_EPOCHS} "
+             f"epochs, mean over pairs. The rule: the best-epoch (or final) score within {tolerance:g} points; no more "
+             f"collapses; a last-epoch move beyond {tolerance:g} only within the run's own swing, and not every such "
+             f"move the same way." + (f" Reported, not judged: {', '.join(unjudged)}." if unjudged else "") + "\n",
+             "| run | score | reference | candidate | delta (pairs) | swing | collapses | reference s | candidate s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.score} | {value(r.reference, r.reference_sd)} | {value(r.candidate, r.candidate_sd)} | "
               + ("–" if np.isnan(r.delta) else f"{r.delta:+.1f}") + f" ({r.pairs}) | "
+              + ("–" if np.isnan(r.swing) else f"{r.swing:.1f}") + " | "
               f"{r.reference_collapses} / {r.candidate_collapses} | {r.reference_s:.0f} | {r.candidate_s:.0f} |"
               for r in table_.itertuples()]
-    largest = (f" (largest: {beyond.loc[beyond['delta'].abs().idxmax(), 'run']} "
-               f"{beyond['delta'].abs().max():.1f} points)" if len(beyond) else "")
-    lines += ["", f"- runs: {len(primary)}; beyond {tolerance:g} point(s): **{len(beyond)}**{largest}",
-              f"- runs where the candidate collapsed more often: **{len(more_collapses)}**"
-              + (f" ({', '.join(more_collapses['run'])})" if len(more_collapses) else ""),
-              f"- mean delta of the first score: {primary['delta'].mean():+.2f} points",
+    lines += ["", f"- runs judged: {len(verdicts)}; failing: **{len(failed)}**"
+              + "".join(f"\n  - {r.run}: {r.fails}" for r in failed.itertuples()),
               f"- run time, sum over runs: {times['reference_s']:.0f} s against {times['candidate_s']:.0f} s"
               + (f" ({times['reference_s'] / times['candidate_s']:.2f}x)" if times["candidate_s"] > 0 else ""),
-              f"- every run passes: **{'yes' if not failed else 'no'}**" + (f" (fails: {', '.join(failed)})" if failed else ""),
-              ""]
+              f"- every run passes: **{'yes' if failed.empty else 'no'}**"
+              + (f" (fails: {', '.join(failed['run'])})" if len(failed) else ""), ""]
     return "\n".join(lines)
 
 
@@ -288,7 +273,7 @@ def seed_scores(root: Path, at_epochs: Sequence[int]) -> pd.DataFrame:
     after ``at_epochs`` epochs where the run is longer (a prefix of a run equals a shorter run)."""
     rows = []
     for name, run in sorted(find_runs(root).items()):
-        metrics = read_metrics(run)
+        metrics = read_metrics(run, ["epoch", "val_dice_3d", "tra_loss_tot"])
         row = {"run": name, "epochs": len(metrics) if metrics["tra_loss_tot"].notna().any() else 0,
                "dice3d": read_best_epoch(run)[1], "last_dice3d": float(metrics["val_dice_3d"].iloc[-1])}
         for k in at_epochs:
@@ -341,6 +326,8 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--candidate", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=1.5, help="points of score (compare)")
     parser.add_argument("--only", nargs="+", help="compare: these runs only (names below the roots, e.g. sfda)")
+    parser.add_argument("--unjudged", nargs="+", default=[],
+                        help="compare: runs reported but not judged (a grid point the choice rejects in both modes)")
     parser.add_argument("--roots", nargs="+", type=Path, help="seeds: one prostate result root per training seed")
     parser.add_argument("--at_epochs", nargs="*", type=int, default=[], help="seeds: 3D Dice also after these epochs")
     parser.add_argument("--out", type=Path, required=True)
@@ -360,35 +347,31 @@ def subcommand_main(argv: Sequence[str]) -> int:
         parser.error("compare needs --reference and --candidate")
     if args.command == "seeds" and not args.roots:
         parser.error("seeds needs --roots")
-    from cc359_report import (cc359_report, cc359_seeds_report, choose, choose_k, choose_lr, choose_tau, collect,
-                              read_tau)
-    try:
-        if args.command == "collect":
-            table_ = collect(args.runs)
-            write_csv_atomic(table_, args.out, float_format="%.4f")
-            print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
-        elif args.command in ("choose_tau", "choose", "choose_lr", "choose_k"):
-            chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
-                      else choose_lr(collect(args.runs)) if args.command == "choose_lr"
-                      else choose_k(collect(args.runs)) if args.command == "choose_k"
-                      else choose(collect(args.runs), read_tau(args.tau_file)))
-            write_csv_atomic(chosen, args.out)
-            print(chosen.to_string(index=False))
-        else:
-            text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
-                    else cc359_seeds_report([read_table(f) for f in args.scores], [str(f.parent.parent) for f in args.scores],
-                                            args.title) if args.command == "cc359_seeds"
-                    else compare_report(compare(args.reference, args.candidate, args.only), args.reference, args.candidate,
-                                        args.tolerance) if args.command == "compare"
-                    else cc359_report(pd.read_csv(args.scores[0]), pd.read_csv(args.params), args.title,
-                                      pd.read_csv(args.val_scores) if args.val_scores else None,
-                                      pd.read_csv(args.tau_file) if args.tau_file else None))
-            write_text_atomic(text, args.out)
-            print(text)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return one_error_line(run_subcommand, args)
+
+
+def run_subcommand(args: argparse.Namespace) -> None:
+    if args.command == "collect":
+        table_ = collect(args.runs)
+        write_csv_atomic(table_, args.out, float_format="%.4f")
+        print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
+    elif args.command in ("choose_tau", "choose", "choose_lr", "choose_k"):
+        chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
+                  else choose_lr(collect(args.runs)) if args.command == "choose_lr"
+                  else choose_k(collect(args.runs)) if args.command == "choose_k"
+                  else choose(collect(args.runs), read_tau(args.tau_file)))
+        write_csv_atomic(chosen, args.out)
+        print(chosen.to_string(index=False))
+    else:
+        text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
+                else cc359_seeds_report([read_table(f) for f in args.scores], [str(f.parent.parent) for f in args.scores],
+                                        args.title) if args.command == "cc359_seeds"
+                else compare_report(compare(args.reference, args.candidate, args.only), args.reference, args.candidate,
+                                    args.tolerance, args.unjudged) if args.command == "compare"
+                else cc359_report(read_table(args.scores[0]), read_table(args.params), args.title,
+                                  read_table(args.val_scores) if args.val_scores else None,
+                                  read_table(args.tau_file) if args.tau_file else None))
+        publish(text, args.out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -400,20 +383,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="Results")
     args = parser.parse_args(argv)
-    try:
-        rows = [summarize(run) for run in args.runs]
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    text = (f"# {args.title}\n\nValidation set of each run's dataset (cesource: source val; others: target val). "
+    return one_error_line(prostate_report, args)
+
+
+def prostate_report(args: argparse.Namespace) -> None:
+    rows = [summarize(run) for run in args.runs]
+    publish(f"# {args.title}\n\nValidation set of each run's dataset (cesource: source val; others: target val). "
             f"3D Dice per patient of the foreground class(es), mean ± sd over {rows[-1]['patients']} patients, at the "
             f"epoch chosen by validation 3D Dice; HD95/ASSD in pixels (PNG data) or mm (NIfTI), at that epoch, averaged "
             f"over the patients where both prediction and GT are non-empty (their number in brackets; an empty "
-            f"prediction has no surface distance).\n\n"
-            + table(rows) + claims(rows))
-    write_text_atomic(text, args.out)
-    print(text)
-    return 0
+            f"prediction has no surface distance).\n\n" + table(rows) + claims(rows), args.out)
 
 
 if __name__ == "__main__":

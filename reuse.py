@@ -1,6 +1,6 @@
 """Which layers to reuse (seed 002): TruncatedTL, LWFT and TransFusion built from a pre-trained residual U-Net.
 
-Our segmentation variant of methods/svcca_ttl.md: TruncatedTL keeps levels 0..k with their trained weights;
+Our segmentation variant of docs/methods/svcca_ttl.md: TruncatedTL keeps levels 0..k with their trained weights;
 TransFusion keeps levels 0..k and rebuilds the levels above at half width from scratch; LWFT trains the top k
 stages, the output layer at the full lr and the others at lr / LWFT_DECAY. main.py --reuse METHOD:K runs them.
 """

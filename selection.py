@@ -16,29 +16,29 @@ from typing import Dict, Optional, Sequence
 import pandas as pd
 import torch
 
-from protoseg import label_free_mu, mu_subsample
+from checkpoints import network_from_checkpoint
+from dataloader import load_split
+from prototypes import label_free_mu, mu_subsample
+from tables import COLLAPSE, TESTED_WEIGHTS, fell_back, read_metrics, read_test_metrics
 from utils import write_table_and_markdown
 
-COLLAPSE = 0.05      # a last-epoch 3D Dice below this is a collapse (the source-free issue's threshold)
 CHOICES = ("label", "last", "mu", "mu_fg")   # mu_fg: mu over the non-empty outputs only, mu / (1 - empty share)
 
 
 def epoch_choices(run: Path) -> Dict[str, object]:
     """A run's epochs chosen by target validation labels (the seed's protocol), the last one, and by mu (no label),
     with their validation 3D Dice and, when the run tested them (test_metrics*.csv), their test scores x100."""
-    from report import metrics_file, read_table
-    rows = read_table(metrics_file(run), ["epoch", "val_dice_3d", "mu", "mu_empty_share"])
+    rows = read_metrics(run, ["epoch", "val_dice_3d", "mu", "mu_empty_share"])
     mu_fg = (rows["mu"] / (1 - rows["mu_empty_share"])).where(rows["mu_empty_share"] < 1, 0.0)
     picks = {"label": rows["val_dice_3d"].idxmax(), "last": rows.index[-1], "mu": rows["mu"].idxmax(),   # first max
              "mu_fg": mu_fg.idxmax()}
-    out: Dict[str, object] = {"run": str(run), "collapse_guard": (run / "collapse.txt").is_file(),
+    out: Dict[str, object] = {"run": str(run), "collapse_guard": fell_back(run),
                               "mu_last": rows["mu"].iloc[-1], "empty_last": rows["mu_empty_share"].iloc[-1]}
     for choice, at in picks.items():
         out[f"{choice}_epoch"], out[f"{choice}_dice"] = int(rows["epoch"][at]), 100 * rows["val_dice_3d"][at]
-    for choice, name in (("last", "test_metrics.csv"), ("label", "test_metrics_best_3d.csv"),
-                         ("mu", "test_metrics_best_mu.csv")):
-        if (run / name).is_file():
-            out[f"{choice}_test_sdice"] = 100 * read_table(run / name, ["sdice"])["sdice"].mean()
+    for choice, weights in (("last", "last"), ("label", "best_3d.pkl"), ("mu", "best_mu.pkl")):
+        if (run / TESTED_WEIGHTS[weights]).is_file():
+            out[f"{choice}_test_sdice"] = 100 * read_test_metrics(run, weights)["sdice"].mean()
     return out
 
 
@@ -89,10 +89,6 @@ def selection_main(argv: Sequence[str]) -> int:
 
 def flag_main(argv: Sequence[str]) -> int:
     """Label-free mu of finished runs' last weights on their target training slices: does it flag collapses?"""
-    from dataloader import load_slices
-    from options import parse_folders
-    from networks import network_from_checkpoint
-    from report import metrics_file, read_table
     parser = argparse.ArgumentParser(description="mu (no label read) of runs' last weights, beside their last Dice")
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True, help="the target training slices the runs adapted on")
@@ -105,13 +101,13 @@ def flag_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     def table() -> pd.DataFrame:
-        data = load_slices(args.split, parse_folders(args.folders, "--folders"), 2, args.grp_regex)
+        data = load_split(args.split, args.folders, 2, args.grp_regex)
         index = mu_subsample(data.patients, data.slice_numbers, args.images)
         rows = []
         for run in args.runs:
             net = network_from_checkpoint(run / "last.pkl", args.network, 2)
             mu, empty = label_free_mu(net, data.images[index], 16, torch.device("cpu"))
-            last = read_table(metrics_file(run), ["val_dice_3d"])["val_dice_3d"].iloc[-1]
+            last = read_metrics(run)["val_dice_3d"].iloc[-1]
             rows.append({"run": str(run), "last_dice": 100 * last, "collapsed": last < COLLAPSE, "mu": mu,
                          "empty_share": empty})
         return pd.DataFrame(rows)

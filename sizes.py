@@ -24,14 +24,16 @@ cache), so one csv serves every experiment drawn from it.
 """
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from dataloader import DataError, gt_transform, list_slices, parse_slice_name
-from utils import atomic_output
+from utils import one_error_line, parse_spacing, write_csv_atomic
 
 
 def read_labels(folder: Path) -> List[np.ndarray]:
@@ -83,8 +85,6 @@ def size_table(target: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame
 
 def template_slice_profile() -> np.ndarray:
     """Brain area per axial slice of the MNI152 2009a brain mask (nilearn's package data), bottom to top, summing to 1."""
-    import warnings
-    from scipy import ndimage
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from nilearn import datasets
@@ -145,40 +145,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n_class", type=int, default=2)
     parser.add_argument("--constant", type=float, nargs="*", help="foreground sizes in pixels, one per class > 0")
-    args = parser.parse_args(argv)
-    try:
-        if args.volume_ml is not None:
-            if args.gt_dir is None or not args.spacing:
-                raise DataError("--volume_ml needs --gt_dir and --spacing")
-            try:
-                spacing = [float(v) for v in args.spacing.split(",")]
-            except ValueError:
-                raise DataError(f"--spacing {args.spacing!r}: expected three numbers") from None
-            if len(spacing) != 3 or min(spacing) <= 0 or args.volume_ml <= 0:
-                raise DataError("--spacing needs three positive numbers and --volume_ml a positive volume")
-            profile = template_slice_profile() if args.profile == "mni152" else None
-            table = volume_prior_table(args.gt_dir, args.volume_ml, spacing, args.grp_regex, profile)
-            constant = np.array([0.0, args.volume_ml])
-        elif args.target is None:
-            raise DataError("give --target (a dataset root) or --gt_dir with --volume_ml")
-        elif args.constant:
-            if len(args.constant) != args.n_class - 1:
-                raise DataError(f"--constant needs {args.n_class - 1} values, got {len(args.constant)}")
-            constant = np.array([0.0, *args.constant])
-        elif args.source is not None:
-            constant = np.round(mean_positive_sizes(read_labels(args.source / "train" / "GT"), args.n_class))
-        else:
-            raise DataError("give --source (to publish its mean organ size) or --constant")
-        if args.volume_ml is None:
-            table = size_table(args.target, constant, args.n_class)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    with atomic_output(args.out) as tmp:
-        table.to_csv(tmp, index=False)
+    return one_error_line(write_sizes, parser.parse_args(argv))
+
+
+def write_sizes(args: argparse.Namespace) -> None:
+    """The size csv of the options: from a published volume (--volume_ml), a constant, or the source's mean size."""
+    if args.volume_ml is not None:
+        if args.gt_dir is None or not args.spacing:
+            raise DataError("--volume_ml needs --gt_dir and --spacing")
+        if args.volume_ml <= 0:
+            raise DataError(f"--volume_ml {args.volume_ml:g}: a volume is positive")
+        profile = template_slice_profile() if args.profile == "mni152" else None
+        table = volume_prior_table(args.gt_dir, args.volume_ml, parse_spacing(args.spacing), args.grp_regex, profile)
+        constant = np.array([0.0, args.volume_ml])
+    elif args.target is None:
+        raise DataError("give --target (a dataset root) or --gt_dir with --volume_ml")
+    elif args.constant:
+        if len(args.constant) != args.n_class - 1:
+            raise DataError(f"--constant needs {args.n_class - 1} values, got {len(args.constant)}")
+        constant = np.array([0.0, *args.constant])
+    elif args.source is not None:
+        constant = np.round(mean_positive_sizes(read_labels(args.source / "train" / "GT"), args.n_class))
+    else:
+        raise DataError("give --source (to publish its mean organ size) or --constant")
+    if args.volume_ml is None:
+        table = size_table(args.target, constant, args.n_class)
+    write_csv_atomic(table, args.out)
     unit = "mL per volume" if args.volume_ml is not None else "px"
     print(f"wrote {args.out}: {len(table)} slices, tag prior foreground {constant[1:].tolist()} {unit}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ used as is.
 """
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -158,11 +159,20 @@ def scan(rng: np.random.Generator, prop: np.ndarray, fat: np.ndarray, body: np.n
     return np.clip(image / scale * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+EMBEDDED = ".embedded"    # the marker of a folder this script wrote: make clean deletes such folders and no other
+
+
+def mark_embedded(folder: Path, how: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EMBEDDED).write_text(f"written by synth.py {how}\n")
+
+
 def write_prostate(out: Path, domain: str, seed: int, size: int, n_train: int, n_val: int) -> None:
     """Write ``out/{train,val}/{IMG,GT}/CaseNN_M.png`` for one scanner domain, atomically."""
     scanner = SCANNERS[domain]
     domain_id = sorted(SCANNERS).index(domain)
     with atomic_output(out) as tmp:
+        mark_embedded(tmp, f"prostate --domain {domain} --seed {seed}")
         for case in range(n_train + n_val):
             split = "train" if case < n_train else "val"
             rng = np.random.default_rng([seed, domain_id, case])
@@ -197,7 +207,7 @@ class MRScanner:
 
 
 # the embedded default works at 3x CC359's voxel size (CPU budget); fold 1 has thick x voxels and
-# folds 4/5 slightly finer y/z voxels, as in the real release (methods/spottunet.md)
+# folds 4/5 slightly finer y/z voxels, as in the real release (docs/methods/spottunet.md)
 CC_SCANNERS: List[MRScanner] = [
     MRScanner("siemens", 15, wm=1.00, gm=0.62, csf=0.20, bone=0.05, diploe=0.55, fat=0.95, skin=0.50,
               gamma=1.0, bias=0.10, blur=0.5, noise=0.045, spacing=(3.0, 3.0, 3.0)),
@@ -231,7 +241,6 @@ class Template:
 
 def load_template() -> Template:
     """Load the MNI152 maps from nilearn's package data (no download) and derive the head geometry."""
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from nilearn import datasets
@@ -308,6 +317,7 @@ def render_head(rng: np.random.Generator, tpl: Template, scanner: MRScanner) -> 
 def write_cc359(out: Path, seed: int, n_per_domain: int) -> None:
     """Write ``out/{Original,Silver-standard}/CCnnnn_<vendor>_<tesla>_<age>_<sex>[_ss].nii.gz`` and ``meta.csv``."""
     with atomic_output(out) as tmp:
+        mark_embedded(tmp, f"cc359 --seed {seed} --n_per_domain {n_per_domain}")
         (tmp / "Original").mkdir(parents=True)
         (tmp / "Silver-standard").mkdir()
         tpl = load_template()
@@ -328,7 +338,7 @@ def write_cc359(out: Path, seed: int, n_per_domain: int) -> None:
         pd.DataFrame(rows).to_csv(tmp / "meta.csv", index=False)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["prostate", "cc359"])
     parser.add_argument("--domain", choices=sorted(SCANNERS), help="prostate: source or target scanner")

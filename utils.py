@@ -1,4 +1,5 @@
 """Small tensor helpers and the safe parser of the list-of-tuples option strings."""
+import argparse
 import ast
 import importlib.metadata
 import os
@@ -8,13 +9,13 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Type
 
+import numpy as np
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 # ---------------------------------------------------------------- tensors (B, C, H, W)
@@ -33,14 +34,10 @@ def class2one_hot(seg: Tensor, n_class: int) -> Tensor:
 def probs2class(probs: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, H, W) index of the largest class (the first on ties).
 
-    ``max(dim=1).indices`` rather than ``argmax(dim=1)``: same result, ~50x faster on CPU for a
-    reduction over this non-innermost axis (measured 0.55 ms vs 30 ms for 16 x 2 x 96 x 96).
+    ``max(dim=1).indices`` rather than ``argmax(dim=1)``: the same result, much faster on CPU for a
+    reduction over this non-innermost axis.
     """
     return probs.max(dim=1).indices
-
-
-def probs2one_hot(probs: Tensor) -> Tensor:
-    return class2one_hot(probs2class(probs), probs.shape[1])
 
 
 def soft_size(a: Tensor) -> Tensor:
@@ -52,7 +49,7 @@ def norm_soft_size(a: Tensor, power: float = 1) -> Tensor:
     """Class ratio of each image as in the SFDA code: (p / max_c p)^power summed, then normalised.
 
     Not the mean probability: the dominant class counts ~1 per pixel, the others their ratio to
-    the max (methods/sfda.md). Gradients flow through numerator and max. (B, C, H, W) -> (B, C).
+    the max (docs/methods/sfda.md). Gradients flow through numerator and max. (B, C, H, W) -> (B, C).
     """
     ratio = a / (a.amax(dim=1, keepdim=True) + 1e-10)
     q = (ratio ** power).sum(dim=(2, 3))
@@ -72,10 +69,36 @@ SIZE_FUNCTIONS = {"norm_soft_size": norm_soft_size, "soft_size": soft_size, "sof
 RATIO_FUNCTIONS = ("norm_soft_size", "soft_ratio")      # the size functions that give a class ratio (a KL needs one)
 
 
+def resized(features: Tensor, size: Sequence[int], at: Optional[np.ndarray] = None) -> Tensor:
+    """Feature maps (B, C, *S) at the spatial ``size`` by linear interpolation (bilinear, trilinear),
+    align_corners=False, unchanged when they have it already; integer maps are read as float64.
+
+    ``at``: (m, 2) (row, column) output pixels of a 2D ``size``: only those, (B, C, m), sampled with grid_sample at
+    the pixel centres, which gives the interpolated values without building the full-size map.
+    """
+    maps = features if features.is_floating_point() else features.double()
+    if at is not None:
+        h, w = size
+        y = (at[:, 0] + 0.5) / h * 2 - 1                   # output pixel centres in grid_sample's [-1, 1] frame
+        x = (at[:, 1] + 0.5) / w * 2 - 1
+        grid = torch.from_numpy(np.stack([x, y], axis=1)).to(maps)[None, None].expand(len(maps), -1, -1, -1)
+        values = F.grid_sample(maps.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
+        return values[:, :, 0]
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
+
+
+def evenly_spaced(n_total: int, n: int) -> np.ndarray:
+    """Indices of ``n`` of ``n_total`` items spread evenly from the first to the last (all when n >= n_total)."""
+    return np.unique(np.linspace(0, n_total - 1, min(n, n_total)).round().astype(np.int64))
+
+
 # ---------------------------------------------------------------- safe option parsing
 
-class OptionError(ValueError):
-    """An option string that is not a plain literal of the expected shape."""
+class OptionError(ValueError, argparse.ArgumentTypeError):
+    """An option value of the wrong shape (argparse prints its message when a ``type=`` function raises it)."""
 
 
 def parse_literal(text: str, names: Mapping[str, Any], option: str = "option") -> Any:
@@ -111,6 +134,31 @@ def _literal(node: ast.AST, names: Mapping[str, Any], option: str) -> Any:
         raise OptionError(f"{option}: unknown name {node.id!r}; known names: {', '.join(sorted(names)) or 'none'}")
     raise OptionError(f"{option}: {type(node).__name__} is not allowed in an option string "
                       f"(only literals and known names): {ast.unparse(node)!r}")
+
+
+def instantiate(registry: Mapping[str, Callable[..., Any]], kind: str, name: str, kwargs: Any,
+                **extra: Any) -> Any:
+    """``registry[name](**kwargs, **extra)`` for an entry of an option's tuple (a loss, a bounds generator); an unknown
+    name, parameters that are not a dict or that the class refuses: ValueError naming them."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{kind} {name}: parameters must be a dict, got {kwargs!r}")
+    try:
+        return registry[name](**kwargs, **extra)
+    except TypeError as e:
+        raise ValueError(f"{kind} {name}: bad parameters {kwargs!r}: {e}") from None
+
+
+def parse_spacing(text: str, option: str = "--spacing") -> Tuple[float, float, float]:
+    """A voxel spacing ``1,0.95,0.95``: three positive millimetres."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"{option} {text!r}: expected three numbers, e.g. 1,0.95,0.95") from None
+    if len(values) != 3 or not all(v > 0 for v in values):
+        raise OptionError(f"{option} {text!r}: expected three positive numbers")
+    return values
 
 
 def str2bool(text: str) -> bool:
@@ -176,7 +224,13 @@ def write_text_atomic(text: str, out: Path) -> None:
         tmp.write_text(text)
 
 
-def write_csv_atomic(table: "pd.DataFrame", out: Path, **kwargs: object) -> None:
+def publish(text: str, out: Path) -> None:
+    """A markdown report written atomically to ``out``, and printed."""
+    write_text_atomic(text, out)
+    print(text)
+
+
+def write_csv_atomic(table: pd.DataFrame, out: Path, **kwargs: object) -> None:
     with atomic_output(out) as tmp:
         table.to_csv(tmp, index=False, **kwargs)
 
@@ -189,12 +243,16 @@ def save_figure(fig: Any, out: Path, dpi: int = 120, tight: bool = True) -> None
         fig.savefig(tmp, dpi=dpi)
 
 
-def one_error_line(command: Any, argv: Any) -> int:
-    """``command(argv)``, with a missing or malformed input (file, run directory, csv) reported as one
-    ``error: <file>: <problem>`` line and exit status 1 instead of a traceback."""
+INPUT_ERRORS: Tuple[Type[Exception], ...] = (FileNotFoundError, ValueError, KeyError)
+
+
+def one_error_line(command: Callable[[Any], Optional[int]], argv: Any,
+                   errors: Tuple[Type[Exception], ...] = INPUT_ERRORS) -> int:
+    """``command(argv)``'s exit status (None: 0), with a missing or malformed input (file, run directory, csv, option)
+    reported as one ``error: <file>: <problem>`` line and exit status 1 instead of a traceback."""
     try:
-        return command(argv)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+        return command(argv) or 0
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -217,15 +275,12 @@ def record_provenance(savedir: Path) -> None:
     (savedir / "versions.txt").write_text(f"python {sys.version.split()[0]}\n" + "\n".join(versions) + "\n")
 
 
-def write_table_and_markdown(build: Callable[[], "pd.DataFrame"], render: Callable[["pd.DataFrame", str], str],
+def write_table_and_markdown(build: Callable[[], pd.DataFrame], render: Callable[[pd.DataFrame, str], str],
                              out: Path, title: str) -> int:
     """The table ``build`` makes as <out>.csv, ``render``'s markdown of it as <out>; a bad input: one error line."""
 
-    def write(_: object) -> int:
+    def write(_: object) -> None:
         table = build()
         write_csv_atomic(table, out.with_suffix(".csv"), float_format="%.4f")
-        text = render(table, title)
-        write_text_atomic(text, out)
-        print(text)
-        return 0
+        publish(render(table, title), out)
     return one_error_line(write, None)

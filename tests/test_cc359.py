@@ -1,15 +1,21 @@
 """CC359: meta.csv reader, preprocessing, splits, histogram matching, the volume prior, the report's arithmetic."""
+import argparse
+import random as pyrandom
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from sklearn.model_selection import KFold, ShuffleSplit, train_test_split
 
 import cc359
 import cc359_report
+import main
 import sizes
 from dataloader import DataError
+from networks import Dimwit, ResUNet
 
 
 def write_case(root: Path, case: str, vendor: str, tesla: int, shape=(6, 8, 5), mask_shape=None) -> dict:
@@ -128,8 +134,6 @@ def six_domains(sizes=(7, 6, 8, 6, 7, 9)) -> pd.DataFrame:
 
 def reference_splits(cases: pd.DataFrame, val_one2all: int, val_cv: int, val_pair: int, n_add: int):
     """The paper's spottunet/split.py (one2all, single_cv via dpipe, one2one), restated on a DataFrame indexed by id."""
-    import random as pyrandom
-    from sklearn.model_selection import KFold, ShuffleSplit, train_test_split
     seed = 0xBadCafe
     df = cases.set_index("id")
     folds = sorted(df.fold.unique())
@@ -309,13 +313,14 @@ def test_tau_is_chosen_once_at_tau_budget_with_lambda_zero_then_lambda_per_budge
         cc359_report.choose_tau(scores, 90)
 
 
-def test_lambda_runs_read_tau_from_their_command(tmp_path):
+def test_lambda_runs_read_the_tau_they_chose_from_their_params(tmp_path):
     run = tmp_path / "spottune_val" / "0_3_n8_lam0.01"
     run.mkdir(parents=True)
-    (run / "command.txt").write_text("python main.py --spottune --tau 0.5 --k_reg 0.01 --seed 0\n")
+    (run / "params.txt").write_text(str({"spottune": True, "tau": 0.5, "k_reg": 0.01, "seed": 0}) + "\n")
     got = cc359_report.parse_run(run)
     assert (got["budget"], got["tau"], got["lam"]) == (8.0, 0.5, 0.01)
-    assert np.isnan(cc359_report.parse_run(tmp_path / "spottune_val" / "0_3_n8")["tau"])         # no command: unknown
+    with pytest.raises(ValueError, match="params.txt"):                   # a run that never started: no tau
+        cc359_report.parse_run(tmp_path / "spottune_val" / "0_3_n8")
 
 
 def test_wilcoxon_reports_n_p_and_when_n_is_too_small():
@@ -368,8 +373,6 @@ def test_relative_score_is_the_share_of_the_gap_to_the_oracle_closed():
 
 def test_ft_last_keeps_the_final_batchnorm_affine_frozen():
     """The paper's unfreeze_last trains out_path.2 and out_path.3; its final BatchNorm2d(1) (out_path.4) stays frozen."""
-    import torch
-    from networks import Dimwit, ResUNet
     net = ResUNet(1, 2, width=4)
     assert net.block_group("last") == ["out_path.2", "out_path.3"]
     frozen = net.frozen_in_group("last")
@@ -380,8 +383,6 @@ def test_ft_last_keeps_the_final_batchnorm_affine_frozen():
 
 
 def test_main_ft_last_freezes_the_final_batchnorm_affine():
-    import argparse
-    import main
     args = argparse.Namespace(model_weights=None, network="ResUNet", n_class=2, net_width=4, trainable="last",
                               spottune=False, tau=0.1, reuse="")
     net = main.build_model(args)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY_CC359, assert_drawn, run_make
+from tables import read_params
 
 TESTED = ["oracle/5/fold0", "oracle/5/fold1", "oracle/5/fold2", "hm/2_5", "noadapt/2_5", "adabn/2_5", "sfda/2_5",
           "sfda_truesize/2_5"] + [f"{m}/2_5_n{n}" for m in ("ft_all", "ft_first", "ft_last", "spottune") for n in (8, 45)]
@@ -186,8 +187,7 @@ def test_every_run_tests_its_volumes(tiny_run):
     assert len(sf) == 1 and sf["lr"].iloc[0] in (5e-5, 5e-4)
     for lr in ("5e-5", "5e-4"):
         assert (cr / "sfda_val" / f"0_3_lr{lr}" / "test_metrics.csv").is_file()
-    from cc359_report import command_options
-    assert float(command_options(cr / "sfda" / "2_5")["--l_rate"]) == sf["lr"].iloc[0]
+    assert read_params(cr / "sfda" / "2_5")["l_rate"] == sf["lr"].iloc[0]           # --chosen read it
     scores = pd.read_csv(cr / "scores.csv")
     assert set(scores["method"]) == {"oracle", "hm", "noadapt", "adabn", "sfda", "sfda_truesize",
                                      "ft_all", "ft_first", "ft_last", "spottune"}
@@ -337,8 +337,7 @@ def test_a_tiny_resunet_chain_chooses_k_tests_the_strategies_and_draws_the_layer
     assert chosen.set_index("method")["k"].to_dict() == {"ttl": chosen["k"][0], "lwft": 2, "transfusion": 1}
     assert chosen["k"][0] in (1, 3)
     for method in ("ttl", "lwft", "transfusion"):
-        command = (cr / method / "2_5_n8" / "command.txt").read_text()
-        assert f"--reuse {method}:{chosen.set_index('method')['k'][method]}" in command
+        assert read_params(cr / method / "2_5_n8")["reuse"] == (method, chosen.set_index("method")["k"][method])
     cost = pd.read_csv(cr / "layers" / "complexity.csv")
     assert set(cost["method"]) == {"ft_all", "spottune", "ttl", "lwft", "transfusion"}
     assert (cost["params"] > 0).all() and (cost["macs"] > 0).all() and (cost["ms"] > 0).all()

@@ -2,9 +2,10 @@
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from dataloader import (DataError, check_disjoint_patients, gt_transform, load_slices, nii_transform2,
+from dataloader import (DataError, check_disjoint_patients, gt_transform, load_slices, nii_transform, nii_transform2,
                         parse_slice_name, pixel_spacing, png_transform)
 
 PNG = [("IMG", png_transform, False), ("GT", gt_transform, False)]
@@ -103,8 +104,6 @@ def test_debug_keeps_ten(tmp_path):
 
 def test_float16_slices_stay_float16_in_memory_and_reach_the_network_as_the_float32_decode(tmp_path):
     """The CC359 cache stores float16: kept as is (half the memory of float32), cast exactly per batch."""
-    import torch
-    from dataloader import nii_transform
     rng = np.random.default_rng(0)
     for sub in ("IMG", "GT"):
         (tmp_path / sub).mkdir()

@@ -62,6 +62,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_through_make(tmp_path, name):
     mutate, message = BAD_INPUTS[name]

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from losses import CrossEntropy, EntKLProp, NaivePenalty, ProtoSegLoss, SelfEntropy, build_loss
-from utils import norm_soft_size
+from losses import CrossEntropy, DiceLoss, EntKLProp, NaivePenalty, ProtoSegLoss, SelfEntropy, build_loss, soft_dice
+from utils import norm_soft_size, soft_ratio
 
 # one image, two classes, 1 x 2 pixels: pixel a is uncertain (0.5 / 0.5), pixel b is background (1 / 0)
 PROBS = torch.tensor([[[[0.5, 1.0]], [[0.5, 0.0]]]])
@@ -88,7 +88,6 @@ def test_build_loss_rejects_bad_specs(name, params, message):
 
 
 def test_soft_ratio_is_the_mean_probability_and_entklprop_uses_it():
-    from utils import soft_ratio
     assert torch.allclose(soft_ratio(PROBS), torch.tensor([[0.75, 0.25]]))
     _, kl = EntKLProp(weights_se=[0.1, 0.9], fn="soft_ratio").terms(PROBS, TARGET, BOUNDS_HALF)
     assert kl.item() == pytest.approx(0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5), abs=1e-6)
@@ -97,6 +96,20 @@ def test_soft_ratio_is_the_mean_probability_and_entklprop_uses_it():
 def test_entklprop_refuses_a_size_function_that_is_not_a_ratio():
     with pytest.raises(ValueError, match="does not give a class ratio"):
         build_loss("EntKLProp", {"weights_se": [0.1, 0.9]}, "soft_size")
+
+
+def test_entklprop_refuses_predictions_that_are_not_probabilities():
+    with pytest.raises(ValueError, match=r"EntKLProp: the predictions \(1, 2, 1, 2\) do not sum to 1"):
+        EntKLProp(weights_se=[0.1, 0.9]).terms(2 * PROBS, TARGET, BOUNDS_HALF)
+
+
+def test_soft_dice_by_hand_and_its_empty_rule():
+    probs = torch.tensor([[[[0.5, 1.0]], [[0.0, 0.0]]]])         # class 0: 1.5 predicted; class 1: nothing
+    target = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]]])        # class 0: pixel a; class 1: empty on both sides
+    assert soft_dice(probs, target)[0].tolist() == pytest.approx([2 * 0.5 / (1.5 + 1.0), 1.0])
+    assert soft_dice(probs, torch.tensor([[[[0.0, 0.0]], [[1.0, 0.0]]]]))[0, 1].item() == 0.0     # one side empty
+    loss, zero = DiceLoss(idc=[0, 1]).terms(probs, target, BOUNDS_HALF)
+    assert loss.item() == pytest.approx((1 - 0.4) / 2) and zero.item() == 0
 
 
 # ---------------------------------------------------------------- online ProtoSeg (seed 003)

@@ -1,13 +1,22 @@
 """main.py as a user runs it: the seed's recipe verbatim on NIfTI slices, and clear errors on bad input."""
+import argparse
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import losses
 import main
-from metrics import surface_dice
 import sizes
+from checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
+from dataloader import SliceSet, load_slices, parse_folders
+from metrics import surface_dice
+from networks import build_network
+from spottune import SpotTUnet
+from training import PassResult, reestimate_batchnorm
+from utils import OptionError
 
 # seed 004's SFDA_TrueSize recipe and TT_DATA, verbatim but for the size file path
 TT_DATA = "[('IMG', nii_transform2, False), ('GT', nii_gt_transform2, False), ('GT', nii_gt_transform2, False)]"
@@ -101,8 +110,6 @@ def test_existing_result_is_not_overwritten(nii_data, capsys):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(nii_data, tmp_path, capsys, monkeypatch):
-    import losses
-    import torch
 
     def nan_terms(self, probs, target, bounds):
         value = (probs * float("nan")).sum()
@@ -115,8 +122,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(nii_data,
 
 
 def _slice_set(images):
-    import torch
-    from dataloader import SliceSet
     n, _, h, w = images.shape
     return SliceSet(root=None, filenames=[f"Case{i // 2:02d}_{i % 2}" for i in range(n)], images=images,
                     labels=torch.zeros(n, h, w, dtype=torch.uint8), patients=[f"Case{i // 2:02d}" for i in range(n)],
@@ -126,11 +131,10 @@ def _slice_set(images):
 def test_adabn_statistics_are_those_of_the_whole_set_not_a_mean_of_batch_statistics():
     """Three patients of two slices whose intensities differ in level: batches of 2 (one patient each,
     in file order) see almost none of the between-patient variance, which AdaBN must include."""
-    import torch
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3))
     images = torch.rand(6, 1, 8, 8) + torch.tensor([0.0, 0.0, 5.0, 5.0, 10.0, 10.0]).view(6, 1, 1, 1)
-    main.reestimate_batchnorm(net, _slice_set(images), batch_size=2, device=torch.device("cpu"), precision="fp32")
+    reestimate_batchnorm(net, _slice_set(images), batch_size=2, device=torch.device("cpu"), precision="fp32")
     first, second = net[0], net[2]
     assert torch.allclose(first.running_mean, images.mean().reshape(1), atol=1e-5)
     assert torch.allclose(first.running_var, images.var(unbiased=True).reshape(1), rtol=1e-5)   # ~17, batches ~0.1
@@ -155,9 +159,9 @@ def test_test_folder_writes_dice_and_surface_dice_per_volume(nii_data, tmp_path)
     table = pd.read_csv(workdir / "test_metrics.csv")
     assert table["patient"].tolist() == ["Case02"] and set(table.columns) >= {"dice", "sdice", "dice_c1", "sdice_c1"}
     # the same numbers from the predictions saved by a second, identical evaluation
-    net = main.network_from_checkpoint(nii_data / "src" / "last.pkl", "Dimwit", 2)
-    val = main.load_slices(data / "val", main.parse_folders(TT_DATA, "t"), 2, r"Case\d+_\d+")
-    with main.torch.no_grad():
+    net = network_from_checkpoint(nii_data / "src" / "last.pkl", "Dimwit", 2)
+    val = load_slices(data / "val", parse_folders(TT_DATA, "t"), 2, r"Case\d+_\d+")
+    with torch.no_grad():
         pred = net.eval()(val.images).argmax(dim=1).numpy()
     volume, gt = pred[np.argsort(val.slice_numbers)], val.labels.numpy()[np.argsort(val.slice_numbers)]
     dice = 2 * ((volume == 1) & (gt == 1)).sum() / ((volume == 1).sum() + (gt == 1).sum())
@@ -173,7 +177,7 @@ def test_trainable_first_freezes_every_other_block_and_bad_names_are_refused(nii
     assert trainable and all(n.startswith(("init_path.0", "init_path.1")) for n in trainable)
     assert any(n.startswith("init_path.1.body") for n in trainable)
     args.trainable = "init_path.9"
-    with pytest.raises(main.OptionError, match="ResUNet has no block 'init_path.9'"):
+    with pytest.raises(OptionError, match="ResUNet has no block 'init_path.9'"):
         main.build_model(args)
 
 
@@ -189,8 +193,8 @@ def test_spottune_trains_the_policy_and_writes_the_policy_table(nii_data, tmp_pa
     policy = pd.read_csv(workdir / "policy.csv")
     assert policy["unit"].tolist() == ["conv", "head"]
     assert ((policy["p_finetuned"] >= 0) & (policy["p_finetuned"] <= 1)).all()
-    ckpt = main.network_from_checkpoint(workdir / "last.pkl", "SpotTUnet", 2)      # a checkpoint that rebuilds
-    assert isinstance(ckpt, main.SpotTUnet) and ckpt.tau == 0.5
+    ckpt = network_from_checkpoint(workdir / "last.pkl", "SpotTUnet", 2)      # a checkpoint that rebuilds
+    assert isinstance(ckpt, SpotTUnet) and ckpt.tau == 0.5
     metrics = pd.read_csv(workdir / "IMG_target_metrics.csv")
     assert (metrics["tra_loss_cons"] >= 0).all()       # lambda x share of fine-tuned units, logged as the cons term
 
@@ -253,7 +257,6 @@ def test_a_killed_run_resumes_to_byte_identical_metrics(nii_data, tmp_path, monk
 
 
 def test_collapse_guard_stops_and_falls_back_to_the_adabn_model(nii_data, tmp_path, monkeypatch):
-    import torch
     sfda = TRUESIZE.replace("SIZEFILE", str(nii_data / "sizes.csv"))
     args = base_args(nii_data / "data", tmp_path / "x", sfda) + ["--model_weights", str(nii_data / "src" / "last.pkl"),
                                                                  "--batch_size", "4"]
@@ -273,10 +276,9 @@ def test_collapse_guard_stops_and_falls_back_to_the_adabn_model(nii_data, tmp_pa
 
 
 def test_size_ratio_is_predicted_over_prior_foreground():
-    import torch
     pred = torch.zeros(2, 4, 4, dtype=torch.uint8)
     pred[0, :2, :2] = 1                                  # 4 px, then 0 px: mean 2
-    tra = main.PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0, prior_size=8.0)
+    tra = PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0, prior_size=8.0)
     assert main.size_ratio(tra) == 0.25
     tra.prior_size = float("nan")
     assert np.isnan(main.size_ratio(tra))
@@ -285,7 +287,6 @@ def test_size_ratio_is_predicted_over_prior_foreground():
 @pytest.mark.parametrize("native, precision, channels_last", [(True, "bf16", True), (False, "fp32", False)])
 def test_precision_auto_is_bf16_with_channels_last_only_on_native_bf16_hardware(monkeypatch, native, precision,
                                                                                 channels_last):
-    import argparse
     monkeypatch.setattr(main, "native_bf16", lambda device: native)
     args = argparse.Namespace(cpu=True, precision="auto", channels_last=False)
     assert main.pick_device(args).type == "cpu"
@@ -296,7 +297,6 @@ def test_precision_auto_is_bf16_with_channels_last_only_on_native_bf16_hardware(
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
-    import torch
     for flag, expected in {"amx_bf16": True, "avx512_bf16": True, "avx2": False}.items():
         cpuinfo = tmp_path / flag
         cpuinfo.write_text(f"processor : 0\nflags : fpu sse {flag} fma\n")
@@ -321,7 +321,7 @@ def test_mu_selection_logs_mu_saves_the_best_mu_epoch_and_tests_both_chosen_chec
     assert metrics["mu"].between(0, 1).all() and metrics["mu_empty_share"].between(0, 1).all()
     epoch, mu = (run / "mubestepoch.txt").read_text().split(",")
     assert int(epoch) == metrics["epoch"][metrics["mu"].idxmax()] and float(mu) == pytest.approx(metrics["mu"].max(), abs=1e-4)
-    assert main.load_checkpoint(run / "best_mu.pkl")["epoch"] == int(epoch)
+    assert load_checkpoint(run / "best_mu.pkl")["epoch"] == int(epoch)
     for name in ("test_metrics.csv", "test_metrics_best_3d.csv", "test_metrics_best_mu.csv"):
         assert pd.read_csv(run / name)["patient"].tolist() == ["Case02"]
     assert "mu" in pd.read_csv(run / "run_stats.csv").set_index("name").index
@@ -353,8 +353,8 @@ def test_the_online_protoseg_loss_trains_and_an_unknown_layer_is_one_error(nii_d
 def test_chosen_epochs_are_saved_and_network_checkpoint_reads_the_architecture(nii_data, tmp_path, capsys):
     args = base_args(nii_data / "data", tmp_path / "run", L_OR) + ["--n_epoch", "3", "--save_epochs", "0", "2"]
     assert main.main(args) == 0
-    assert main.load_checkpoint(tmp_path / "run" / "epoch0.pkl")["epoch"] == 0
-    assert main.load_checkpoint(tmp_path / "run" / "epoch2.pkl")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "epoch0.pkl")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "run" / "epoch2.pkl")["epoch"] == 2
     assert not (tmp_path / "run" / "epoch1.pkl").exists()
     tuned = base_args(nii_data / "data", tmp_path / "ft", L_OR) + ["--network", "checkpoint", "--n_epoch", "1",
                                                                     "--model_weights", str(tmp_path / "run" / "epoch0.pkl")]
@@ -365,8 +365,8 @@ def test_chosen_epochs_are_saved_and_network_checkpoint_reads_the_architecture(n
 
 @pytest.fixture(scope="module")
 def resunet_weights(nii_data):
-    net = main.build_network("ResUNet", 1, 2, width=4)
-    main.save_checkpoint(nii_data / "resunet.pkl", net)
+    net = build_network("ResUNet", 1, 2, width=4)
+    save_checkpoint(nii_data / "resunet.pkl", net)
     return nii_data / "resunet.pkl"
 
 
@@ -396,7 +396,7 @@ def test_ttl_and_transfusion_runs_train_and_save_a_network_that_reloads(nii_data
         "--network", "ResUNet", "--model_weights", str(resunet_weights), "--reuse", reuse, "--n_epoch", "1",
         "--batch_size", "4"]
     assert main.main(args) == 0
-    net = main.network_from_checkpoint(workdir / "last.pkl", "ResUNet", 2)
+    net = network_from_checkpoint(workdir / "last.pkl", "ResUNet", 2)
     assert (net.depth, net.init_kwargs.get("halved_above")) == ((1, None) if reuse == "ttl:1" else (3, 0))
 
 

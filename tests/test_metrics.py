@@ -5,14 +5,28 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy import ndimage
 
-from metrics import confusion_sizes, dice_3d, dice_from_sizes, hd95_assd, per_patient_hd
+from metrics import confusion_sizes, dice, dice_3d, dice_from_sizes, hd95_assd, per_patient_hd, surface_dice
 
 
 def test_dice_2d_exact_and_empty_slices_score_one():
     gt = torch.tensor([[[0, 1, 1, 0]], [[0, 0, 0, 0]], [[1, 1, 0, 0]]])
     pred = torch.tensor([[[0, 1, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 1, 1]]])
-    dice = dice_from_sizes(*confusion_sizes(pred, gt, 2))[:, 1]
-    assert dice.tolist() == pytest.approx([2 * 1 / (1 + 2), 1.0, 0.0], abs=1e-7)
+    scores = dice_from_sizes(*confusion_sizes(pred, gt, 2))[:, 1]
+    assert scores.tolist() == [2 * 1 / (1 + 2), 1.0, 0.0]
+
+
+def test_dice_empty_mask_rule_by_hand():
+    """Both masks empty: 1 (nothing to find, nothing found); one empty against a non-empty one: 0; else 2I/(P+G)."""
+    empty, one, two = (torch.zeros(3, 3, dtype=torch.bool) for _ in range(3))
+    one[0, 0] = True
+    two[0, :2] = True
+    assert dice(empty, empty, 2).item() == 1.0
+    assert dice(one, empty, 2).item() == 0.0 and dice(empty, two, 2).item() == 0.0
+    assert dice(one, two, 2).item() == 2 * 1 / (1 + 2)
+    masks = torch.stack([empty, one, two])[:, None]                         # (3, 1, 3, 3) against (1, 1, 3, 3)
+    assert dice(masks, two[None, None], 2)[:, 0].tolist() == [0.0, 2 / 3, 1.0]
+    sizes = torch.tensor([0.0, 0.0, 3.0]), torch.tensor([0.0, 4.0, 3.0]), torch.tensor([0.0, 0.0, 5.0])
+    assert dice_from_sizes(*sizes).tolist() == [1.0, 0.0, 6 / 8]
 
 
 def test_dice_3d_sums_over_each_patients_slices():
@@ -62,7 +76,6 @@ def test_per_patient_hd_stacks_slices_in_slice_order():
 
 
 # ---------------------------------------------------------------- surface Dice
-from metrics import surface_dice  # noqa: E402
 
 
 def cube(shape, start, size):

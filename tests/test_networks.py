@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from networks import CheckpointError, build_network, load_checkpoint, network_from_checkpoint, save_checkpoint
+from checkpoints import CheckpointError, load_checkpoint, network_from_checkpoint, save_checkpoint
+from networks import build_network, tapped
+from reuse import lwft_blocks, transfusion, truncated
 
 
 @pytest.mark.parametrize("name", ["Dimwit", "UNet", "ENet"])
@@ -69,7 +71,6 @@ def test_checkpoint_whose_network_arguments_do_not_fit_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["UNet", "ResUNet", "ENet", "Dimwit"])
 def test_decoder_scales_are_feature_layers_from_coarse_to_fine(name):
-    from networks import tapped
     net = build_network(name, 1, 2).eval()
     scales = net.decoder_scales()
     assert set(scales) <= set(net.feature_layers()) and len(scales) == (1 if name == "Dimwit" else 3)
@@ -80,7 +81,6 @@ def test_decoder_scales_are_feature_layers_from_coarse_to_fine(name):
 
 
 def test_a_checkpoint_of_another_class_count_loads_all_but_the_output_layer(tmp_path, capsys):
-    from networks import CheckpointError, network_from_checkpoint, save_checkpoint
     torch.manual_seed(0)
     source = build_network("ResUNet", 1, 3, width=4)
     save_checkpoint(tmp_path / "m.pkl", source)
@@ -110,7 +110,6 @@ def test_the_whole_resunet_is_unchanged_by_the_level_options():
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 @pytest.mark.parametrize("size", [(40, 40), (37, 29)])
 def test_a_truncated_resunet_keeps_the_retained_weights_exactly_and_outputs_full_size(k, size):
-    from reuse import truncated
     full = resunet()
     for p in full.parameters():                      # trained-looking weights, not the initial ones
         p.data.normal_()
@@ -131,7 +130,6 @@ def test_a_truncated_resunet_keeps_the_retained_weights_exactly_and_outputs_full
 
 
 def test_a_truncated_resunet_reloads_from_its_checkpoint(tmp_path):
-    from reuse import truncated
     cut = truncated(resunet(), 1)
     save_checkpoint(tmp_path / "ttl.pkl", cut)
     back = network_from_checkpoint(tmp_path / "ttl.pkl", "ResUNet", 2)
@@ -140,7 +138,6 @@ def test_a_truncated_resunet_reloads_from_its_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_transfusion_halves_the_levels_above_k_and_keeps_the_ones_below(k):
-    from reuse import transfusion
     full = resunet()
     for p in full.parameters():
         p.data.normal_()
@@ -161,7 +158,6 @@ def test_transfusion_halves_the_levels_above_k_and_keeps_the_ones_below(k):
 
 
 def test_lwft_counts_stages_from_the_output_and_a_missing_level_is_one_clear_error():
-    from reuse import lwft_blocks, transfusion, truncated
     net = resunet()
     head, rest = lwft_blocks(net, 2)
     assert head == ["out_path.3"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import dryrun
 import pandas as pd
 import pytest
+import synth
 import torch
 from conftest import TINY_PROSTATE, assert_drawn, run_make
 
@@ -297,3 +298,14 @@ def test_source_rd_adapts_another_roots_source_model_and_still_trains_this_roots
         assert all(o["--precision"] == "bf16" for o in mains.values())
         weights = {o["--model_weights"] for o in mains.values() if "--model_weights" in o}
         assert weights == {f"fp32/seed{s}/prostate/cesource/best_3d.pkl"}
+
+
+def test_clean_deletes_the_embedded_data_and_never_a_users_own(tmp_path):
+    for name in ("prostate_source", "prostate_target"):
+        synth.mark_embedded(tmp_path / "data" / name, "test")
+    (tmp_path / "data" / "prostate_target_hard" / "train").mkdir(parents=True)      # the user's own, no marker
+    (tmp_path / "results" / "prostate").mkdir(parents=True)
+    out = run_make("Makefile", tmp_path, "clean")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prostate_target_hard"]
+    assert not (tmp_path / "results").exists()

@@ -1,9 +1,15 @@
 """ProtoSeg (seed 003): Algorithm 1 on hand cases, SA and mu scores, and the networks' named feature taps."""
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import protoseg
+import prototypes
 import selection
+from checkpoints import save_checkpoint
+from dataloader import gt_transform, load_slices, png_transform
 from networks import build_network, tapped
 
 
@@ -17,30 +23,30 @@ def test_two_clusters_segment_into_the_guide():
     guide = (torch.rand(2, 1, 8, 9, generator=gen) > 0.5).float()
     centres = torch.tensor([[0.0, 0.0, 0.0], [3.0, -2.0, 1.0]])                 # background, foreground
     features = centres[guide[:, 0].long()].permute(0, 3, 1, 2) + 0.1 * torch.randn(2, 3, 8, 9, generator=gen)
-    probs = protoseg.protoseg(features, guide)
+    probs = prototypes.protoseg(features, guide)
     assert probs.shape == (2, 2, 8, 9) and torch.allclose(probs.sum(1), torch.ones(2, 8, 9))
-    assert torch.equal(protoseg.segmentation_map(probs), guide[:, 0].bool())
-    assert torch.equal(protoseg.sa_scores(features, guide), torch.ones(2, dtype=torch.float64))
+    assert torch.equal(prototypes.segmentation_map(probs), guide[:, 0].bool())
+    assert torch.equal(prototypes.sa_scores(features, guide), torch.ones(2, dtype=torch.float64))
 
 
 def test_a_soft_guide_weights_the_prototypes():
     """Features 0, 2, 4, 10 with guide 0, 0, 0.5, 1: foreground prototype (0.5 x 4 + 10) / 1.5 = 8, background
     (0 + 2 + 0.5 x 4) / 2.5 = 1.6; the pixel at 4 lies 16 from the first and 5.76 from the second."""
     features, guide = image([0, 2, 4, 10]), image([0, 0, 0.5, 1])
-    d = protoseg.distances(features, guide)
+    d = prototypes.distances(features, guide)
     assert torch.allclose(d[0, :, 0], torch.tensor([[1.6 ** 2, 0.4 ** 2, 2.4 ** 2, 8.4 ** 2],
                                                     [8.0 ** 2, 6.0 ** 2, 4.0 ** 2, 2.0 ** 2]]))
-    probs = protoseg.protoseg(features, guide)
+    probs = prototypes.protoseg(features, guide)
     assert probs[0, 1, 0, 2].item() == pytest.approx(torch.sigmoid(torch.tensor(5.76 - 16.0)).item(), rel=1e-5)
-    assert protoseg.segmentation_map(probs)[0, 0].tolist() == [False, False, False, True]
+    assert prototypes.segmentation_map(probs)[0, 0].tolist() == [False, False, False, True]
 
 
 def test_the_mask_shapes_the_prototypes_not_the_map():
     features, guide = image([0, 1, 9, 100]), image([0, 0, 1, 1])
     mask = image([1, 1, 1, 0])                                  # the 100 is outside: foreground prototype 9
-    d = protoseg.distances(features, guide, mask)
+    d = prototypes.distances(features, guide, mask)
     assert d[0, 1, 0].tolist() == pytest.approx([81, 64, 0, 91 ** 2])
-    assert protoseg.segmentation_map(d, from_distances=True)[0, 0].tolist() == [False, False, True, True]
+    assert prototypes.segmentation_map(d, from_distances=True)[0, 0].tolist() == [False, False, True, True]
 
 
 def test_sa_is_the_dice_of_the_map_and_empty_ground_truths_are_skipped():
@@ -48,16 +54,16 @@ def test_sa_is_the_dice_of_the_map_and_empty_ground_truths_are_skipped():
     features = torch.randn(3, 4, 6, 6, generator=gen)
     gt = (torch.rand(3, 1, 6, 6, generator=gen) > 0.6).float()
     gt[2] = 0                                                             # no foreground: no prototype
-    sa = protoseg.sa_scores(features, gt)
-    sam = protoseg.segmentation_map(protoseg.protoseg(features, gt))
+    sa = prototypes.sa_scores(features, gt)
+    sam = prototypes.segmentation_map(prototypes.protoseg(features, gt))
     for b in range(2):
         inter = (sam[b] & gt[b, 0].bool()).sum().item()
         assert sa[b].item() == pytest.approx(2 * inter / (sam[b].sum().item() + gt[b].sum().item()))
     assert torch.isnan(sa[2]) and int(torch.isnan(sa).sum()) == 1
-    units = protoseg.sa_scores(features, gt, per_unit=True)
+    units = prototypes.sa_scores(features, gt, per_unit=True)
     assert units.shape == (3, 4) and torch.isnan(units[2]).all()
     for u in range(4):                                                    # a unit = the layer of that one channel
-        assert torch.allclose(units[:2, u], protoseg.sa_scores(features[:, u:u + 1], gt)[:2])
+        assert torch.allclose(units[:2, u], prototypes.sa_scores(features[:, u:u + 1], gt)[:2])
 
 
 @pytest.mark.parametrize("size", [(6, 6), (3, 4), (2, 2, 3)])
@@ -73,8 +79,8 @@ def test_the_fast_map_equals_the_map_of_the_explicit_distances(size, per_unit):
     guide[0] *= torch.rand(1, *full, generator=gen, dtype=torch.float64)          # a soft guide
     guide[3] = 0                                                                   # no foreground prototype
     mask = (torch.rand(4, 1, *full, generator=gen) > 0.2)
-    fast = protoseg.sam(features, guide, mask, per_unit)
-    slow = protoseg.segmentation_map(protoseg.distances(features, guide, mask, per_unit), from_distances=True)
+    fast = prototypes.sam(features, guide, mask, per_unit)
+    slow = prototypes.segmentation_map(prototypes.distances(features, guide, mask, per_unit), from_distances=True)
     assert fast.shape == slow.shape and torch.equal(fast, slow)
     assert not fast[3].any()
 
@@ -85,7 +91,7 @@ def test_a_constant_channel_is_an_exact_tie_and_goes_to_the_background():
     features = torch.full((1, 2, 6, 6), 0.3)
     features[:, 1] = torch.linspace(0, 1, 36).view(6, 6)
     guide = (features[:, 1:] > 0.5).float()
-    units = protoseg.sam(features, guide, per_unit=True)
+    units = prototypes.sam(features, guide, per_unit=True)
     assert not units[0, 0].any() and torch.equal(units[0, 1], guide[0, 0].bool())
 
 
@@ -95,24 +101,24 @@ def test_mu_reads_only_the_output_one_when_features_are_the_output_zero_when_emp
     probs = torch.softmax(logits, dim=1)
     output = probs.argmax(1, keepdim=True).float()
     one_hot = torch.cat([1 - output, output], dim=1)
-    mu = protoseg.mean_sa_score([one_hot, 3 * one_hot], probs)
+    mu = prototypes.mean_sa_score([one_hot, 3 * one_hot], probs)
     assert torch.allclose(mu, torch.ones(4, dtype=torch.float64))
-    noisy = protoseg.mean_sa_score([torch.randn(4, 5, 7, 7, generator=gen)], probs)
+    noisy = prototypes.mean_sa_score([torch.randn(4, 5, 7, 7, generator=gen)], probs)
     assert ((noisy >= 0) & (noisy <= 1)).all() and (noisy < 1).all()
     empty = torch.stack([torch.ones(7, 7), torch.zeros(7, 7)])[None]           # a collapsed model's output
-    assert protoseg.mean_sa_score([torch.randn(1, 5, 7, 7, generator=gen)], empty).tolist() == [0.0]
+    assert prototypes.mean_sa_score([torch.randn(1, 5, 7, 7, generator=gen)], empty).tolist() == [0.0]
 
 
 def test_bad_guides_and_unknown_layers_give_one_clear_error():
     with pytest.raises(ValueError, match=r"guide must be \(B, 1, \*spatial\)"):
-        protoseg.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4))
+        prototypes.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4))
     with pytest.raises(ValueError, match="mask must have the guide's shape"):
-        protoseg.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 3, 4))
+        prototypes.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 3, 4))
     with pytest.raises(ValueError, match="UNet has no feature layer 'dec9'.*enc1.0, enc1.1"):
         with tapped(build_network("UNet", 1, 2), ["dec9"]):
             pass
     with pytest.raises(ValueError, match="mean_sa_score needs"):
-        protoseg.mean_sa_score([], torch.zeros(1, 2, 3, 3))
+        prototypes.mean_sa_score([], torch.zeros(1, 2, 3, 3))
 
 
 @pytest.mark.parametrize("name, n_layers, last", [
@@ -136,7 +142,6 @@ def test_every_network_names_its_feature_layers_and_taps_them_on_the_input_grid(
 
 
 def test_an_oracle_ordering_gives_a_monotone_coverage_table_and_random_the_mean():
-    import pandas as pd
     images = pd.DataFrame({"mu": [0.9, 0.1, 0.5, 0.7, 0.3, 0.0], "dice": [0.8, 0.2, 0.9, 0.6, 0.4, 0.0],
                            "entropy": [0.1, 0.5, 0.2, 0.3, 0.4, 0.0], "gt_empty": [False] * 5 + [True]})
     table = protoseg.coverage_table(images).set_index("ranking")
@@ -149,11 +154,6 @@ def test_an_oracle_ordering_gives_a_monotone_coverage_table_and_random_the_mean(
 
 def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
     """End to end on a tiny PNG split: tables' shapes, skipped empty ground truths, mu reads no label."""
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
-    from dataloader import gt_transform, load_slices, png_transform
-    from networks import save_checkpoint
     rng = np.random.default_rng(0)
     for sub in ("IMG", "GT"):
         (tmp_path / "val" / sub).mkdir(parents=True)
@@ -217,11 +217,11 @@ def test_analysis_of_a_model_on_a_split_and_its_cli(tmp_path, capsys):
 def test_the_mu_subsample_takes_evenly_spaced_slices_of_every_patient_and_no_label():
     patients = ["B"] * 3 + ["A"] * 10
     slices = [2, 0, 1] + list(range(9, -1, -1))                  # unordered on purpose
-    index = protoseg.mu_subsample(patients, slices, 4)           # k = 2 per patient: bins' centres
+    index = prototypes.mu_subsample(patients, slices, 4)           # k = 2 per patient: bins' centres
     chosen = sorted((patients[i], slices[i]) for i in index.tolist())
     assert chosen == [("A", 2), ("A", 7), ("B", 0), ("B", 2)]
-    assert len(protoseg.mu_subsample(patients, slices, 1)) == 4   # at least 2 per patient
-    assert len(protoseg.mu_subsample(patients, slices, 100)) == 13
+    assert len(prototypes.mu_subsample(patients, slices, 1)) == 4   # at least 2 per patient
+    assert len(prototypes.mu_subsample(patients, slices, 100)) == 13
 
 
 def test_label_free_mu_is_zero_for_a_model_that_predicts_nothing():
@@ -230,12 +230,11 @@ def test_label_free_mu_is_zero_for_a_model_that_predicts_nothing():
         for p in net.parameters():
             p.zero_()
         net.get_submodule(net.block_order[-1]).bias.copy_(torch.tensor([5.0, -5.0]))   # always background
-    mu, empty = protoseg.label_free_mu(net, torch.rand(5, 1, 12, 12), 2, torch.device("cpu"))
+    mu, empty = prototypes.label_free_mu(net, torch.rand(5, 1, 12, 12), 2, torch.device("cpu"))
     assert mu == 0 and empty == 1
 
 
 def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
-    import pandas as pd
     runs = []
     for seed, (dice, mu) in enumerate([([0.5, 0.7, 0.6], [0.3, 0.2, 0.4]), ([0.4, 0.02, 0.01], [0.5, 0.1, 0.0])]):
         run = tmp_path / f"seed{seed}" / "prostate" / "sfda"
@@ -243,7 +242,7 @@ def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
         pd.DataFrame({"epoch": [0, 1, 2], "val_dice_3d": dice, "mu": mu, "mu_empty_share": [0, 0, 1]}) \
             .to_csv(run / "IMG_target_metrics.csv", index=False)
         runs.append(run)
-    pd.DataFrame({"sdice": [0.8, 0.6]}).to_csv(runs[0] / "test_metrics_best_mu.csv", index=False)
+    pd.DataFrame({"patient": ["a", "b"], "dice": [0.9, 0.7], "sdice": [0.8, 0.6]}).to_csv(runs[0] / "test_metrics_best_mu.csv", index=False)
     table = pd.DataFrame([selection.epoch_choices(run) for run in runs])
     assert table[["label_epoch", "last_epoch", "mu_epoch", "mu_fg_epoch"]].values.tolist() == [[1, 2, 2, 0], [0, 2, 0, 0]]
     assert table["mu_dice"].tolist() == pytest.approx([60, 40]) and table["mu_test_sdice"][0] == pytest.approx(70)
@@ -254,14 +253,13 @@ def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
 
 
 def test_the_shift_table_joins_the_sa_drop_with_spottunes_fine_tuned_share(tmp_path):
-    import pandas as pd
     layers = ["a", "b", "c", "d"]
     pairs = []
     for k, target in enumerate([[0.5, 0.6, 0.2, 0.1], [0.7, 0.6, 0.4, 0.3]]):
         pair = tmp_path / f"2_{k}"
         for sub, sa in (("baseline_on_source", [0.8, 0.8, 0.8, 0.8]), ("baseline", target)):
             (pair / sub).mkdir(parents=True)
-            pd.DataFrame({"layer": layers, "sa": sa}).to_csv(pair / sub / "sa_layers.csv", index=False)
+            pd.DataFrame({"layer": layers, "order": range(1, 5), "sa": sa}).to_csv(pair / sub / "sa_layers.csv", index=False)
         pairs.append(pair)
     policies = []
     for name, share in (("2_0_n8", [0.1, 0.2, 0.5, 0.9]), ("2_1_n8", [0.3, 0.2, 0.7, 0.7]), ("2_0_n45", [1, 1, 1, 1])):
@@ -281,7 +279,7 @@ def test_input_separability_is_protoseg_on_the_intensities_and_noise_is_relative
     gt = torch.zeros(2, 1, 4, 4)
     gt[:, :, 1:3, 1:3] = 1
     bright = gt * 0.8 + 0.1                                     # the object is brighter: S_x = 1
-    assert protoseg.sa_scores(bright, gt).tolist() == [1.0, 1.0]
+    assert prototypes.sa_scores(bright, gt).tolist() == [1.0, 1.0]
     images = torch.stack([torch.zeros(1, 4, 4), torch.full((1, 4, 4), 2.0)])
     images[1, 0, 0, 0] = 12.0                                   # range 10
     noisy = protoseg.noisy(images, 0.5, torch.Generator().manual_seed(0))

@@ -1,4 +1,5 @@
 """report.py compare: two modes' result roots paired by seed, the rule a faster mode must pass; the prostate claims."""
+import importlib
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,7 @@ def test_compare_gives_per_run_differences_in_points(roots):
     assert sdice.loc["oracle/5/fold0", "delta"] == pytest.approx(-3.0)
     assert table[table["score"] == "dice"].set_index("run").loc["ft_all/2_5_n8", "delta"] == pytest.approx(-0.5)
     text = report.compare_report(table, [ref], [cand], tolerance=1.0)
-    assert "beyond 1 point(s): **1** (largest: oracle/5/fold0 3.0 points)" in text
+    assert "failing: **1**\n  - oracle/5/fold0: sdice -3.0" in text
     assert "160 s against 60 s (2.67x)" in text
     assert "every run passes: **no** (fails: oracle/5/fold0)" in text
     assert "every run passes: **yes**" in report.compare_report(table, [ref], [cand], tolerance=5.0)
@@ -83,8 +84,8 @@ def test_compare_pairs_roots_by_seed_and_leaves_collapsed_pairs_out(tmp_path):
     fs = table[table["score"] == "last 3D Dice"].set_index("run").loc["fs"]
     assert fs["delta"] == pytest.approx(-1.0) and fs["pairs"] == 3 and fs["reference"] == pytest.approx(81.0)
     text = report.compare_report(table, refs, cands, tolerance=1.5)
-    assert "| sfda | last 3D Dice | 60.0 ± 10.0 | 45.0 ± 37.5 | +1.5 (2) | 0 / 1 |" in text
-    assert "collapsed more often: **1** (sfda)" in text and "every run passes: **no** (fails: sfda)" in text
+    assert "| sfda | last 3D Dice | 60.0 ± 10.0 | 45.0 ± 37.5 | +1.5 (2) | 10.0 | 0 / 1 |" in text
+    assert "  - sfda: more collapses" in text and "every run passes: **no** (fails: sfda)" in text
     with pytest.raises(ValueError, match="roots pair by position"):
         report.compare(refs, cands[:2])
 
@@ -110,7 +111,6 @@ def test_prostate_claims_on_best_and_last_epoch_count_a_collapse():
 
 @pytest.mark.parametrize("script", ["report", "plot", "moustache"])
 def test_missing_or_malformed_run_gives_one_error_line(tmp_path, capsys, script):
-    import importlib
     module = importlib.import_module(script)
     out = tmp_path / "out.png"
     assert module.main(["--runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
@@ -134,3 +134,34 @@ def test_compare_only_the_named_runs(roots):
     assert table["run"].unique().tolist() == ["ft_all/2_5_n8"]
     with pytest.raises(ValueError, match="no complete run hm/2_5"):
         report.compare([ref], [cand], only=["hm/2_5"])
+
+
+def rule_roots(tmp_path, last_moves):
+    """Two runs per mode over one pair: each reference swings 4 points over its last 5 epochs; the candidate keeps
+    the best epoch and moves the last one by the given points."""
+    ref, cand = tmp_path / "fp32", tmp_path / "bf16"
+    for name, move in last_moves.items():
+        curve = [0.5, 0.8, 0.78, 0.82, 0.80, 0.79, 0.80]                      # last 5: 0.78..0.82, a 4-point swing
+        write_trained_run(ref, name, curve)
+        write_trained_run(cand, name, curve[:-1] + [curve[-1] + move / 100])
+    table = report.compare([ref], [cand])
+    return report.judge(table, tolerance=1.5).set_index("run")["fails"], report.compare_report(table, [ref], [cand], 1.5)
+
+
+def test_a_noisy_last_epoch_within_the_runs_own_swing_is_accepted_when_moves_go_both_ways(tmp_path):
+    fails, text = rule_roots(tmp_path, {"sfda": 2.0, "adaent": -1.8})
+    assert (fails == "").all() and "every run passes: **yes**" in text and "| 4.0 |" in text
+
+
+def test_one_sided_last_epoch_moves_are_refused_even_within_the_swing(tmp_path):
+    fails, text = rule_roots(tmp_path, {"sfda": 2.0, "adaent": 1.8})
+    assert fails["sfda"] == "last +2.0: every run beyond 1.5 moves the same way"
+    assert fails["adaent"] == "last +1.8: every run beyond 1.5 moves the same way"
+    assert "every run passes: **no** (fails: adaent, sfda)" in text
+
+
+def test_a_last_epoch_move_beyond_the_runs_own_swing_fails_and_an_unjudged_run_is_only_reported(tmp_path):
+    fails, _ = rule_roots(tmp_path, {"sfda": -5.0, "adaent": 2.0})
+    assert fails["sfda"] == "last -5.0 beyond its own swing 4.0" and fails["adaent"] == ""
+    table = report.compare([tmp_path / "fp32"], [tmp_path / "bf16"])
+    assert list(report.judge(table, 1.5, unjudged=["sfda"])["run"]) == ["adaent"]

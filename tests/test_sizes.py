@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 import sizes
+from sizes import slice_weights, template_slice_profile
 from bounds import PredictionBounds, TagBounds, PreciseBounds, ConstantBounds, parse_size_cell
 
 H, W = 6, 5
@@ -105,9 +106,6 @@ def test_tag_precise_constant_bounds():
 
 
 def test_volume_prior_follows_the_anatomy_profile_over_tagged_slices():
-    import numpy as np
-    import pandas as pd
-    from sizes import slice_weights, template_slice_profile
     numbers = np.array([0, 1, 2, 3, 4, 0, 1], float)
     tagged = np.array([False, True, True, True, False, True, True])
     patients = pd.Series(["A"] * 5 + ["B"] * 2)

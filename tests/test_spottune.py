@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from losses import SpotTUnetPenalty
-from networks import SpotTUnet, build_network, gumbel_softmax_hard
+from networks import build_network
+from spottune import SpotTUnet, gumbel_softmax_hard
 
 
 def test_resunet_has_the_papers_32_units_and_any_input_size():

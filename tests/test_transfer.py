@@ -13,9 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 import bank
 import transfer
+import transferability
+from networks import build_network, tapped
 
 
 # ------------------------------------------------------------------------------------------------ toy data
@@ -85,47 +90,47 @@ def logme_cases():
                                             ("zero_channels", -0.18575251158688516)])
 def test_logme_matches_the_reference(case, expected):
     x, y = logme_cases()[case]
-    assert transfer.logme(x, y) == pytest.approx(expected, rel=1e-8)
+    assert transferability.logme(x, y) == pytest.approx(expected, rel=1e-8)
 
 
 def test_leep_matches_the_reference():
-    assert transfer.leep(*toy_probs(50, 4, 3)) == pytest.approx(-0.7941889042189597, rel=1e-10)
+    assert transferability.leep(*toy_probs(50, 4, 3)) == pytest.approx(-0.7941889042189597, rel=1e-10)
 
 
 @pytest.mark.parametrize("gaussian, expected", [("spherical", -1.8045598146527206), ("diagonal", -0.056507594022602)])
 def test_gbc_matches_the_reference(gaussian, expected):
     x, y = toy(60, 8, 3, shift=0.5)
-    assert transfer.gbc(x, y, gaussian, pca=None) == pytest.approx(expected, rel=1e-9)
+    assert transferability.gbc(x, y, gaussian, pca=None) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("shape, expected", [((60, 8, 3), 10.153208144215803), ((30, 40, 2), 15.871770852014293)])
 def test_transrate_matches_the_reference(shape, expected):
-    assert transfer.transrate(*toy(*shape)) == pytest.approx(expected, rel=1e-9)
+    assert transferability.transrate(*toy(*shape)) == pytest.approx(expected, rel=1e-9)
 
 
 def test_w2_and_variety_match_the_ccfv_reference():
     a, _ = toy(12, 5, 1, phase=0.3)
     b, _ = toy(12, 5, 1, shift=0, phase=1.9)
-    assert transfer.gaussian_w2(a, b + 0.5) == pytest.approx(1.7684871518265537, rel=1e-8)
+    assert transferability.gaussian_w2(a, b + 0.5) == pytest.approx(1.7684871518265537, rel=1e-8)
     a, _ = toy(6, 10, 1, phase=0.3)             # 6 and 7 samples of 10 channels: singular covariances
     b, _ = toy(7, 10, 1, shift=0, phase=1.9)
-    assert transfer.gaussian_w2(a, b + 0.5) == pytest.approx(3.7456377936023912, rel=1e-6)
+    assert transferability.gaussian_w2(a, b + 0.5) == pytest.approx(3.7456377936023912, rel=1e-6)
     g, _ = toy(5, 6, 1, phase=0.2)              # five cases, one sample each: the case means are the rows
-    assert transfer.feature_variety(list(g[:, None, :]), "code") == pytest.approx(0.43339425955685124, rel=1e-10)
+    assert transferability.feature_variety(list(g[:, None, :]), "code") == pytest.approx(0.43339425955685124, rel=1e-10)
 
 
 @pytest.mark.parametrize("n_classes, expected", [(1, -1.8435146039419203), (2, -3.6308401047216545)])
 def test_ccfv_code_variant_matches_the_reference_main(n_classes, expected):
     feats, labs = toy_ccfv(n_classes)
-    assert transfer.ccfv(feats, labs, variant="code") == pytest.approx(expected, rel=1e-8)
+    assert transferability.ccfv(feats, labs, variant="code") == pytest.approx(expected, rel=1e-8)
 
 
 # ------------------------------------------------------------------------------------------------ hand-checked values
 def test_leep_of_perfect_one_hot_predictions_is_zero():
     y = np.array([0, 1, 2, 2, 1, 0, 0])
-    assert transfer.leep(np.eye(3)[y], y) == 0.0
+    assert transferability.leep(np.eye(3)[y], y) == 0.0
     probs, _ = toy_probs(40, 5, 1)              # five source classes, two target classes: defined, below 0
-    assert transfer.leep(probs, np.arange(40) % 2) < 0
+    assert transferability.leep(probs, np.arange(40) % 2) < 0
 
 
 def test_leep_equals_its_definition_with_loops():
@@ -135,7 +140,7 @@ def test_leep_equals_its_definition_with_loops():
         joint[label] += p / len(y)
     cond = joint / joint.sum(0)
     expected = np.mean([np.log(sum(cond[label, z] * p[z] for z in range(4))) for p, label in zip(probs, y)])
-    assert transfer.leep(probs, y) == pytest.approx(expected, rel=1e-12)
+    assert transferability.leep(probs, y) == pytest.approx(expected, rel=1e-12)
 
 
 def test_gaussian_w2_closed_form_for_diagonal_covariances():
@@ -145,16 +150,16 @@ def test_gaussian_w2_closed_form_for_diagonal_covariances():
     var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
     expected = np.sqrt(np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2))   # sqrt(5 + 5)
     a, b = exact_gaussian(rng, 50, mu_a, var_a), exact_gaussian(rng, 80, mu_b, var_b)
-    assert transfer.gaussian_w2(a, b) == pytest.approx(expected, rel=1e-9)
-    assert transfer.w2_moments(mu_a, np.diag(var_a), mu_b, np.diag(var_b)) == pytest.approx(np.sqrt(10.0), rel=1e-12)
-    assert transfer.gaussian_w2(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert transferability.gaussian_w2(a, b) == pytest.approx(expected, rel=1e-9)
+    assert transferability.w2_moments(mu_a, np.diag(var_a), mu_b, np.diag(var_b)) == pytest.approx(np.sqrt(10.0), rel=1e-12)
+    assert transferability.gaussian_w2(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_variety_paper_is_the_inverse_energy_of_each_case():
     """Points (0,0), (3,0), (0,4): E_1 = 2 (1/3 + 1/4 + 1/5) over ordered pairs; F_v averages 1/E_1 over cases."""
     tri = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
     e1 = 2 * (1 / 3 + 1 / 4 + 1 / 5)
-    assert transfer.feature_variety([tri, 2 * tri], "paper", eps=0.0) == pytest.approx((1 / e1 + 2 / e1) / 2)
+    assert transferability.feature_variety([tri, 2 * tri], "paper", eps=0.0) == pytest.approx((1 / e1 + 2 / e1) / 2)
 
 
 def translated_cases(offsets, d=3, n=20):
@@ -168,50 +173,50 @@ def translated_cases(offsets, d=3, n=20):
 def test_class_consistency_of_translated_copies():
     """Shared covariance: W = distance between the means, here 1, 3, 2; KL and Bhattacharyya are d^T S^-1 d / 2, / 8."""
     xs, ys = translated_cases([0.0, 1.0, 3.0])
-    assert transfer.class_consistency(xs, ys, [1], "paper") == pytest.approx(2.0, rel=1e-6)
-    assert transfer.class_consistency(xs, ys, [1], "code") == pytest.approx(6.0 * (1 + 2 / 9), rel=1e-6)
+    assert transferability.class_consistency(xs, ys, [1], "paper") == pytest.approx(2.0, rel=1e-6)
+    assert transferability.class_consistency(xs, ys, [1], "code") == pytest.approx(6.0 * (1 + 2 / 9), rel=1e-6)
     inv = np.linalg.inv(np.cov(xs[0][20:], rowvar=False))[0, 0]
-    kl = transfer.class_consistency(xs, ys, [1], "paper", distance="kl", ridge=0.0)
+    kl = transferability.class_consistency(xs, ys, [1], "paper", distance="kl", ridge=0.0)
     assert kl == pytest.approx(inv * (1 + 9 + 4) / 3 / 2, rel=1e-9)
-    bd = transfer.class_consistency(xs, ys, [1], "paper", distance="bhattacharyya", ridge=0.0)
+    bd = transferability.class_consistency(xs, ys, [1], "paper", distance="bhattacharyya", ridge=0.0)
     assert bd == pytest.approx(inv * (1 + 9 + 4) / 3 / 8, rel=1e-9)
 
 
 def test_ablations_are_the_terms_of_the_score():
     feats, labs = toy_ccfv(2)
-    cc = [transfer.class_consistency(x, y, [1, 2], "paper") for x, y in zip(feats, labs)]
-    fv = [transfer.feature_variety(x, "paper") for x in feats]
-    assert transfer.ccfv(feats, labs) == pytest.approx(np.mean(np.log(fv) - np.log(cc)))
-    assert transfer.ccfv(feats, labs, **transfer.ABLATIONS["wo_fv"]) == pytest.approx(-np.mean(np.log(cc)))
-    assert transfer.ccfv(feats, labs, **transfer.ABLATIONS["wo_ccons"]) == pytest.approx(np.mean(np.log(fv)))
-    single = transfer.ccfv(feats, labs, **transfer.ABLATIONS["single_scale"])
-    assert single == pytest.approx(np.log(fv[-1] / cc[-1])) == pytest.approx(transfer.ccfv(feats[-1], labs[-1]))
+    cc = [transferability.class_consistency(x, y, [1, 2], "paper") for x, y in zip(feats, labs)]
+    fv = [transferability.feature_variety(x, "paper") for x in feats]
+    assert transferability.ccfv(feats, labs) == pytest.approx(np.mean(np.log(fv) - np.log(cc)))
+    assert transferability.ccfv(feats, labs, **transferability.ABLATIONS["wo_fv"]) == pytest.approx(-np.mean(np.log(cc)))
+    assert transferability.ccfv(feats, labs, **transferability.ABLATIONS["wo_ccons"]) == pytest.approx(np.mean(np.log(fv)))
+    single = transferability.ccfv(feats, labs, **transferability.ABLATIONS["single_scale"])
+    assert single == pytest.approx(np.log(fv[-1] / cc[-1])) == pytest.approx(transferability.ccfv(feats[-1], labs[-1]))
     for name in ("kl", "bhattacharyya"):
-        assert np.isfinite(transfer.ccfv(feats, labs, **transfer.ABLATIONS[name]))
+        assert np.isfinite(transferability.ccfv(feats, labs, **transferability.ABLATIONS[name]))
 
 
 def test_the_unit_ablation_scores_the_features_on_the_unit_sphere():
     feats, labs = toy_ccfv(2)
     rng = np.random.default_rng(1)
     on_sphere = [[x / np.linalg.norm(x, axis=1, keepdims=True) for x in scale] for scale in feats]
-    unit = transfer.ccfv(feats, labs, **transfer.ABLATIONS["unit"])
-    assert unit == pytest.approx(transfer.ccfv(on_sphere, labs))
+    unit = transferability.ccfv(feats, labs, **transferability.ABLATIONS["unit"])
+    assert unit == pytest.approx(transferability.ccfv(on_sphere, labs))
     rescaled = [[x * rng.uniform(0.1, 10, size=(len(x), 1)) for x in scale] for scale in feats]   # per voxel
-    assert transfer.ccfv(rescaled, labs, unit=True) == pytest.approx(unit)
-    assert transfer.ccfv([[3 * x for x in scale] for scale in feats], labs) != pytest.approx(transfer.ccfv(feats, labs))
+    assert transferability.ccfv(rescaled, labs, unit=True) == pytest.approx(unit)
+    assert transferability.ccfv([[3 * x for x in scale] for scale in feats], labs) != pytest.approx(transferability.ccfv(feats, labs))
 
 
 # ------------------------------------------------------------------------------------------------ rankings
 def test_separable_features_rank_above_random_ones():
     rng = np.random.default_rng(0)
     good, bad = toy_bank(rng, True), toy_bank(rng, False)
-    for name, score in [("logme", transfer.logme), ("gbc", transfer.gbc), ("transrate", transfer.transrate),
-                        ("gbc spherical", lambda x, y: transfer.gbc(x, y, "spherical", pca=None))]:
+    for name, score in [("logme", transferability.logme), ("gbc", transferability.gbc), ("transrate", transferability.transrate),
+                        ("gbc spherical", lambda x, y: transferability.gbc(x, y, "spherical", pca=None))]:
         s_good, s_bad = (score(np.vstack(xs), np.concatenate(ys)) for xs, ys in (good, bad))
         assert s_good > s_bad, name
     for variant in ("paper", "code"):
         for options in ({}, {"distance": "kl"}, {"distance": "bhattacharyya"}, {"variety": False}):
-            assert transfer.ccfv(*good, variant=variant, **options) > transfer.ccfv(*bad, variant=variant, **options)
+            assert transferability.ccfv(*good, variant=variant, **options) > transferability.ccfv(*bad, variant=variant, **options)
 
 
 # ------------------------------------------------------------------------------------------------ invariances
@@ -219,80 +224,80 @@ def test_scores_ignore_the_channel_order_and_the_foreground_label_names():
     x, y = toy(60, 8, 3)
     perm = np.array([3, 0, 7, 1, 6, 2, 5, 4])
     relabel = np.array([0, 2, 1])[y]                 # swap foreground classes 1 and 2
-    for score in (transfer.logme, transfer.transrate, transfer.gbc, lambda a, b: transfer.gbc(a, b, pca=None)):
+    for score in (transferability.logme, transferability.transrate, transferability.gbc, lambda a, b: transferability.gbc(a, b, pca=None)):
         ref = score(x, y)
         assert score(x[:, perm], y) == pytest.approx(ref, rel=1e-5)
         assert score(x, relabel) == pytest.approx(ref, rel=1e-9)
     probs, py = toy_probs(40, 4, 3)
-    assert transfer.leep(probs[:, [2, 0, 3, 1]], np.array([0, 2, 1])[py]) == pytest.approx(transfer.leep(probs, py))
+    assert transferability.leep(probs[:, [2, 0, 3, 1]], np.array([0, 2, 1])[py]) == pytest.approx(transferability.leep(probs, py))
     a, b = toy(12, 5, 1, phase=0.3)[0], toy(9, 5, 1, phase=1.0)[0]
     cols = [4, 2, 0, 1, 3]
-    assert transfer.gaussian_w2(a[:, cols], b[:, cols]) == pytest.approx(transfer.gaussian_w2(a, b))
+    assert transferability.gaussian_w2(a[:, cols], b[:, cols]) == pytest.approx(transferability.gaussian_w2(a, b))
     feats, labs = toy_ccfv(2)
     swapped = [[np.array([0, 2, 1])[y] for y in ys] for ys in labs]
     shuffled = [[x[:, ::-1] for x in xs] for xs in feats]
     for variant in ("paper", "code"):
-        assert transfer.ccfv(shuffled, labs, variant) == pytest.approx(transfer.ccfv(feats, labs, variant), rel=1e-8)
-    assert transfer.ccfv(feats, swapped) == pytest.approx(transfer.ccfv(feats, labs), rel=1e-12)
+        assert transferability.ccfv(shuffled, labs, variant) == pytest.approx(transferability.ccfv(feats, labs, variant), rel=1e-8)
+    assert transferability.ccfv(feats, swapped) == pytest.approx(transferability.ccfv(feats, labs), rel=1e-12)
 
 
 def test_weighted_tau_is_scipys():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=10), rng.normal(size=10)
     y[3] = y[5]                                      # a tie
-    assert transfer.weighted_tau(x, y) == scipy.stats.weightedtau(x, y).statistic
+    assert transferability.weighted_tau(x, y) == scipy.stats.weightedtau(x, y).statistic
     perf = np.arange(6.0)[::-1]
     # methods/transferability_baselines.md: swapping the best two costs more than swapping the worst two
-    assert transfer.weighted_tau([5, 6, 4, 3, 2, 1], perf + 1) == pytest.approx(0.7551020408163265)
-    assert transfer.weighted_tau([6, 5, 4, 3, 1, 2], perf + 1) == pytest.approx(0.9401360544217686)
-    assert transfer.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert transferability.weighted_tau([5, 6, 4, 3, 2, 1], perf + 1) == pytest.approx(0.7551020408163265)
+    assert transferability.weighted_tau([6, 5, 4, 3, 1, 2], perf + 1) == pytest.approx(0.9401360544217686)
+    assert transferability.pearson(x, 2 * x + 1) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
 def test_bad_input_raises_clear_errors():
     feats, labs = toy_ccfv(2)
     with pytest.raises(ValueError, match="needs >= 2 cases"):
-        transfer.ccfv([xs[:1] for xs in feats], [ys[:1] for ys in labs])
+        transferability.ccfv([xs[:1] for xs in feats], [ys[:1] for ys in labs])
     with pytest.raises(ValueError, match="class 5 is absent from every case"):
-        transfer.ccfv(feats, labs, classes=[1, 5])
+        transferability.ccfv(feats, labs, classes=[1, 5])
     with pytest.raises(ValueError, match="scales of features but"):
-        transfer.ccfv(feats, labs[:2])
+        transferability.ccfv(feats, labs[:2])
     with pytest.raises(ValueError, match="scale 2 case 0: expected 28 labels"):
-        transfer.ccfv(feats, [labs[0], labs[1], [y[:-1] for y in labs[2]]])
+        transferability.ccfv(feats, [labs[0], labs[1], [y[:-1] for y in labs[2]]])
     with pytest.raises(ValueError, match="different channel counts"):
-        transfer.ccfv([feats[0][:2] + [feats[1][2]]], [labs[0][:2] + [labs[1][2]]])
+        transferability.ccfv([feats[0][:2] + [feats[1][2]]], [labs[0][:2] + [labs[1][2]]])
     bad = [x.copy() for x in feats[1]]
     bad[2][0, 3] = np.nan
     with pytest.raises(ValueError, match=r"decoder1 case 2: channels \[3\].*NaN"):
-        transfer.ccfv([feats[0], bad], [labs[0], labs[1]], names=["decoder0", "decoder1"])
+        transferability.ccfv([feats[0], bad], [labs[0], labs[1]], names=["decoder0", "decoder1"])
     for kwargs, message in [({"variant": "x"}, "variant"), ({"distance": "l2"}, "distance"),
                             ({"consistency": False, "variety": False}, "at least one"), ({"scales": [3]}, "scales")]:
         with pytest.raises(ValueError, match=message):
-            transfer.ccfv(feats, labs, **kwargs)
+            transferability.ccfv(feats, labs, **kwargs)
     x, y = toy(30, 4, 3)
     with pytest.raises(ValueError, match="expected 30 labels"):
-        transfer.logme(x, y[:-1])
+        transferability.logme(x, y[:-1])
     with pytest.raises(ValueError, match="classes \\[1\\] never occur"):
-        transfer.transrate(x, np.where(y == 1, 0, y))
+        transferability.transrate(x, np.where(y == 1, 0, y))
     with pytest.raises(ValueError, match="integers"):
-        transfer.gbc(x, y + 0.5)
+        transferability.gbc(x, y + 0.5)
     with pytest.raises(ValueError, match="summing to 1"):
-        transfer.leep(np.full((30, 3), 0.5), y)
+        transferability.leep(np.full((30, 3), 0.5), y)
     with pytest.raises(ValueError, match="equal length"):
-        transfer.weighted_tau([1, 2, 3], [1, 2])
+        transferability.weighted_tau([1, 2, 3], [1, 2])
 
 
 def test_check_features_names_constant_and_nan_channels():
     x, _ = toy(20, 5, 2)
     x[:, [1, 4]] = 0.5
     with pytest.raises(ValueError, match=r"seg_outputs.2: channels \[1, 4\] \(2 of 5\) are constant"):
-        transfer.check_features(x, "seg_outputs.2")
-    assert transfer.check_features(x, "seg_outputs.2", allow_constant=True) == [1, 4]
+        transferability.check_features(x, "seg_outputs.2")
+    assert transferability.check_features(x, "seg_outputs.2", allow_constant=True) == [1, 4]
     x[7, 0] = np.inf
     with pytest.raises(ValueError, match=r"out: channels \[0\] \(1 of 5\) hold NaN or inf"):
-        transfer.check_features(x, "out", allow_constant=True)
+        transferability.check_features(x, "out", allow_constant=True)
     with pytest.raises(ValueError, match="non-empty"):
-        transfer.check_features(np.zeros((0, 4)), "empty")
+        transferability.check_features(np.zeros((0, 4)), "empty")
 
 
 # ---------------------------------------------------------------- the model bank on a target pool (CLI part)
@@ -328,8 +333,6 @@ def test_a_few_slices_per_case_are_spread_over_the_foreground_and_cover_every_la
 
 
 def test_reading_a_coarse_map_at_points_equals_upsampling_it_then_indexing():
-    import torch
-    import torch.nn.functional as F
     feature = torch.randn(1, 3, 5, 7)
     rows = np.array([[0, 0], [19, 27], [7, 13], [10, 0], [0, 27]])
     full = F.interpolate(feature, size=(20, 28), mode="bilinear", align_corners=False)[0]
@@ -338,8 +341,6 @@ def test_reading_a_coarse_map_at_points_equals_upsampling_it_then_indexing():
 
 
 def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
-    import torch
-    from networks import build_network
     torch.manual_seed(0)
     net = build_network("UNet", 1, 2, width=4, depth=3).eval()
     images = torch.rand(5, 1, 16, 16)
@@ -348,7 +349,6 @@ def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
     voxels = bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
     features, probs = bank.model_features(net, images, voxels, batch_size=2)
     assert [f.shape for f in features] == [(40, 16), (80, 8), (120, 4)] and probs.shape == (120, 2)
-    from networks import tapped
     with tapped(net, ["dec1.convs.1"]) as taps, torch.no_grad():
         out = torch.softmax(net(images), dim=1)
     fine = voxels[-1]
@@ -391,7 +391,6 @@ def test_the_top_pick_and_its_regret():
 
 
 def test_a_pool_of_one_case_or_a_missing_class_is_refused(tmp_path, capsys):
-    from PIL import Image
     for case in ("Case00", "Case01"):
         for sub in ("IMG", "GT"):
             (tmp_path / "pool" / sub).mkdir(parents=True, exist_ok=True)
@@ -411,7 +410,6 @@ def test_a_pool_of_one_case_or_a_missing_class_is_refused(tmp_path, capsys):
 
 
 def test_a_bank_entry_that_is_not_a_state_dict_checkpoint_is_one_error_line(tmp_path, capsys):
-    import torch
     torch.save(torch.nn.Conv2d(1, 1, 1), tmp_path / "whole_model.pkl")       # a pickled module, not a state dict
     args = ["score", "--model", str(tmp_path / "whole_model.pkl"), "--name", "x", "--voxels", str(tmp_path / "v.npz"),
             "--pool", str(tmp_path), "--folders", "[('IMG', png_transform, False)]", "--grp_regex", "x",

@@ -1,9 +1,12 @@
 """The option parser accepts the seed's recipes and refuses anything that would run code."""
-import pytest
+import os
 
-from dataloader import TRANSFORMS, gt_transform, nii_transform2
-from options import parse_folders, parse_losses
-from utils import OptionError, parse_literal, str2bool
+import pytest
+import torch
+
+from dataloader import TRANSFORMS, gt_transform, nii_transform2, parse_folders
+from options import parse_losses
+from utils import OptionError, atomic_output, exp_lr_scheduler, parse_literal, str2bool
 
 # the SFDA_TrueSize example of seed 004, verbatim (with the make variable expanded)
 TRUESIZE = ("[('EntKLProp', {'lamb_se':1,'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],"
@@ -74,8 +77,6 @@ def test_str2bool_refuses_garbage():
 
 
 def test_lr_staircase_decays_every_period_and_step_once_only_once():
-    import torch
-    from utils import exp_lr_scheduler
     lrs = {}
     for once in (False, True):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -87,8 +88,6 @@ def test_lr_staircase_decays_every_period_and_step_once_only_once():
 
 
 def test_atomic_output_replaces_whole_results_and_leaves_the_old_one_on_failure(tmp_path):
-    import os
-    from utils import atomic_output
     out = tmp_path / "cache"
     out.mkdir()
     (out / "old.txt").write_text("old")
