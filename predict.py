@@ -1,0 +1,164 @@
+"""A run's model applied to new scans: one segmentation NIfTI per volume on the volume's own grid, and a label-free
+trust score per scan (predict.py).
+
+The preprocessing of the run's data (volumes.py's preprocessing.json, found beside its --target_dataset) is replayed
+on each volume; the network's class probabilities are put back on the volume's grid and their argmax saved with the
+input's shape, affine and qform / sform codes. predictions.csv holds per volume the predicted volume of each class in
+mL, the mean entropy over the predicted foreground, and ProtoSeg's mu (the mean over the slices the network segments
+something in); a volume whose mu falls below a threshold chosen without target labels (a low percentile of the same
+statistic on the source validation patients, --reference) is flagged. Least trusted first; overview.png shows each
+volume's middle slice with the prediction's contour in the same order. Volume by volume: memory holds one volume.
+
+    python predict.py --run results/prostate/sfda --input scans/ --reference data/prostate_source/val --out pred/
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from checkpoints import network_from_checkpoint
+from dataloader import DataError, load_split
+from prototypes import mu_per_image
+from tables import read_params
+from training import autocast
+from utils import atomic_output, one_error_line, save_figure
+from volumes import Case, Preprocessing, prepare, read_dataset, read_folders, restore
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+WEIGHTS = ("best_3d.pkl", "last.pkl", "best_mu.pkl")
+
+
+def run_preprocessing(run: Path, params: dict) -> Preprocessing:
+    """The preprocessing.json volumes.py stored beside the run's data (its --target_dataset)."""
+    path = Path(params["target_dataset"]) / "preprocessing.json"
+    if not path.is_file():
+        raise DataError(f"{run}: its data {params['target_dataset']} holds no preprocessing.json: the run was not "
+                        f"trained on volumes.py slices, so there is no preprocessing to replay on volumes")
+    stored = json.loads(path.read_text())
+    return Preprocessing(axis=stored["axis"], spacing=stored["spacing"] and tuple(stored["spacing"]),
+                         size=tuple(stored["size"]), channel=stored["channel"], clip=tuple(stored["clip"]),
+                         labels={int(k): v for k, v in (stored["labels"] or {}).items()})
+
+
+def input_cases(folder: Path, channel: Optional[int]) -> List[Case]:
+    """Volumes to segment: a dataset's test images (nnU-Net imagesTs, Decathlon's test list) or a folder's."""
+    if (folder / "dataset.json").is_file():
+        return read_dataset(folder, channel, split="Ts")
+    return read_folders(folder, None)
+
+
+def volume_mu(mu: torch.Tensor, empty: torch.Tensor) -> float:
+    """A volume's mu: the mean over its slices with a non-empty output (0 when the network segments nothing)."""
+    kept = mu[~empty]
+    return float(kept.mean()) if len(kept) else 0.0
+
+
+def reference_threshold(net: torch.nn.Module, split: Path, params: dict, percentile: float, device: torch.device,
+                        batch_size: int) -> Tuple[float, int]:
+    """The ``percentile`` of per-patient mu on a labelled source split (no target label): (threshold, patients)."""
+    data = load_split(split, params["val_target_folders"], params["n_class"], params["grp_regex"],
+                      option="--reference")
+    mu, empty, _ = mu_per_image(net, data.images, batch_size, device, lambda: autocast(device, params["precision"]))
+    per_patient = [volume_mu(mu[idx], empty[idx]) for idx in
+                   pd.Series(range(len(data.patients))).groupby(pd.Series(data.patients)).apply(list)]
+    return float(np.percentile(per_patient, percentile)), len(per_patient)
+
+
+def segment(net: torch.nn.Module, case: Case, prep: Preprocessing, device: torch.device, precision: str,
+            batch_size: int) -> Tuple[nib.Nifti1Image, dict, np.ndarray]:
+    """One volume: its segmentation on its own grid, its row of predictions.csv, and its middle slice's image."""
+    images, _, geometry = prepare(case, prep)
+    mu, empty, probs = mu_per_image(net, torch.from_numpy(images).unsqueeze(1), batch_size, device,
+                                    lambda: autocast(device, precision))
+    probs = probs.numpy().transpose(1, 0, 2, 3)                      # (K, S, H, W)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0)
+    foreground = probs.argmax(0) > 0
+    classes = restore(probs, geometry)
+    original = nib.load(str(case.image))
+    seg = nib.Nifti1Image(classes, original.affine, header=original.header.copy())
+    seg.set_data_dtype(np.uint8)
+    seg.header.set_slope_inter(1, 0)
+    seg.set_qform(original.get_qform(), code=int(original.header["qform_code"]))
+    seg.set_sform(original.get_sform(), code=int(original.header["sform_code"]))
+    voxel_ml = float(np.prod(original.header.get_zooms()[:3])) / 1000
+    row = {"volume": case.name, "mu": round(volume_mu(mu, empty), 4),
+           "mean_entropy": round(float(entropy[foreground].mean()) if foreground.any() else 0.0, 4),
+           **{f"class{k}_ml": round(float((classes == k).sum()) * voxel_ml, 3) for k in range(1, probs.shape[0])}}
+    middle = len(images) // 2
+    return seg, row, np.stack([images[middle], probs.argmax(0)[middle]])
+
+
+def overview(panels: List[Tuple[str, np.ndarray]], out: Path) -> None:
+    """Each volume's middle slice with the prediction's contour, least trusted first."""
+    cols = min(len(panels), 6)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, (image, label)) in zip(axes.flat, panels):
+        ax.imshow(image, cmap="gray")
+        if label.any():
+            ax.contour(label > 0, levels=[0.5], colors="tab:red", linewidths=0.8)
+        ax.set_title(title, fontsize=7)
+    save_figure(fig, out)
+
+
+def predict(args: argparse.Namespace) -> None:
+    params = read_params(args.run)
+    prep = run_preprocessing(args.run, params)
+    weights = args.run / args.weights
+    net = network_from_checkpoint(weights, "checkpoint", None)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net.to(device).eval()
+    cases = input_cases(args.input, prep.channel)
+    threshold, n_ref = (reference_threshold(net, args.reference, params, args.percentile, device, args.batch_size)
+                        if args.reference else (None, 0))
+    rows, panels = [], {}
+    with atomic_output(args.out) as tmp:
+        tmp.mkdir()
+        for case in tqdm(cases, desc="predict", unit="volume", disable=None):
+            seg, row, panel = segment(net, case, prep, device, params["precision"], args.batch_size)
+            nib.save(seg, str(tmp / f"{case.name}.nii.gz"))
+            row["flag"] = bool(threshold is not None and row["mu"] < threshold)
+            rows.append(row)
+            panels[case.name] = panel
+        table = pd.DataFrame(rows).sort_values(["mu", "volume"], kind="stable")
+        table["model"] = str(weights)
+        table["mu_threshold"] = threshold
+        table["threshold_rule"] = (f"the {args.percentile:g}th percentile of mu over {n_ref} source validation patients "
+                                   f"({args.reference})" if threshold is not None else "none (no --reference)")
+        table.to_csv(tmp / "predictions.csv", index=False)
+        overview([(f"{v}  mu {m:.2f}{'  FLAG' if f else ''}", panels[v])
+                  for v, m, f in zip(table["volume"], table["mu"], table["flag"])], tmp / "overview.png")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a run directory of main.py")
+    parser.add_argument("--weights", choices=WEIGHTS, default="best_3d.pkl", help="which of the run's checkpoints")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="a folder of NIfTI volumes, or an nnU-Net / Decathlon dataset (its test images)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="a labelled source split (e.g. data/prostate_source/val): mu's threshold, no target label")
+    parser.add_argument("--percentile", type=float, default=5.0, help="mu below this percentile of --reference: flagged")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cpu", action="store_true", help="the CPU even where a GPU is present")
+    return one_error_line(predict, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
