@@ -1,4 +1,4 @@
-"""Writes tests/golden/: the runs and options that make -n prints for each chain variant (python tests/make_golden.py).
+"""Writes tests/golden/: the runs and options that make -n prints for each chain variant (python tests/make_golden.py [VARIANT...]).
 
 Run it only to record an intended change of the experiments; test_dryrun.py compares the makefiles against it."""
 import sys
@@ -17,18 +17,27 @@ VARIANTS = {
     "prostate": ("prostate.make", []),
     "prostate_hard": ("prostate.make", ["SHIFT=hard", "all", "lrgrid"]),
     "prostate_seeds": ("prostate.make", ["SEEDS=0 1"]),
+    "prostate_studies": ("prostate.make", ["lrgrid", "{root}/results/prostate/fn_soft_ratio/sfda",
+                                           "{root}/results/prostate/fn_soft_ratio/sfda_truesize"]),
+    "prostate_recipe_seed": ("prostate.make", ["RECIPE=seed", "SEEDS=0 1"]),
 }
 
 
-def main() -> None:
-    for name, (mk, extra) in VARIANTS.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            out = run_make(mk, Path(tmp), "-Bn", *extra)
-            assert out.returncode == 0, out.stderr
-            table = dryrun.runs(out.stdout, tmp)
-            dryrun.save(table, Path(__file__).parent / "golden" / f"{name}.json.gz")
-            print(name, len(table), sum(len(v) for v in table.values()))
+def dry_run(name: str) -> dict:
+    """The runs and options of one variant ({root}: the temporary output root the paths are read relative to)."""
+    makefile, extra = VARIANTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run_make(makefile, Path(tmp), "-Bn", *(e.format(root=tmp) for e in extra))
+        assert out.returncode == 0, out.stderr
+        return dryrun.runs(out.stdout, tmp)
+
+
+def main(names: list) -> None:
+    for name in names or VARIANTS:
+        table = dry_run(name)
+        dryrun.save(table, Path(__file__).parent / "golden" / f"{name}.json.gz")
+        print(name, len(table), sum(len(v) for v in table.values()))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -309,3 +309,19 @@ def test_clean_deletes_the_embedded_data_and_never_a_users_own(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prostate_target_hard"]
     assert not (tmp_path / "results").exists()
+
+
+def test_recipe_seed_runs_seed_004s_own_schedule_unguarded_from_the_same_source_model(tmp_path):
+    runs = dryrun.runs(make(tmp_path, "-Bn", "RECIPE=seed").stdout, str(tmp_path))
+    assert sorted(k for k in runs if k.startswith("main.py")) == [
+        "main.py results/prostate/cesource", "main.py results/prostate_recipe_seed/sfda",
+        "main.py results/prostate_recipe_seed/sfda_truesize"]
+    for run in ("sfda", "sfda_truesize"):
+        options = runs[f"main.py results/prostate_recipe_seed/{run}"][0]
+        assert (options["--l_rate"], options["--n_epoch"], options["--lr_decay"], options["--batch_size"]) == \
+            ("1e-6", "100", "0.9", "10")
+        assert "--collapse_guard" not in options and "--mu_images" in options
+        assert options["--model_weights"] == "results/prostate/cesource/best_3d.pkl"
+    assert runs["main.py results/prostate/cesource"][0]["--batch_size"] == "16"     # the default's source model
+    out = make(tmp_path, "-n", "RECIPE=paper")
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "RECIPE=paper: expected project" in out.stderr
