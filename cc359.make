@@ -83,7 +83,7 @@ PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
-include layers.mk protoseg.mk transfer.mk
+include protoseg.mk transfer.mk layers.mk
 all: pack report protoseg transfer layers
 runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)
 sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize

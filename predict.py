@@ -12,7 +12,6 @@ volume's middle slice with the prediction's contour in the same order. Volume by
     python predict.py --run results/prostate/sfda --input scans/ --reference data/prostate_source/val --out pred/
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,7 +29,7 @@ from prototypes import mu_per_image
 from tables import read_params
 from training import autocast
 from utils import atomic_output, one_error_line, save_figure
-from volumes import Case, Preprocessing, prepare, read_dataset, read_folders, restore
+from volumes import Case, Preprocessing, like, prepare, read_dataset, read_folders, restore
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,21 +39,19 @@ WEIGHTS = ("best_3d.pkl", "last.pkl", "best_mu.pkl")
 
 def run_preprocessing(run: Path, params: dict) -> Preprocessing:
     """The preprocessing.json volumes.py stored beside the run's data (its --target_dataset)."""
-    path = Path(params["target_dataset"]) / "preprocessing.json"
-    if not path.is_file():
-        raise DataError(f"{run}: its data {params['target_dataset']} holds no preprocessing.json: the run was not "
-                        f"trained on volumes.py slices, so there is no preprocessing to replay on volumes")
-    stored = json.loads(path.read_text())
-    return Preprocessing(axis=stored["axis"], spacing=stored["spacing"] and tuple(stored["spacing"]),
-                         size=tuple(stored["size"]), channel=stored["channel"], clip=tuple(stored["clip"]),
-                         labels={int(k): v for k, v in (stored["labels"] or {}).items()})
+    data = Path(params["target_dataset"])
+    if not (data / "preprocessing.json").is_file():
+        raise DataError(f"{run}: its data {data} holds no preprocessing.json: the run was not trained on volumes.py "
+                        f"slices, so there is no preprocessing to replay on volumes")
+    return like(data)
 
 
 def input_cases(folder: Path, channel: Optional[int]) -> List[Case]:
-    """Volumes to segment: a dataset's test images (nnU-Net imagesTs, Decathlon's test list) or a folder's."""
+    """Volumes to segment: a dataset's test images (nnU-Net imagesTs, Decathlon's test list), a folder's images/,
+    or the folder's own volumes."""
     if (folder / "dataset.json").is_file():
         return read_dataset(folder, channel, split="Ts")
-    return read_folders(folder, None)
+    return read_folders(folder / "images" if (folder / "images").is_dir() else folder, None)
 
 
 def volume_mu(mu: torch.Tensor, empty: torch.Tensor) -> float:

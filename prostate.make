@@ -3,17 +3,35 @@
 # SHIFT: default (the target scanner) or hard (target_hard: a source model barely transfers to it).
 include common.mk
 include sourcefree.mk
+# your own volumes: SRC_VOLS and TGT_VOLS, each a dataset (dataset.json: nnU-Net v2, Decathlon) or a folder with images/
+# and labels/, sliced by volumes.py into $(DATA)/<folder name>_slices (VOL_OPT: its options for the source, e.g.
+# --channel 0 --labels 1,2:1 --spacing 0.6,0.6; the target is sliced like the source); the chain runs on those slices
+# into $(RD)/<target folder name>. make predict PREDICT_IN=<volumes> [PREDICT_RUN=sfda]: a run's NIfTI segmentations.
+SRC_VOLS ?=
+TGT_VOLS ?=
+VOL_OPT ?=
+vol_name = $(notdir $(abspath $(1)))
+ifneq ($(SRC_VOLS)$(TGT_VOLS),)
+$(if $(and $(SRC_VOLS),$(TGT_VOLS)),,$(error SRC_VOLS and TGT_VOLS go together: the source's and the target's volumes))
+SRC_NAME = $(call vol_name,$(SRC_VOLS))
+SRC = $(DATA)/$(SRC_NAME)_slices
+SHIFT = $(call vol_name,$(TGT_VOLS))
+endif
 include prostate_source.mk
 .DEFAULT_GOAL := $(if $(filter seed,$(RECIPE)),$(if $(SEEDS),seeds,recipe),$(CHAIN_GOAL))
 .PHONY: all recipe pack report plot lrgrid protoseg sourcefree
 
 SHIFT ?= default
-ifeq ($(SHIFT),default)
-TDOM = target
+ifneq ($(SRC_VOLS),)
+TDOM = $(SHIFT)_slices
+PR = $(RD)/$(SHIFT)
+SIZEFILE = $(SIZES)/$(SHIFT).csv
+else ifeq ($(SHIFT),default)
+TDOM = prostate_target
 PR = $(RD)/prostate
 SIZEFILE = $(SIZES)/prostate.csv
 else ifeq ($(SHIFT),hard)
-TDOM = target_hard
+TDOM = prostate_target_hard
 PR = $(RD)/prostate_hard
 SIZEFILE = $(SIZES)/prostate_hard.csv
 else
@@ -28,7 +46,7 @@ SEED_GOAL = recipe
 else ifneq ($(RECIPE),project)
 $(error RECIPE=$(RECIPE): expected project (the default) or seed (seed 004's own schedule))
 endif
-TGT = $(DATA)/prostate_$(TDOM)
+TGT = $(DATA)/$(TDOM)
 G_RGX = $(P_RGX)
 TT_DATA = $(P_DATA)
 CHAIN_OPT = $(P_OPT)
@@ -36,7 +54,7 @@ DATASET = $(TGT)
 N_EP = 0
 # one source model for both shifts (prostate_source.mk); the adaptation starts from its epoch chosen on the *source*
 # validation set, in this root or in SOURCE_RD's
-SOURCE_CES = $(SOURCE_RD)/prostate/cesource
+SOURCE_CES = $(SOURCE_RD)/$(SRC_NAME)/cesource
 M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 
 SF_RUNS = $(addprefix $(PR)/,$(SF_METHODS) adaent)
@@ -52,6 +70,12 @@ pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
 
+ifneq ($(SRC_VOLS),)
+$(SRC): $(shell find $(SRC_VOLS) -type f) | $(PYDEP)
+	$(CC) $(CFLAGS) volumes.py slices --volumes $(SRC_VOLS) $(VOL_OPT) --seed $(DATA_SEED) --out $@
+$(TGT): $(SRC) $(shell find $(TGT_VOLS) -type f) | $(PYDEP)
+	$(CC) $(CFLAGS) volumes.py slices --volumes $(TGT_VOLS) --like $(SRC) --seed $(DATA_SEED) --out $@
+endif
 $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) --out $@
 
@@ -89,6 +113,23 @@ $(PR)/fn_%: private GUARD = 0
 $(PR)/fn_%: N_EP = 20
 $(PR)/fn_%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
+
+# ---------------------------------------------------------------- a run's model on new volumes (predict.py)
+# make -f prostate.make predict PREDICT_IN=<volumes> [PREDICT_RUN=sfda] [PREDICT_WEIGHTS=last.pkl] (with SRC_VOLS and
+# TGT_VOLS: the runs' data must come from volumes.py) -> $(PR)/predict/<run>/<input folder name>/; the last epoch's
+# weights by default (no target label chose them); mu's flag threshold from the source validation patients
+PREDICT_RUN ?= sfda
+PREDICT_WEIGHTS ?= last.pkl
+PREDICT_IN ?=
+PREDICTION = $(PR)/predict/$(PREDICT_RUN)/$(call vol_name,$(PREDICT_IN))
+ifneq ($(filter predict,$(MAKECMDGOALS)),)
+$(if $(PREDICT_IN),,$(error predict needs PREDICT_IN=<a folder of volumes or a dataset>))
+endif
+.PHONY: predict
+predict: $(PREDICTION)
+$(PREDICTION): $(PR)/$(PREDICT_RUN) $(if $(PREDICT_IN),$(shell find $(PREDICT_IN) -type f)) | $(PYDEP)
+	$(LAUNCH) $(CC) $(CFLAGS) predict.py --run $< --weights $(PREDICT_WEIGHTS) --input $(PREDICT_IN) --reference $(SRC)/val \
+		$(if $(THREADS),--threads $(THREADS)) --out $@
 
 # ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
 # SA per feature layer and unit, mu per image against Dice: the source model on source and target validation,

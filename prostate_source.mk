@@ -1,13 +1,14 @@
 # The prostate data and source model: prostate.make adapts it, and cc359.make's transfer bank holds it as its
 # cross-task candidate. Its chain options are the run's own, so that either makefile trains the same model.
 P_RGX = Case\d+_\d+
-P_TRANSFORM ?= png_transform# the image slices' transform: nii_transform2 for NIfTI slices (dataloader.py)
+P_TRANSFORM ?= $(if $(SRC_VOLS),nii_transform,png_transform)# the image slices' transform: nii_transform2 for NIfTI slices (dataloader.py)
 P_DATA = [('IMG', $(P_TRANSFORM), False), ('GT', gt_transform, False), ('GT', gt_transform, False)]
 P_OPT = --weight_decay 1e-4 --n_epoch $(or $(EPC),$(N_EP)) --hd95 --saveim True
 P_NET = $(if $(filter command line,$(origin NET)),$(NET),UNet)
-SRC = $(DATA)/prostate_source
-CES = $(RD)/prostate/cesource
-CES_ONLINE = $(RD)/prostate/cesource_online# the same training with the online ProtoSeg term (seed 003, Table 1)
+SRC ?= $(DATA)/prostate_source# (prostate.make: your own volumes' slices, SRC_VOLS)
+SRC_NAME ?= prostate# the source's results folder (prostate.make: the SRC_VOLS folder's name)
+CES = $(RD)/$(SRC_NAME)/cesource
+CES_ONLINE = $(RD)/$(SRC_NAME)/cesource_online# the same training with the online ProtoSeg term (seed 003, Table 1)
 
 $(DATA)/prostate_%: | $(PYDEP)
 	$(CC) $(CFLAGS) synth.py prostate --domain $* --out $@ --seed $(DATA_SEED)

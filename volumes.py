@@ -120,6 +120,35 @@ def read_folders(images: Path, labels: Optional[Path]) -> List[Case]:
     return cases
 
 
+def read_volumes(root: Path, channel: Optional[int]) -> List[Case]:
+    """A dataset with dataset.json (nnU-Net v2, Decathlon), or a folder with images/ and, if labelled, labels/."""
+    if (root / "dataset.json").is_file():
+        return read_dataset(root, channel)
+    if not (root / "images").is_dir():
+        raise DataError(f"{root}: neither a dataset (dataset.json) nor a folder with images/ (and labels/)")
+    return read_folders(root / "images", root / "labels" if (root / "labels").is_dir() else None)
+
+
+def check_not_other_input(out: Path, source: str) -> None:
+    """An existing layout built from other volumes is refused, never silently reused or replaced."""
+    stored = out / "preprocessing.json"
+    if stored.is_file() and json.loads(stored.read_text()).get("input") != source:
+        raise DataError(f"{out}: already holds slices of {json.loads(stored.read_text()).get('input')}, not of "
+                        f"{source}; choose another output folder")
+
+
+def like(layout: Path) -> Preprocessing:
+    """The preprocessing another layout used (its axis, spacing, size, channel, clip, labels): a target sliced like
+    its source, so the network sees the same grid and intensities."""
+    path = layout / "preprocessing.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (--like names a folder volumes.py slices wrote)")
+    stored = json.loads(path.read_text())
+    return Preprocessing(axis=stored["axis"], spacing=stored["spacing"] and tuple(stored["spacing"]),
+                         size=tuple(stored["size"]), channel=stored["channel"], clip=tuple(stored["clip"]),
+                         labels={int(k): v for k, v in (stored["labels"] or {}).items()})
+
+
 def load_image(path: Path, channel: Optional[int]) -> nib.Nifti1Image:
     """A 3D image (one channel of a 4D one), reoriented to the closest canonical orientation."""
     img = nib.load(str(path))
@@ -268,7 +297,7 @@ def write_slice(path: Path, array: np.ndarray, spacing: Tuple[float, float, floa
 
 
 def write_layout(cases: List[Case], prep: Preprocessing, out: Path, val_fraction: float, seed: int,
-                 fmt: str) -> None:
+                 fmt: str, source: str = "") -> None:
     """The slice layout, manifest.csv and preprocessing.json of ``cases`` into ``out`` (written whole, then renamed)."""
     splits = split_patients([c.name for c in cases], val_fraction, seed)
     if prep.size is None:               # one size for every volume: the largest after resampling
@@ -292,7 +321,7 @@ def write_layout(cases: List[Case], prep: Preprocessing, out: Path, val_fraction
                                                                               for k, v in geometry.items()}})
         pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
         (tmp / "preprocessing.json").write_text(json.dumps({**asdict(prep), "format": fmt, "val_fraction": val_fraction,
-                                                             "seed": seed}, indent=1) + "\n")
+                                                             "seed": seed, "input": source}, indent=1) + "\n")
 
 
 def parse_label_map(text: str) -> Dict[int, int]:
@@ -327,6 +356,8 @@ def run(argv: Optional[Sequence[str]]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sl = sub.add_parser("slices", help="volumes -> the slice layout, manifest.csv, preprocessing.json")
+    sl.add_argument("--volumes", type=Path, help="a dataset (dataset.json: nnU-Net v2, Decathlon) or a folder with "
+                                                 "images/ and, if labelled, labels/")
     sl.add_argument("--dataset", type=Path, help="an nnU-Net v2 raw dataset or a Decathlon task (dataset.json)")
     sl.add_argument("--images", type=Path, help="a folder of image volumes (without --dataset)")
     sl.add_argument("--labels_dir", type=Path, help="a folder of label volumes named as the images")
@@ -340,14 +371,19 @@ def run(argv: Optional[Sequence[str]]) -> None:
     sl.add_argument("--val_fraction", type=float, default=0.2, help="share of patients in val/")
     sl.add_argument("--seed", type=int, default=0)
     sl.add_argument("--format", choices=["nii", "png"], default="nii")
+    sl.add_argument("--like", type=Path, help="slice as this layout was (its preprocessing.json): a target like its source")
     args = parser.parse_args(argv)
-    if bool(args.dataset) == bool(args.images):
-        raise DataError("volumes.py slices: give --dataset DIR, or --images DIR [--labels_dir DIR]")
-    cases = read_dataset(args.dataset, args.channel) if args.dataset else read_folders(args.images, args.labels_dir)
-    prep = Preprocessing(axis=args.axis, spacing=pair(args.spacing, float, "--spacing"),
-                         size=pair(args.size, int, "--size"), channel=args.channel,
-                         clip=pair(args.clip, float, "--clip"), labels=parse_label_map(args.labels))
-    write_layout(cases, prep, args.out, args.val_fraction, args.seed, args.format)
+    given = [a for a in (args.volumes, args.dataset, args.images) if a]
+    if len(given) != 1:
+        raise DataError("volumes.py slices: give one of --volumes DIR, --dataset DIR, --images DIR [--labels_dir DIR]")
+    source = str(given[0].resolve())
+    check_not_other_input(args.out, source)
+    prep = like(args.like) if args.like else Preprocessing(
+        axis=args.axis, spacing=pair(args.spacing, float, "--spacing"), size=pair(args.size, int, "--size"),
+        channel=args.channel, clip=pair(args.clip, float, "--clip"), labels=parse_label_map(args.labels))
+    cases = (read_volumes(args.volumes, prep.channel) if args.volumes else read_dataset(args.dataset, prep.channel)
+             if args.dataset else read_folders(args.images, args.labels_dir))
+    write_layout(cases, prep, args.out, args.val_fraction, args.seed, args.format, source)
 
 
 if __name__ == "__main__":

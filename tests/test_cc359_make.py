@@ -286,7 +286,7 @@ def test_the_transfer_stage_ranks_a_bank_against_its_fine_tuned_truth(tiny_run):
 
 @pytest.mark.slow
 def test_another_voxel_draw_scores_the_bank_again_against_the_same_fine_tunings(tiny_run):
-    out = make(tiny_run, *TINY_CC359, "TE_VOXEL_SEED=1", "TE_SLICES=1", "transfer")
+    out = make(tiny_run, "-j2", *TINY_CC359, "TE_VOXEL_SEED=1", "TE_SLICES=1", "transfer")
     assert out.returncode == 0, out.stderr[-2000:]
     ran = dryrun.runs("\n".join(c for c in dryrun.commands(out.stdout) if c.lstrip().startswith(sys.executable)),
                      str(tiny_run))

@@ -11,6 +11,7 @@ from scipy import ndimage
 import main
 import predict
 import volumes
+from conftest import run_make
 from dataloader import DataError
 
 # an oblique affine with anisotropic voxels: 0.7 x 0.5 mm in-plane, 3 mm slices, axes permuted and flipped
@@ -173,3 +174,36 @@ def test_predict_refuses_a_run_without_volume_preprocessing(tmp_path, capsys):
     assert predict.main(["--run", str(run), "--input", str(tmp_path / "vols/images"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert "no preprocessing.json" in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_make_adapts_on_a_users_volumes_and_predicts_nifti_segmentations(tmp_path):
+    for domain, first in (("site_a", 0), ("site_b", 10)):
+        for i in range(4):
+            write_case(tmp_path / domain, f"{domain}_{i}", seed=first + i)
+    volumes_vars = [f"SRC_VOLS={tmp_path / 'site_a'}", f"TGT_VOLS={tmp_path / 'site_b'}", "VOL_OPT=--labels 1,2:1"]
+    tiny = ["NET=Dimwit", "EPC=1", "CFLAGS=-O", "THREADS=1"]
+    out = run_make("prostate.make", tmp_path, "-j2", *volumes_vars, *tiny, "sourcefree")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    source, target = tmp_path / "data" / "site_a_slices", tmp_path / "data" / "site_b_slices"
+    assert json.loads((target / "preprocessing.json").read_text())["size"] == \
+        json.loads((source / "preprocessing.json").read_text())["size"]                  # sliced like the source
+    assert (tmp_path / "results" / "site_b" / "sfda" / "last.pkl").is_file()
+    assert (tmp_path / "results" / "site_a" / "cesource").is_dir()                  # never the embedded chain's
+    out = run_make("prostate.make", tmp_path, *volumes_vars, *tiny, "predict", f"PREDICT_IN={tmp_path / 'site_b'}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    pred = tmp_path / "results" / "site_b" / "predict" / "sfda" / "site_b"
+    assert len(pd.read_csv(pred / "predictions.csv")) == 4
+    given = nib.load(str(tmp_path / "site_b" / "images" / "site_b_0.nii.gz"))
+    assert np.allclose(nib.load(str(pred / "site_b_0.nii.gz")).affine, given.affine, atol=1e-6)
+    assert run_make("prostate.make", tmp_path, *tiny, "predict").returncode != 0            # PREDICT_IN is needed
+
+
+def test_a_layout_built_from_other_volumes_is_refused(tmp_path, capsys):
+    write_case(tmp_path / "a", "a0")
+    write_case(tmp_path / "b", "b0")
+    out = tmp_path / "slices"
+    assert volumes.main(["slices", "--volumes", str(tmp_path / "a"), "--out", str(out)]) == 0
+    assert volumes.main(["slices", "--volumes", str(tmp_path / "b"), "--out", str(out)]) == 1
+    assert "already holds slices of" in capsys.readouterr().err
+    assert volumes.main(["slices", "--volumes", str(tmp_path / "a"), "--out", str(out)]) == 0      # the same: rebuilt
