@@ -146,9 +146,9 @@ $(PARAMS): $(VAL_RUNS) $(TAUFILE) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py choose --runs $(VAL_RUNS) --tau_file $(TAUFILE) --out $@
 
 # source-free (sourcefree.mk) with this chain's schedule; the test runs validate every epoch to compare the epochs
-# chosen by labels, by mu and the last. Histogram matching: no training, the source's intensities.
+# chosen by labels, by mu and the last. Histogram matching (hm): the source model on target scans matched to it.
 SF_SCHEDULE = --n_epoch $(call epochs,$(E_FT)) --iterations $(IT_FT) --lr_decay 1
-$(SF_RUNS) $(HM_RUNS): OPT = $(SF_$(subst hm,noadapt,$(method))) $(if $(filter sfda%,$(method)),--val_every 1 \
+$(SF_RUNS) $(HM_RUNS): OPT = $(SF_$(method)) $(if $(filter sfda%,$(method)),--val_every 1 \
 	--chosen $(SF_PARAMS)) --test_folder test --model_weights $(start)
 $(SF_RUNS): $$(SETS)/pair_$$(@F)_all $$(BASE)/$$(call src,$$(@F)) $$(if $$(filter sfda%,$$(method)),$(SIZEFILE) $(SF_PARAMS)) | $(PYDEP)
 	$(TRAIN)

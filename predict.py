@@ -76,7 +76,7 @@ def segment(net: torch.nn.Module, case: Case, prep: Preprocessing, device: torch
     """One volume: its segmentation on its own grid, its row of predictions.csv, and its middle slice's image."""
     images, _, geometry = prepare(case, prep)
     mu, empty, probs = mu_per_image(net, torch.from_numpy(images).unsqueeze(1), batch_size, device,
-                                    lambda: autocast(device, precision))
+                                    lambda: autocast(device, precision), keep_probs=True)
     probs = probs.numpy().transpose(1, 0, 2, 3)                      # (K, S, H, W)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0)
     foreground = probs.argmax(0) > 0

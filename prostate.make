@@ -40,9 +40,13 @@ endif
 # RECIPE=seed: seed 004's own SFDA schedule (Adam at 1e-6, 100 epochs, x0.9 every 20, batch 10) for sfda and
 # sfda_truesize, unguarded (the guard's ratio is logged all the same), into <root>_recipe_seed, from the same source model
 RECIPE ?= project
+SF_LR = 5e-5
+SF_EPOCHS = 20
 ifeq ($(RECIPE),seed)
 PR := $(PR)_recipe_seed
 SEED_GOAL = recipe
+SF_LR = 1e-6
+SF_EPOCHS = 100
 else ifneq ($(RECIPE),project)
 $(error RECIPE=$(RECIPE): expected project (the default) or seed (seed 004's own schedule))
 endif
@@ -81,9 +85,9 @@ $(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
 
 # ---------------------------------------------------------------- runs on the target
 # the source-free runs (sourcefree.mk) with seed 004's Adam schedule; full supervision from scratch (the oracle)
-SF_SCHEDULE = --l_rate $(if $(filter seed,$(RECIPE)),1e-6,5e-5) --lr_decay 0.9 --entmap
+SF_SCHEDULE = --l_rate $(SF_LR) --lr_decay 0.9 --entmap
 $(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS)
-$(SF_RUNS): N_EP = $(if $(filter seed,$(RECIPE)),100,20)
+$(SF_RUNS): N_EP = $(SF_EPOCHS)
 ifeq ($(RECIPE),seed)
 $(SF_RUNS): private BS = 10
 $(SF_RUNS): private GUARD = 0
@@ -110,7 +114,7 @@ $(PR)/lrgrid/sfda_lr%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 $(PR)/fn_%: OPT = $(SF_$(*F)) --model_weights $(M_WEIGHTS)
 $(PR)/fn_%: private SFDA_FN = $(*D)
 $(PR)/fn_%: private GUARD = 0
-$(PR)/fn_%: N_EP = 20
+$(PR)/fn_%: N_EP = $(SF_EPOCHS)
 $(PR)/fn_%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
 

@@ -148,10 +148,11 @@ def mu_subsample(patients: Sequence[str], slice_numbers: Sequence[int], n_images
 
 
 def mu_per_image(net: BlockNet, images: Tensor, batch_size: int, device: torch.device,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Tuple[Tensor, Tensor, Tensor]:
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 keep_probs: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(mu, empty, probs) of ``net`` on ``images`` (N, 1, H, W): mu per image (Eq. 12) from the network's last
-    feature layers and its own output (0 for an empty output), whether that output is empty, and its (N, C, H, W)
-    class probabilities. No label is read."""
+    feature layers and its own output (0 for an empty output), whether that output is empty, and, with
+    ``keep_probs``, its (N, C, H, W) class probabilities (else None). No label is read."""
     last = net.last_feature_layers()
     was_training = net.training
     net.eval()
@@ -164,9 +165,10 @@ def mu_per_image(net: BlockNet, images: Tensor, batch_size: int, device: torch.d
             fg_probs = foreground_probs(batch_probs)
             mu.append(mean_sa_score([taps[name].float() for name in last], fg_probs).cpu())
             empty.append((fg_probs.argmax(1) == 0).flatten(1).all(1).cpu())
-            probs.append(batch_probs.cpu())
+            if keep_probs:
+                probs.append(batch_probs.cpu())
     net.train(was_training)
-    return torch.cat(mu), torch.cat(empty), torch.cat(probs)
+    return torch.cat(mu), torch.cat(empty), torch.cat(probs) if keep_probs else None
 
 
 def label_free_mu(net: BlockNet, images: Tensor, batch_size: int, device: torch.device,

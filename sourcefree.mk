@@ -20,6 +20,7 @@ L_ENT = [('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 
 SF_METHODS = noadapt adabn sfda sfda_truesize
 SF_noadapt = --n_epoch 0 --target_losses="$(L_OR)"# the source model as it is
 SF_adabn = $(SF_noadapt) --adabn# its BatchNorm statistics re-estimated on the target
+SF_hm = $(SF_noadapt)# the source model on target images matched to the source's histogram (the chain's sets)
 SF_sfda = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SF_SCHEDULE) $(MU_OPT) $(GUARD_OPT)
 SF_sfda_truesize = --target_losses="$(call SFDA_LOSS,val_gt_size)" $(SF_SCHEDULE) $(MU_OPT) $(GUARD_OPT)# the upper bound
 SF_adaent = --target_losses="$(L_ENT)" $(SF_SCHEDULE) $(MU_OPT)# the entropy term alone (AdaEnt)

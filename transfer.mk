@@ -52,7 +52,7 @@ $(NARROW_RUNS): $$(SETS)/baseline_$$(@F) | $(PYDEP)
 	$(TRAIN)
 $(CR)/random: $(SETS)/baseline_0 | $(PYDEP)
 	$(TRAIN)
-$(filter-out $(CES)/%,$(filter $(CR)/%.pkl,$(foreach t,$(TE_TARGETS),$(call te_bank,$(t))))): | $$(@D) ;
+$(sort $(filter-out $(CES)/%,$(filter $(CR)/%.pkl,$(foreach t,$(TE_TARGETS),$(call te_bank,$(t)))))): | $$(@D) ;
 
 $(TE_VOXELS): $$(call te_pool,$$@) | $(PYDEP)
 	$(CC) $(CFLAGS) transfer.py sample --pool $</train $(TE_DATA) --seed $(TE_VOXEL_SEED) \
