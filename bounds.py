@@ -1,7 +1,8 @@
 """Bounds generators fed to the losses: a (C, 2) [lower, upper] size per slice and class, in pixels.
 
 Each generator is called once per dataset with all slices at once:
-``bounds(filenames, targets) -> (N, C, 2)``, targets being the (N, C, H, W) one-hot ground truth.
+``bounds(filenames, targets) -> (N, C, 2)``, targets being the (N, C, H, W) one-hot ground truth. A generator
+that does not ``reads_labels`` gets a shape-only tensor (device "meta") on a split without labels.
 """
 import ast
 from pathlib import Path
@@ -15,6 +16,8 @@ from utils import instantiate
 
 
 class Bounds:
+    reads_labels = True             # False: only the targets' shape is read, so an unlabelled split can use it
+
     def __call__(self, filenames: Sequence[str], targets: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -58,6 +61,7 @@ def read_size_column(sizefile: str, column: str) -> Dict[str, List[float]]:
 
 class PredictionBounds(Bounds):
     """Sizes read from column ``predcol`` of ``sizefile``, row ``val_ids == filename`` (the class-ratio prior)."""
+    reads_labels = False
 
     def __init__(self, sizefile: str, predcol: str = "dumbpredwtags", margin: float = 0, mode: str = "percentage",
                  idc: Optional[Sequence[int]] = None, dir: str = "high", power: float = 1):
@@ -116,6 +120,7 @@ class TagBounds(Bounds):
 
 class ConstantBounds(Bounds):
     """The same [value, value + margin] for every slice; ``values`` maps class index to pixels."""
+    reads_labels = False
 
     def __init__(self, values: Dict[int, float], margin: float = 0, mode: str = "percentage", **_compat: Any):
         self.values, self.margin, self.mode = {int(k): float(v) for k, v in values.items()}, float(margin), mode

@@ -7,7 +7,7 @@ the second the ground truth the losses see (GT gray level = class index).
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -150,15 +150,15 @@ def strip_extension(name: str) -> str:
 @dataclass
 class SliceSet:
     """All slices of one split, decoded once: images (N, 1, H, W) float32 (float16 when every file stores float16:
-    the network gets them as float32, exactly), labels (N, H, W) uint8."""
+    the network gets them as float32, exactly), labels (N, H, W) uint8 (None: an unlabelled split)."""
 
     root: Path
     filenames: List[str]
     images: Tensor
-    labels: Tensor
+    labels: Optional[Tensor]
     patients: List[str]
     slice_numbers: List[int]
-    spacing: Tuple[float, float, float]
+    spacings: Dict[str, Tuple[float, float, float]]     # per patient (row, column, slice) mm, from its first file
     bounds: List[Tensor] = field(default_factory=list)  # one (N, C, 2) per loss
 
     def __len__(self) -> int:
@@ -191,13 +191,15 @@ def _resolve(folder: Path, stem: str, reference: Path) -> Path:
 
 
 def load_split(root: Path, folders: str, n_class: int, grp_regex: str, debug: bool = False,
-               option: str = "--folders") -> SliceSet:
+               option: str = "--folders", labelled: bool = True) -> SliceSet:
     """``load_slices`` with the folders given as an option string (``option`` names it in errors)."""
-    return load_slices(root, parse_folders(folders, option), n_class, grp_regex, debug)
+    return load_slices(root, parse_folders(folders, option), n_class, grp_regex, debug, labelled)
 
 
-def load_slices(root: Path, folders: Folders, n_class: int, grp_regex: str, debug: bool = False) -> SliceSet:
-    """Decode every slice of ``root`` once. Images come from folders[0], labels from folders[1]."""
+def load_slices(root: Path, folders: Folders, n_class: int, grp_regex: str, debug: bool = False,
+                labelled: bool = True) -> SliceSet:
+    """Decode every slice of ``root`` once. Images come from folders[0], labels from folders[1]; an unlabelled
+    split (``labelled`` False: a target with tags only) reads no label and its ``labels`` is None."""
     if len(folders) < 2:
         raise DataError(f"{root}: --target_folders needs an image folder and a GT folder, got {len(folders)}")
     for sub, transform, is_hot in folders:
@@ -209,44 +211,49 @@ def load_slices(root: Path, folders: Folders, n_class: int, grp_regex: str, debu
         raise DataError(f"{img_dir}: the first folder must use an image transform, got {img_tf.__name__}")
 
     img_files = list_slices(img_dir)
-    gt_names = {strip_extension(p.name) for p in list_slices(gt_dir)}
-    orphans = sorted(gt_names - {strip_extension(p.name) for p in img_files})
-    if orphans:
-        raise DataError(f"{gt_dir}: ground truth {orphans[0]} has no image in {img_dir}")
+    if labelled:
+        gt_names = {strip_extension(p.name) for p in list_slices(gt_dir)}
+        orphans = sorted(gt_names - {strip_extension(p.name) for p in img_files})
+        if orphans:
+            raise DataError(f"{gt_dir}: ground truth {orphans[0]} has no image in {img_dir}")
     if debug:
         img_files = img_files[:10]
-    gt_files = [_resolve(gt_dir, strip_extension(p.name), p) for p in img_files]
-    for sub, _, _ in folders[2:]:
+    gt_files = [_resolve(gt_dir, strip_extension(p.name), p) for p in img_files] if labelled else [None] * len(img_files)
+    for sub, _, _ in folders[2:] if labelled else ():
         for p in img_files:  # extra folders (the seed lists GT twice) must be complete too
             _resolve(root / sub, strip_extension(p.name), p)
 
     images = labels = None          # filled in place: a list of slices and its stacked copy would double the peak
     for i, (ip, gp) in enumerate(zip(img_files, gt_files)):
-        img, gt = img_tf(ip), gt_tf(gp)
-        if img.shape != gt.shape:
+        img = img_tf(ip)
+        gt = gt_tf(gp) if labelled else None
+        if labelled and img.shape != gt.shape:
             raise DataError(f"{ip}: image shape {img.shape} differs from its ground truth {gp} {gt.shape}")
         if not np.isfinite(img).all():
             raise DataError(f"{ip}: NaN or Inf intensities")
         if images is None:
             images = np.empty((len(img_files), *img.shape), img.dtype)
-            labels = np.empty((len(img_files), *img.shape), np.uint8)
+            labels = np.empty((len(img_files), *img.shape), np.uint8) if labelled else None
         elif img.shape != images.shape[1:]:
             raise DataError(f"{img_dir}: slices of different shapes {sorted({images.shape[1:], img.shape})} "
                             f"({img_files[0].name}, {ip.name}); resample them to one shape")
         elif images.dtype != img.dtype == np.float32:      # float16 files, then another type: all float32 (once)
             images = images.astype(np.float32)
         images[i] = img
-        labels[i] = _check_labels(gt, gp, n_class)
+        if labelled:
+            labels[i] = _check_labels(gt, gp, n_class)
 
     names = [p.name for p in img_files]
     try:
         parsed = [parse_slice_name(n, grp_regex) for n in names]
     except DataError as e:
         raise DataError(f"{img_dir}: {e}") from None
-    return SliceSet(root=root, filenames=names,
-                    images=torch.from_numpy(images).unsqueeze(1), labels=torch.from_numpy(labels),
-                    patients=[p for p, _ in parsed], slice_numbers=[s for _, s in parsed],
-                    spacing=pixel_spacing(gt_files[0]))
+    patients = [p for p, _ in parsed]
+    first_file = dict(zip(reversed(patients), reversed(gt_files if labelled else img_files)))
+    return SliceSet(root=root, filenames=names, images=torch.from_numpy(images).unsqueeze(1),
+                    labels=torch.from_numpy(labels) if labelled else None,
+                    patients=patients, slice_numbers=[s for _, s in parsed],
+                    spacings={pid: pixel_spacing(path) for pid, path in first_file.items()})
 
 
 def _check_labels(gt: np.ndarray, path: Path, n_class: int) -> np.ndarray:

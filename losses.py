@@ -18,6 +18,7 @@ Terms = Tuple[Tensor, Tensor]
 
 class Loss:
     layers: Tuple[str, ...] = ()        # the feature layers the loss reads (networks.tapped names)
+    reads_labels = True                 # False: target is never read, so an unlabelled split (None) can use it
 
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
         raise NotImplementedError
@@ -72,6 +73,7 @@ class DiceLoss(Loss):
 
 class SelfEntropy(Loss):
     """Class-weighted Shannon entropy of the prediction (AdaEnt), per-pixel mean over classes ``idc``."""
+    reads_labels = False
 
     def __init__(self, idc: Sequence[int], weights: Sequence[float]):
         self.idc = list(idc)
@@ -108,6 +110,7 @@ class EntKLProp(Loss):
         self.lamb_se, self.lamb_consprior = float(lamb_se), float(lamb_consprior)
         self.power, self.curi, self.ivd = power, bool(curi), bool(ivd)
         self.size_fn = SIZE_FUNCTIONS[fn]
+        self.reads_labels = not self.curi              # the prior from the bounds, or from the batch's labels
 
     def terms(self, probs: Tensor, target: Tensor, bounds: Tensor) -> Terms:
         if not simplex(probs):
@@ -135,6 +138,7 @@ class NaivePenalty(Loss):
     sum_b,c (max(0, v - upper)^2 + max(0, lower - v)^2) / (W*H)^2 with v = fn(probs); with
     norm_soft_size the bounds are divided by W*H first (as in the SFDA code).
     """
+    reads_labels = False
 
     def __init__(self, idc: Sequence[int], power: float = 1, fn: str = "soft_size", curi: bool = True):
         if fn not in SIZE_FUNCTIONS:

@@ -37,23 +37,27 @@ import torch
 from torch import Tensor
 
 from checkpoints import load_checkpoint, network_from_checkpoint, save_checkpoint
-from dataloader import (SliceSet, check_disjoint_patients, load_slices, parse_folders, save_entropy_maps,
-                        save_predictions)
+from dataloader import (DataError, SliceSet, check_disjoint_patients, load_slices, parse_folders,
+                        save_entropy_maps, save_predictions)
 from metrics import dice_2d, evaluate, evaluate_volumes, size_stats
 from networks import BlockNet, build_network
 from options import LossSpec, check_options, get_args, parse_losses
 from prototypes import label_free_mu, mu_subsample
 from resume import RESUME, History, prepare_workdir, restore, resume_state, save_resume_state
 from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
-from spottune import SpotTUnet
+from spottune import SpotTUnet, policy_table
 from tables import COLLAPSE_FILE, TESTED_WEIGHTS
-from training import PassResult, autocast, reestimate_batchnorm, run_pass
+from training import PassResult, autocast, native_bf16, reestimate_batchnorm, run_pass
 from utils import OptionError, class2one_hot, exp_lr_scheduler, one_error_line, record_provenance, write_csv_atomic
 
 write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
 
 
 # ---------------------------------------------------------------- setup
+
+# the validation scores of an unlabelled split (--label_free): none, so no epoch is ever the best by Dice
+UNSCORED: Dict[str, Any] = {"dice2d": float("nan"), "dice3d": float("nan"), "dice3d_sd": float("nan"), "per_patient": None}
+
 
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
@@ -144,8 +148,18 @@ def build_optimizers(net: torch.nn.Module, args: argparse.Namespace) -> List[tor
 
 def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> None:
     """Compute every loss's bounds for every slice once: data.bounds[i] is (N, C, 2). The split's float
-    one-hot (N x C x H x W x 4 bytes) is built only when a loss has bounds (supervised runs skip it)."""
-    targets = class2one_hot(data.labels, n_class) if any(spec.bounds is not None for spec in specs) else None
+    one-hot (N x C x H x W x 4 bytes) is built only when a loss has bounds (supervised runs skip it); an
+    unlabelled split gives its shape alone, to the bounds that read no label."""
+    with_bounds = [spec for spec in specs if spec.bounds is not None]
+    if data.labels is None:
+        for spec in specs:
+            if spec.loss.reads_labels or (spec.bounds is not None and spec.bounds.reads_labels):
+                raise DataError(f"{data.root}: holds no labels (--label_free), but the loss {spec.name} "
+                                f"{'or its bounds ' if spec.bounds is not None else ''}read them; use a label-free "
+                                f"loss (SelfEntropy, EntKLProp with PredictionBounds)")
+        targets = torch.empty(len(data), n_class, *data.images.shape[2:], device="meta")
+    else:
+        targets = class2one_hot(data.labels, n_class) if with_bounds else None
     data.bounds = [spec.bounds(data.filenames, targets) if spec.bounds is not None
                    else torch.zeros(len(data), n_class, 2) for spec in specs]
 
@@ -156,7 +170,8 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
     """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained."""
     nan = float("nan")
     tra_size = size_stats(tra.pred[tra.seen]) if tra else (nan, nan)
-    val_size, gt_size = size_stats(val_pass.pred), size_stats(val.labels)
+    val_size = size_stats(val_pass.pred)
+    gt_size = size_stats(val.labels) if val.labels is not None else (nan, nan)
     row = {"epoch": epoch,
            "tra_loss_s": tra.loss_s if tra else nan, "tra_loss_cons": tra.loss_cons if tra else nan,
            "tra_loss_tot": tra.loss_s + tra.loss_cons if tra else nan,
@@ -175,11 +190,6 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
     return row
 
 
-def policy_table(net: SpotTUnet, frozen_sum: Tensor, n_slices: int) -> pd.DataFrame:
-    """SpotTUnet on the test slices: per unit, the share of slices that chose the fine-tuned copy."""
-    return pd.DataFrame({"unit": net.unit_names, "p_finetuned": (1 - frozen_sum / n_slices).numpy()})
-
-
 # ---------------------------------------------------------------- the run, in its stages
 
 @dataclass
@@ -188,17 +198,6 @@ class Data:
     val: SliceSet
     test: Optional[SliceSet]
     mu_index: Optional[Tensor] = None    # --mu_images: the training slices that mu is measured on
-
-
-def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the device computes bfloat16 in hardware: a bf16 GPU, or a CPU with AMX-BF16 or AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = cpuinfo.read_text().split()
-    except OSError:                     # not Linux: no cheap way to know, so not assumed
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:
@@ -217,8 +216,9 @@ def load_data(args: argparse.Namespace, specs: Sequence[LossSpec]) -> Data:
     train_folders = parse_folders(args.target_folders, "--target_folders")
     val_folders = parse_folders(args.val_target_folders, "--val_target_folders")
     root = Path(args.target_dataset)
-    train = load_slices(root / "train", train_folders, args.n_class, args.grp_regex, args.debug)
-    val = load_slices(root / "val", val_folders, args.n_class, args.grp_regex, args.debug)
+    labelled = not args.label_free
+    train = load_slices(root / "train", train_folders, args.n_class, args.grp_regex, args.debug, labelled)
+    val = load_slices(root / "val", val_folders, args.n_class, args.grp_regex, args.debug, labelled)
     check_disjoint_patients(train, val)
     test = None
     if args.test_folder:
@@ -284,7 +284,8 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
         tra: Optional[PassResult] = None
         if args.n_epoch > 0:
             tra = run_pass(net, data.train, specs, args, device, optimizers, generator, f"train {epoch}")
-            tra.dice2d = dice_2d(tra.pred[tra.seen], data.train.labels[tra.seen], args.n_class, args.metric_axis)
+            if data.train.labels is not None:
+                tra.dice2d = dice_2d(tra.pred[tra.seen], data.train.labels[tra.seen], args.n_class, args.metric_axis)
             if not args.flr:
                 for optimizer in optimizers:
                     exp_lr_scheduler(optimizer, epoch, args.lr_decay, args.lr_decay_epoch,
@@ -303,7 +304,8 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
         seconds["compute"] += tra.compute_s if tra else 0.0
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == n_epochs or collapsed:
             val_pass = run_pass(net, data.val, specs, args, device, [], generator, f"val {epoch}", keep_entropy=args.entmap)
-            val_eval = evaluate(val_pass.pred, data.val, args.n_class, args.metric_axis, args.hd95)
+            val_eval = (evaluate(val_pass.pred, data.val, args.n_class, args.metric_axis, args.hd95)
+                        if data.val.labels is not None else UNSCORED)
             t2 = time.perf_counter()
             seconds["val"] += t2 - t1
             seconds["compute"] += val_pass.compute_s
@@ -365,6 +367,8 @@ def write_outputs(savedir: Path, args: argparse.Namespace, net: torch.nn.Module,
     save_checkpoint(savedir / "last.pkl", net, epoch=last, val_dice_3d=history.rows[-1]["val_dice_3d"])
     (savedir / "last_epoch.txt").write_text(str(last))
     best = history.best
+    if best["epoch"] < 0:                          # --label_free: no label chose an epoch
+        return
     write_csv(best["per_patient"], savedir / "val_dice_3d_per_patient.csv")
     if args.saveim:
         save_predictions(savedir / "best_epoch_3d" / "val", val.filenames, best["pred"])
@@ -415,8 +419,9 @@ def run(args: argparse.Namespace) -> None:
     history.seconds["total"] = history.total_seconds()
     (savedir / RESUME).unlink(missing_ok=True)
     write_run_stats(savedir, history.seconds)
-    print(f">> results in {savedir}; best 3D dice {history.best['dice']:.4f} at epoch {history.best['epoch']} "
-          f"({history.seconds['total']:.0f}s)")
+    best = (f"best 3D dice {history.best['dice']:.4f} at epoch {history.best['epoch']}" if history.best["epoch"] >= 0
+            else "no labels, no Dice")
+    print(f">> results in {savedir}; {best} ({history.seconds['total']:.0f}s)")
 
 
 # what stops a run with one error line: bad options, data or checkpoints, an existing result, a diverging loss

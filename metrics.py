@@ -4,7 +4,7 @@ Dice is 2|P & G| / (|P| + |G|), 1 when both masks are empty (dice_from_sizes); e
 HD95/ASSD follow medpy's definitions: surfaces are the voxels removed by one erosion with the face-connected
 structure, distances come from a Euclidean distance transform with the voxel spacing.
 """
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -94,21 +94,25 @@ def patient_volumes(pred: np.ndarray, gt: np.ndarray, patients: Sequence[str],
         yield pid, pred[rows], gt[rows]
 
 
+def volume_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
+    """(row, column, slice) as the files give it -> the order of a stacked volume (slice, row, column)."""
+    return (spacing[2], spacing[0], spacing[1])
+
+
 def per_patient_hd(pred: Tensor, gt: Tensor, patients: Sequence[str], slice_numbers: Sequence[int],
-                   spacing: Sequence[float], classes: Sequence[int]) -> Dict[str, np.ndarray]:
+                   spacings: Mapping[str, Sequence[float]], classes: Sequence[int]) -> Dict[str, np.ndarray]:
     """HD95 and ASSD per patient (slices stacked in slice order) for each class of ``classes``.
 
-    pred, gt: (N, H, W) labels. ``spacing`` is (row, column, slice) as read from the files.
+    pred, gt: (N, H, W) labels. ``spacings``: each patient's (row, column, slice) as read from its files.
     Returns {"hd95": (P, len(classes)), "assd": (P, len(classes))}, patients sorted.
     """
     n_patients = len(set(patients))
     hd = np.full((n_patients, len(classes)), np.nan)
     asd = np.full((n_patients, len(classes)), np.nan)
-    vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
     volumes = patient_volumes(pred.cpu().numpy(), gt.cpu().numpy(), patients, slice_numbers)
-    for i, (_, p, g) in enumerate(volumes):
+    for i, (pid, p, g) in enumerate(volumes):
         for j, k in enumerate(classes):
-            hd[i, j], asd[i, j] = hd95_assd(p == k, g == k, vol_spacing)
+            hd[i, j], asd[i, j] = hd95_assd(p == k, g == k, volume_spacing(spacings[pid]))
     return {"hd95": hd, "assd": asd}
 
 
@@ -202,7 +206,7 @@ def evaluate(pred: Tensor, data: SliceSet, n_class: int, metric_axis: Sequence[i
     out = {"dice2d": dice2d, "dice3d": round(d3_mean.mean().item(), 4),
            "dice3d_sd": round(d3_mean.std().item(), 4) if len(ids) > 1 else 0.0, "per_patient": per_patient}
     if do_hd:
-        hd = per_patient_hd(pred, data.labels, data.patients, data.slice_numbers, data.spacing, axis)
+        hd = per_patient_hd(pred, data.labels, data.patients, data.slice_numbers, data.spacings, axis)
         for j, k in enumerate(axis):
             per_patient[f"hd95_c{k}"], per_patient[f"assd_c{k}"] = hd["hd95"][:, j], hd["assd"][:, j]
         out["hd95"] = float(np.nanmean(hd["hd95"])) if np.isfinite(hd["hd95"]).any() else float("nan")
@@ -213,11 +217,10 @@ def evaluate(pred: Tensor, data: SliceSet, n_class: int, metric_axis: Sequence[i
 def evaluate_volumes(pred: Tensor, data: SliceSet, metric_axis: Sequence[int], tolerance: float,
                      spacing: Optional[Sequence[float]] = None) -> pd.DataFrame:
     """Per test volume: 3D Dice and surface Dice at ``tolerance`` mm of each metric_axis class, and their means;
-    ``spacing`` (row, column, slice) replaces the files' when given."""
-    spacing = spacing or data.spacing                 # (row, column, slice)
-    vol_spacing = (spacing[2], spacing[0], spacing[1])  # volumes are stacked as (slice, row, column)
+    ``spacing`` (row, column, slice) replaces each patient's own (its files') when given."""
     rows = []
     for pid, p, g in patient_volumes(pred.numpy(), data.labels.numpy(), data.patients, data.slice_numbers):
+        vol_spacing = volume_spacing(spacing or data.spacings[pid])
         row: Dict[str, Any] = {"patient": pid}
         for k in metric_axis:
             pk, gk = p == k, g == k

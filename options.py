@@ -125,6 +125,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--policy_lr", type=float, default=0.01, help="SpotTUnet policy SGD learning rate")
     parser.add_argument("--policy_wd", type=float, default=1e-3, help="SpotTUnet policy weight decay")
     parser.add_argument("--test_folder", default="", help="split of --target_dataset evaluated with the last weights")
+    parser.add_argument("--label_free", action="store_true",
+                        help="the target's train and val splits hold images only (a target with tags): no Dice, no "
+                             "best_3d.pkl; last.pkl and, with --mu_images, best_mu.pkl are the run's models")
     parser.add_argument("--spacing", default="", help="voxel spacing row,column,slice in mm (default: file headers)")
     parser.add_argument("--sdice_tol", type=float, default=1.0, help="surface Dice tolerance in mm")
     parser.add_argument("--chosen", default="", metavar="FILE[:COLUMN=VALUE]",
@@ -206,6 +209,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError("--metric_axis needs at least one class, e.g. --metric_axis 1")
     if args.network == "checkpoint" and not args.model_weights:
         raise OptionError("--network checkpoint reads the architecture from --model_weights, which is missing")
+    if args.label_free and args.test_folder:
+        raise OptionError("--label_free and --test_folder: a test split is scored against labels; drop one")
     if args.mu_images < 0 or (args.mu_images and args.spottune):
         raise OptionError(f"--mu_images {args.mu_images}: expected a slice count >= 0, and no --spottune "
                           f"(mu reads a plain network's last feature layers)")

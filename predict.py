@@ -110,10 +110,23 @@ def overview(panels: List[Tuple[str, np.ndarray]], out: Path) -> None:
     save_figure(fig, out)
 
 
+def deployed_run(choice: Path) -> Tuple[Path, str, str]:
+    """(run, weights, every candidate's mean mu) of the run a deploy.py choose csv deploys."""
+    table = pd.read_csv(choice)
+    if "deployed" not in table or table["deployed"].sum() != 1:
+        raise DataError(f"{choice}: not a deploy.py choose table with one deployed run")
+    row = table[table["deployed"]].iloc[0]
+    candidates = "; ".join(f"{Path(r).name} {m:.4f}" for r, m in zip(table["run"], table["mean_mu"]))
+    return Path(row["run"]), row["weights"], candidates
+
+
 def predict(args: argparse.Namespace) -> None:
-    params = read_params(args.run)
-    prep = run_preprocessing(args.run, params)
-    weights = args.run / args.weights
+    if (args.run is None) == (args.choice is None):
+        raise DataError("predict.py: give --run RUN [--weights W] or --choice deploy.csv (the run mu deploys)")
+    run, weights_name, candidates = deployed_run(args.choice) if args.choice else (args.run, args.weights, "")
+    params = read_params(run)
+    prep = run_preprocessing(run, params)
+    weights = run / weights_name
     net = network_from_checkpoint(weights, "checkpoint", None)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if args.threads:
@@ -133,6 +146,8 @@ def predict(args: argparse.Namespace) -> None:
             panels[case.name] = panel
         table = pd.DataFrame(rows).sort_values(["mu", "volume"], kind="stable")
         table["model"] = str(weights)
+        if candidates:
+            table["deployed_by"] = f"the highest mean mu on the target training images ({args.choice}): {candidates}"
         table["mu_threshold"] = threshold
         table["threshold_rule"] = (f"the {args.percentile:g}th percentile of mu over {n_ref} source validation patients "
                                    f"({args.reference})" if threshold is not None else "none (no --reference)")
@@ -143,7 +158,8 @@ def predict(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a run directory of main.py")
+    parser.add_argument("--run", type=Path, help="a run directory of main.py")
+    parser.add_argument("--choice", type=Path, help="a deploy.py choose csv: the run it deploys (instead of --run)")
     parser.add_argument("--weights", choices=WEIGHTS, default="best_3d.pkl", help="which of the run's checkpoints")
     parser.add_argument("--input", type=Path, required=True,
                         help="a folder of NIfTI volumes, or an nnU-Net / Decathlon dataset (its test images)")

@@ -10,9 +10,14 @@ include sourcefree.mk
 SRC_VOLS ?=
 TGT_VOLS ?=
 VOL_OPT ?=
+# TGT_TAGS=<csv>: the target's volumes have no labels, only tags (volume,class,first,last: the first and last slice,
+# in the volume file's voxel index, that contain the class); the label-free chain runs: noadapt, adabn, sfda (no fs, no
+# TrueSize, no Dice: they read target labels), and mu chooses the model to deploy ($(PR)/label_free.md)
+TGT_TAGS ?=
+LABEL_FREE = $(if $(TGT_TAGS),--label_free)
 vol_name = $(notdir $(abspath $(1)))
-ifneq ($(SRC_VOLS)$(TGT_VOLS),)
-$(if $(and $(SRC_VOLS),$(TGT_VOLS)),,$(error SRC_VOLS and TGT_VOLS go together: the source's and the target's volumes))
+ifneq ($(SRC_VOLS)$(TGT_VOLS)$(TGT_TAGS),)
+$(if $(and $(SRC_VOLS),$(TGT_VOLS)),,$(error SRC_VOLS and TGT_VOLS go together (TGT_TAGS: the tags of TGT_VOLS)))
 SRC_NAME = $(call vol_name,$(SRC_VOLS))
 SRC = $(DATA)/$(SRC_NAME)_slices
 SHIFT = $(call vol_name,$(TGT_VOLS))
@@ -67,7 +72,11 @@ PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
 REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
+ifeq ($(TGT_TAGS),)
 all: pack report protoseg
+else
+all: $(PR)/label_free.md
+endif
 recipe: $(PR)/sfda $(PR)/sfda_truesize
 sourcefree: $(CES) $(addprefix $(PR)/,$(SF_METHODS))# the source model and its source-free runs
 pack: $(PACK)
@@ -80,13 +89,13 @@ $(SRC): $(shell find $(SRC_VOLS) -type f) | $(PYDEP)
 $(TGT): $(SRC) $(shell find $(TGT_VOLS) -type f) | $(PYDEP)
 	$(CC) $(CFLAGS) volumes.py slices --volumes $(TGT_VOLS) --like $(SRC) --seed $(DATA_SEED) --out $@
 endif
-$(SIZEFILE): $(SRC) $(TGT) | $(PYDEP)
-	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) --out $@
+$(SIZEFILE): $(SRC) $(TGT) $(TGT_TAGS) | $(PYDEP)
+	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) $(if $(TGT_TAGS),--tags $(TGT_TAGS)) --out $@
 
 # ---------------------------------------------------------------- runs on the target
 # the source-free runs (sourcefree.mk) with seed 004's Adam schedule; full supervision from scratch (the oracle)
 SF_SCHEDULE = --l_rate $(SF_LR) --lr_decay 0.9 --entmap
-$(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS)
+$(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS) $(LABEL_FREE)
 $(SF_RUNS): N_EP = $(SF_EPOCHS)
 ifeq ($(RECIPE),seed)
 $(SF_RUNS): private BS = 10
@@ -118,22 +127,30 @@ $(PR)/fn_%: N_EP = $(SF_EPOCHS)
 $(PR)/fn_%: $(SIZEFILE) $(TGT) $(SOURCE_CES) | $(PYDEP)
 	$(TRAIN)
 
-# ---------------------------------------------------------------- a run's model on new volumes (predict.py)
-# make -f prostate.make predict PREDICT_IN=<volumes> [PREDICT_RUN=sfda] [PREDICT_WEIGHTS=last.pkl] (with SRC_VOLS and
-# TGT_VOLS: the runs' data must come from volumes.py) -> $(PR)/predict/<run>/<input folder name>/; the last epoch's
-# weights by default (no target label chose them); mu's flag threshold from the source validation patients
+# ---------------------------------------------------------------- which model to deploy, a run's model on new volumes
+# deploy.csv: the target-side runs' mean mu over the target training images (no label read), the highest deployed
+DEPLOY_RUNS = $(addprefix $(PR)/,noadapt adabn sfda)
+$(PR)/deploy.csv: $(DEPLOY_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) deploy.py choose --runs $^ --out $@
+$(PR)/label_free.md: $(PR)/deploy.csv | $(PYDEP)
+	$(CC) $(CFLAGS) deploy.py report --choice $< --out $@ --title "SFDA without target labels: $(SHIFT) ($(NET), seed $(SEED))"
+# make -f prostate.make predict PREDICT_IN=<volumes> [PREDICT_RUN=sfda|auto|...] [PREDICT_WEIGHTS=last.pkl] (with
+# SRC_VOLS and TGT_VOLS: the runs' data must come from volumes.py) -> $(PR)/predict/<run>/<input folder name>/; the last
+# epoch's weights by default (no target label chose them); auto: the run deploy.csv deploys; mu's flag threshold from
+# the source validation patients
 PREDICT_RUN ?= sfda
 PREDICT_WEIGHTS ?= last.pkl
 PREDICT_IN ?=
 PREDICTION = $(PR)/predict/$(PREDICT_RUN)/$(call vol_name,$(PREDICT_IN))
+PREDICT_FROM = $(if $(filter auto,$(PREDICT_RUN)),$(PR)/deploy.csv,$(PR)/$(PREDICT_RUN))
 ifneq ($(filter predict,$(MAKECMDGOALS)),)
 $(if $(PREDICT_IN),,$(error predict needs PREDICT_IN=<a folder of volumes or a dataset>))
 endif
 .PHONY: predict
 predict: $(PREDICTION)
-$(PREDICTION): $(PR)/$(PREDICT_RUN) $(if $(PREDICT_IN),$(shell find $(PREDICT_IN) -type f)) | $(PYDEP)
-	$(LAUNCH) $(CC) $(CFLAGS) predict.py --run $< --weights $(PREDICT_WEIGHTS) --input $(PREDICT_IN) --reference $(SRC)/val \
-		$(if $(THREADS),--threads $(THREADS)) --out $@
+$(PREDICTION): $(PREDICT_FROM) $(if $(PREDICT_IN),$(shell find $(PREDICT_IN) -type f)) | $(PYDEP)
+	$(LAUNCH) $(CC) $(CFLAGS) predict.py $(if $(filter auto,$(PREDICT_RUN)),--choice $<,--run $< --weights $(PREDICT_WEIGHTS)) \
+		--input $(PREDICT_IN) --reference $(SRC)/val $(if $(THREADS),--threads $(THREADS)) --out $@
 
 # ---------------------------------------------------------------- ProtoSeg (seed 003): which layers carry the shift
 # SA per feature layer and unit, mu per image against Dice: the source model on source and target validation,

@@ -23,6 +23,7 @@ slices (a brain's area changes several-fold from the skull base to the vertex). 
 cache), so one csv serves every experiment drawn from it.
 """
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +35,7 @@ from scipy import ndimage
 
 from dataloader import DataError, gt_transform, list_slices, parse_slice_name
 from utils import one_error_line, parse_spacing, write_csv_atomic
+from volumes import canonical_slice_range
 
 
 def read_labels(folder: Path) -> List[np.ndarray]:
@@ -81,6 +83,56 @@ def size_table(target: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame
         raise DataError(f"{target}: slice {table.loc[table['val_ids'].duplicated(), 'val_ids'].iloc[0]} "
                         f"is in both train and val")
     return table
+
+
+def read_tags(tags_file: Path, manifest: pd.DataFrame, n_class: int) -> pd.DataFrame:
+    """The tags file (volume, class, first, last: the first and last slice containing the class, in the volume
+    file's own voxel index), checked against the layout's volumes and turned into layout slice numbers."""
+    try:
+        tags = pd.read_csv(tags_file)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{tags_file}: cannot read ({e})") from None
+    missing = {"volume", "class", "first", "last"} - set(tags.columns)
+    if missing:
+        raise DataError(f"{tags_file}: no column {', '.join(sorted(missing))} (expected volume,class,first,last)")
+    tags = tags[["volume", "class", "first", "last"]].rename(columns={"class": "cls"}).astype({"volume": str})
+    volumes = manifest.groupby("case").first()
+    for row in tags.itertuples():
+        where = f"{tags_file} line {row.Index + 2}"
+        if row.volume not in volumes.index:
+            raise DataError(f"{where}: unknown volume {row.volume!r} (the layout's: {', '.join(volumes.index[:5])}...)")
+        if not (str(row.cls).isdigit() and 1 <= int(row.cls) < n_class):
+            raise DataError(f"{where}: class {row.cls!r} is not a foreground class 1..{n_class - 1}")
+        if not all(str(v).lstrip("-").isdigit() for v in (row.first, row.last)):
+            raise DataError(f"{where}: first and last are slice indices, got {row.first!r}, {row.last!r}")
+    untagged = sorted(set(volumes.index) - set(tags["volume"]))
+    if untagged:
+        raise DataError(f"{tags_file}: no tag for volume {untagged[0]} ({len(untagged)} untagged): give the first and "
+                        f"last slice of each class it contains")
+    ranges = [canonical_slice_range(np.array(json.loads(volumes.at[r.volume, "affine"])),
+                                    json.loads(volumes.at[r.volume, "shape"]), int(volumes.at[r.volume, "axis"]),
+                                    int(r.first), int(r.last), f"{tags_file} line {r.Index + 2} ({r.volume})")
+              for r in tags.itertuples()]
+    return tags.assign(lo=[lo for lo, _ in ranges], hi=[hi for _, hi in ranges], cls=tags["cls"].astype(int))
+
+
+def tags_table(target: Path, tags_file: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame:
+    """The size csv of an unlabelled target from its tags: a tagged class gets the constant, others 0; no true size."""
+    if not (target / "manifest.csv").is_file():
+        raise DataError(f"{target}: no manifest.csv; --tags reads a layout that volumes.py slices wrote")
+    manifest = pd.read_csv(target / "manifest.csv")
+    tags = read_tags(tags_file, manifest, n_class)
+    h, w = json.loads((target / "preprocessing.json").read_text())["size"]
+    present = np.zeros((len(manifest), n_class), bool)
+    for tag in tags.itertuples():
+        present[:, tag.cls] |= ((manifest["case"] == tag.volume) & manifest["index"].between(tag.lo, tag.hi)).to_numpy()
+    if constant[1:].sum() > h * w:
+        raise DataError(f"{target}: the constant sizes {constant[1:].tolist()} exceed the slice's w*h = {h * w}")
+    fg = np.where(present[:, 1:], constant[1:], 0.0)
+    no_tags = np.concatenate([[h * w - constant[1:].sum()], constant[1:]])
+    return pd.DataFrame({"val_ids": manifest["slice"], "val_gt_size": "",
+                         "dumbpredwtags": [fmt(np.concatenate([[h * w - f.sum()], f])) for f in fg],
+                         "dumbprednotags": fmt(no_tags)})
 
 
 def template_slice_profile() -> np.ndarray:
@@ -142,6 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--profile", choices=["flat", "mni152"], default="flat",
                         help="with --volume_ml: spread the volume evenly over the tagged slices (flat) or as the "
                              "MNI152 brain's axial area profile (mni152; the slice axis must be axial)")
+    parser.add_argument("--tags", type=Path, help="an unlabelled target's tags csv (volume,class,first,last: the first "
+                                                  "and last slice containing the class, the volume file's voxel index)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n_class", type=int, default=2)
     parser.add_argument("--constant", type=float, nargs="*", help="foreground sizes in pixels, one per class > 0")
@@ -168,7 +222,12 @@ def write_sizes(args: argparse.Namespace) -> None:
         constant = np.round(mean_positive_sizes(read_labels(args.source / "train" / "GT"), args.n_class))
     else:
         raise DataError("give --source (to publish its mean organ size) or --constant")
-    if args.volume_ml is None:
+    if args.tags is not None:
+        table = tags_table(args.target, args.tags, constant, args.n_class)
+    elif args.volume_ml is None:
+        if not (args.target / "train" / "GT").is_dir():
+            raise DataError(f"{args.target}: no labels (train/GT); give --tags FILE: per volume and class, the first "
+                            f"and last slice that contain the class (volume,class,first,last)")
         table = size_table(args.target, constant, args.n_class)
     write_csv_atomic(table, args.out)
     unit = "mL per volume" if args.volume_ml is not None else "px"

@@ -18,7 +18,8 @@ SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_
 L_ENT = [('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]
 
 SF_METHODS = noadapt adabn sfda sfda_truesize
-SF_noadapt = --n_epoch 0 --target_losses="$(L_OR)"# the source model as it is
+L_EVAL = $(if $(LABEL_FREE),$(L_ENT),$(L_OR))# the loss an evaluation-only run logs (a label-free target: the entropy)
+SF_noadapt = --n_epoch 0 --target_losses="$(L_EVAL)"# the source model as it is
 SF_adabn = $(SF_noadapt) --adabn# its BatchNorm statistics re-estimated on the target
 SF_hm = $(SF_noadapt)# the source model on target images matched to the source's histogram (the chain's sets)
 SF_sfda = --target_losses="$(call SFDA_LOSS,dumbpredwtags)" $(SF_SCHEDULE) $(MU_OPT) $(GUARD_OPT)

@@ -5,6 +5,7 @@ per unit and per image with a hard Gumbel-softmax (straight-through). a = 1 sele
 out = a * frozen + (1 - a) * tuned.
 """
 import copy
+import pandas as pd
 from typing import Optional
 
 import torch
@@ -118,3 +119,8 @@ def tuned_copy(spot: SpotTUnet) -> BlockNet:
         parent_name, _, child = name.rpartition(".")
         setattr(net.get_submodule(parent_name), child, net.get_submodule(name).tuned)
     return net
+
+
+def policy_table(net: SpotTUnet, frozen_sum: Tensor, n_slices: int) -> pd.DataFrame:
+    """SpotTUnet on the test slices: per unit, the share of slices that chose the fine-tuned copy."""
+    return pd.DataFrame({"unit": net.unit_names, "p_finetuned": (1 - frozen_sum / n_slices).numpy()})

@@ -7,6 +7,7 @@ import argparse
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ContextManager, Optional, Sequence, Tuple
 
 import numpy as np
@@ -102,9 +103,10 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     net.train(training)
     spot = net if isinstance(net, SpotTUnet) else None
     penalty = SpotTUnetPenalty(args.k_reg)
-    pred = torch.zeros(data.labels.shape, dtype=torch.uint8, device=device)
+    shape = (len(data), *data.images.shape[2:])                    # (N, H, W)
+    pred = torch.zeros(shape, dtype=torch.uint8, device=device)
     seen = torch.zeros(len(data), dtype=torch.bool, device=device)
-    entropy = torch.empty(data.labels.shape, dtype=torch.float16, device=device) if keep_entropy else None
+    entropy = torch.empty(shape, dtype=torch.float16, device=device) if keep_entropy else None
     frozen_sum = torch.zeros(len(spot.units), dtype=torch.float64, device=device) if spot else None
     sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
     size_sums = torch.zeros(3, dtype=torch.float64, device=device)  # PassResult's three sizes summed over slices
@@ -120,7 +122,7 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     with torch.enable_grad() if training else torch.no_grad(), tapped(net, tap_names) as taps:
         for idx in tqdm(batches, desc=desc, leave=False, disable=None):
             images = data.images[idx].to(device, torch.float32, memory_format=memory)
-            target = class2one_hot(data.labels[idx], args.n_class).to(device)
+            target = class2one_hot(data.labels[idx], args.n_class).to(device) if data.labels is not None else None
             t0 = time.perf_counter()
             with autocast(device, args.precision):
                 logits = net(images)
@@ -169,3 +171,14 @@ def foreground_sizes(probs: Tensor, bounds: Optional[Tensor]) -> Tensor:
     norm_soft = (1 - norm_soft_size(probs.float())[:, 0]).sum() * h * w
     prior = bounds[:, 1:, 0].sum().to(probs.device) if bounds is not None else torch.zeros((), device=probs.device)
     return torch.stack([soft.double(), norm_soft.double(), prior.double()])
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the device computes bfloat16 in hardware: a bf16 GPU, or a CPU with AMX-BF16 or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:                     # not Linux: no cheap way to know, so not assumed
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

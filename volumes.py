@@ -235,6 +235,18 @@ def canonical_grid(path: Path) -> Tuple[List[int], List[float]]:
     return [int(img.shape[i]) for i in order], [float(img.header.get_zooms()[i]) for i in order]
 
 
+def canonical_slice_range(affine: np.ndarray, shape: Sequence[int], axis: int, first: int, last: int,
+                          where: str) -> Tuple[int, int]:
+    """Slices first..last of a volume file, counted along the file's own axis that becomes the canonical ``axis``
+    (the voxel index a viewer shows), as indices of the canonical slice stack (the layout's slice numbers)."""
+    ornt = nib.orientations.io_orientation(affine)
+    original = int(np.flatnonzero(ornt[:, 0] == axis)[0])
+    n = int(shape[original])
+    if not 0 <= first <= last < n:
+        raise DataError(f"{where}: slices {first}..{last} outside the volume's 0..{n - 1} along its axis {original}")
+    return (first, last) if ornt[original, 1] > 0 else (n - 1 - last, n - 1 - first)
+
+
 def inplane(values: Sequence, axis: int) -> list:
     return [v for i, v in enumerate(values[:3]) if i != axis]
 

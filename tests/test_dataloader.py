@@ -28,7 +28,7 @@ def test_loads_and_groups(tmp_path):
     assert data.images.shape == (3, 1, 6, 6) and data.labels.shape == (3, 6, 6)
     assert data.images.max().item() == pytest.approx(128 / 255)
     assert data.patients == ["Case03", "Case03", "Case07"] and data.slice_numbers == [10, 2, 0]
-    assert data.spacing == (1.0, 1.0, 1.0)
+    assert data.spacings == {"Case03": (1.0, 1.0, 1.0), "Case07": (1.0, 1.0, 1.0)}
 
 
 def test_capture_group_names_the_patient():
@@ -45,7 +45,7 @@ def test_nifti_spacing_and_scaling(tmp_path):
         assert tuple(img.header["pixdim"][1:4]) == (0.5, 0.5, 3.0) and len(img.header.get_zooms()) == 2
         nib.save(img, tmp_path / folder / "Case00_0.nii.gz")
     data = load_slices(tmp_path, [("IMG", nii_transform2, False), ("GT", gt_transform, False)], 2, RGX)
-    assert data.spacing == pytest.approx((0.5, 0.5, 3.0)) and data.images.max().item() == 1.0
+    assert data.spacings["Case00"] == pytest.approx((0.5, 0.5, 3.0)) and data.images.max().item() == 1.0
 
 
 def test_nifti_spacing_unset_pixdim_is_one_mm_and_nan_is_refused(tmp_path):

@@ -125,7 +125,8 @@ def _slice_set(images):
     n, _, h, w = images.shape
     return SliceSet(root=None, filenames=[f"Case{i // 2:02d}_{i % 2}" for i in range(n)], images=images,
                     labels=torch.zeros(n, h, w, dtype=torch.uint8), patients=[f"Case{i // 2:02d}" for i in range(n)],
-                    slice_numbers=[i % 2 for i in range(n)], spacing=(1.0, 1.0, 1.0))
+                    slice_numbers=[i % 2 for i in range(n)],
+                    spacings={f"Case{i:02d}": (1.0, 1.0, 1.0) for i in range(n // 2)})
 
 
 def test_adabn_statistics_are_those_of_the_whole_set_not_a_mean_of_batch_statistics():

@@ -5,7 +5,9 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy import ndimage
 
-from metrics import confusion_sizes, dice, dice_3d, dice_from_sizes, hd95_assd, per_patient_hd, surface_dice
+from dataloader import SliceSet
+from metrics import (confusion_sizes, dice, dice_3d, dice_from_sizes, evaluate_volumes, hd95_assd, per_patient_hd,
+                     surface_dice)
 
 
 def test_dice_2d_exact_and_empty_slices_score_one():
@@ -71,8 +73,22 @@ def test_per_patient_hd_stacks_slices_in_slice_order():
     gt = torch.zeros(3, 4, 4, dtype=torch.long); pred = torch.zeros(3, 4, 4, dtype=torch.long)
     numbers = [2, 0, 1]            # row 1 is slice 0, row 0 is slice 2
     gt[1, 1, 1] = 1; pred[0, 1, 1] = 1
-    out = per_patient_hd(pred, gt, ["P"] * 3, numbers, spacing=(1.0, 1.0, 3.0), classes=[1])
+    out = per_patient_hd(pred, gt, ["P"] * 3, numbers, spacings={"P": (1.0, 1.0, 3.0)}, classes=[1])
     assert out["hd95"][0, 0] == pytest.approx(6.0) and out["assd"][0, 0] == pytest.approx(6.0)
+
+
+def test_distances_use_each_patients_own_spacing():
+    """Two patients with the same voxels and different slice thickness (1 and 3 mm): 2 and 6 mm apart."""
+    gt = torch.zeros(6, 4, 4, dtype=torch.long); pred = torch.zeros(6, 4, 4, dtype=torch.long)
+    gt[0, 1, 1] = gt[3, 1, 1] = 1; pred[2, 1, 1] = pred[5, 1, 1] = 1
+    patients, numbers = ["A"] * 3 + ["B"] * 3, [0, 1, 2] * 2
+    spacings = {"A": (1.0, 1.0, 1.0), "B": (1.0, 1.0, 3.0)}
+    out = per_patient_hd(pred, gt, patients, numbers, spacings, classes=[1])
+    assert out["hd95"][:, 0] == pytest.approx([2.0, 6.0])
+    data = SliceSet(root=None, filenames=[f"{p}_{n}" for p, n in zip(patients, numbers)], images=torch.zeros(6, 1, 4, 4),
+                    labels=gt.to(torch.uint8), patients=patients, slice_numbers=numbers, spacings=spacings)
+    table = evaluate_volumes(pred, data, [1], tolerance=2.5)
+    assert table["sdice"].tolist() == pytest.approx([1.0, 0.0])   # 2 mm within 2.5 mm; 6 mm not
 
 
 # ---------------------------------------------------------------- surface Dice

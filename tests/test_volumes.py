@@ -207,3 +207,86 @@ def test_a_layout_built_from_other_volumes_is_refused(tmp_path, capsys):
     assert volumes.main(["slices", "--volumes", str(tmp_path / "b"), "--out", str(out)]) == 1
     assert "already holds slices of" in capsys.readouterr().err
     assert volumes.main(["slices", "--volumes", str(tmp_path / "a"), "--out", str(out)]) == 0      # the same: rebuilt
+
+
+def test_tag_slices_are_counted_in_the_files_own_voxel_index():
+    """A stack stored top-down (z flipped): its slices 2..4 of 10 are canonical slices 5..7; a permuted axis too."""
+    flipped = np.diag([1.0, 1.0, -3.0, 1.0])
+    assert volumes.canonical_slice_range(flipped, (4, 4, 10), 2, 2, 4, "t") == (5, 7)
+    assert volumes.canonical_slice_range(np.diag([1.0, 1.0, 3.0, 1.0]), (4, 4, 10), 2, 2, 4, "t") == (2, 4)
+    permuted = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])   # file axis 0 is S
+    assert volumes.canonical_slice_range(permuted, (6, 4, 4), 2, 1, 3, "t") == (1, 3)
+    with pytest.raises(DataError, match="outside the volume's 0..9"):
+        volumes.canonical_slice_range(flipped, (4, 4, 10), 2, 3, 10, "t")
+
+
+def unlabelled_site(folder: Path, names, tags: Path, first: int = 2, last: int = 7) -> None:
+    """Volumes without labels/ and their tags file (the ellipsoid of write_case spans slices 2..7 of 9)."""
+    for i, name in enumerate(names):
+        write_case(folder, name, seed=20 + i)
+    for p in (folder / "labels").iterdir():
+        p.unlink()
+    (folder / "labels").rmdir()
+    pd.DataFrame({"volume": names, "class": 1, "first": first, "last": last}).to_csv(tags, index=False)
+
+
+def test_tags_give_the_size_prior_of_an_unlabelled_target(tmp_path, capsys):
+    import sizes
+    write_case(tmp_path / "src", "s0")
+    unlabelled_site(tmp_path / "tgt", ["t0", "t1"], tmp_path / "tags.csv")
+    src, tgt = tmp_path / "src_slices", tmp_path / "tgt_slices"
+    assert volumes.main(["slices", "--volumes", str(tmp_path / "src"), "--labels", "1,2:1", "--out", str(src)]) == 0
+    assert volumes.main(["slices", "--volumes", str(tmp_path / "tgt"), "--like", str(src), "--out", str(tgt)]) == 0
+    assert not (tgt / "train" / "GT").exists()
+    out = tmp_path / "sizes.csv"
+    assert sizes.main(["--source", str(src), "--target", str(tgt), "--out", str(out)]) == 1      # no labels, no tags
+    assert "give --tags FILE" in capsys.readouterr().err
+    assert sizes.main(["--source", str(src), "--target", str(tgt), "--tags", str(tmp_path / "tags.csv"),
+                       "--constant", "30", "--out", str(out)]) == 0
+    table = pd.read_csv(out).merge(pd.read_csv(tgt / "manifest.csv"), left_on="val_ids", right_on="slice")
+    fg = table["dumbpredwtags"].map(lambda c: json.loads(c)[1])
+    assert sorted(table.loc[fg > 0, "index"].unique()) == [2, 3, 4, 5, 6, 7] and set(fg) == {0.0, 30.0}
+    assert table["val_gt_size"].isna().all()                          # no true size without labels
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("t9", 1, 2, 7)], "unknown volume 't9'"),
+    ([("t0", 1, 2, 9), ("t1", 1, 2, 7)], "slices 2..9 outside the volume's 0..8"),
+    ([("t0", 1, 2, 7)], "no tag for volume t1"),
+    ([("t0", 2, 2, 7), ("t1", 1, 2, 7)], "class 2 is not a foreground class 1..1"),
+])
+def test_a_bad_tags_file_gives_one_error_line(tmp_path, capsys, rows, message):
+    import sizes
+    write_case(tmp_path / "src", "s0")
+    unlabelled_site(tmp_path / "tgt", ["t0", "t1"], tmp_path / "unused.csv")
+    src, tgt = tmp_path / "src_slices", tmp_path / "tgt_slices"
+    volumes.main(["slices", "--volumes", str(tmp_path / "src"), "--labels", "1,2:1", "--out", str(src)])
+    volumes.main(["slices", "--volumes", str(tmp_path / "tgt"), "--like", str(src), "--out", str(tgt)])
+    pd.DataFrame(rows, columns=["volume", "class", "first", "last"]).to_csv(tmp_path / "tags.csv", index=False)
+    out = tmp_path / "sizes.csv"
+    assert sizes.main(["--source", str(src), "--target", str(tgt), "--tags", str(tmp_path / "tags.csv"),
+                       "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_make_runs_the_label_free_chain_on_a_target_with_tags_and_deploys_by_mu(tmp_path):
+    for i in range(4):
+        write_case(tmp_path / "site_a", f"site_a_{i}", seed=i)
+    unlabelled_site(tmp_path / "site_c", [f"site_c_{i}" for i in range(4)], tmp_path / "tags.csv")
+    chain = [f"SRC_VOLS={tmp_path / 'site_a'}", f"TGT_VOLS={tmp_path / 'site_c'}", f"TGT_TAGS={tmp_path / 'tags.csv'}",
+             "VOL_OPT=--labels 1,2:1", "NET=Dimwit", "EPC=1", "CFLAGS=-O", "THREADS=1"]
+    out = run_make("prostate.make", tmp_path, "-j2", *chain)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    root = tmp_path / "results" / "site_c"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["adabn", "noadapt", "sfda"]     # no fs, no TrueSize
+    assert not (root / "sfda" / "best_3d.pkl").exists() and (root / "sfda" / "last.pkl").is_file()
+    choice = pd.read_csv(root / "deploy.csv")
+    assert choice["deployed"].sum() == 1 and choice.loc[choice["deployed"], "mean_mu"].item() == choice["mean_mu"].max()
+    assert "no labels" in (root / "label_free.md").read_text()
+    out = run_make("prostate.make", tmp_path, *chain, "predict", "PREDICT_RUN=auto", f"PREDICT_IN={tmp_path / 'site_c'}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = pd.read_csv(root / "predict" / "auto" / "site_c" / "predictions.csv")
+    deployed = Path(choice.loc[choice["deployed"], "run"].item()).name
+    assert len(table) == 4 and f"/{deployed}/" in table["model"][0] and "noadapt" in table["deployed_by"][0]
