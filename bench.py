@@ -13,6 +13,8 @@ Sections (csv columns: section, name, precision, channels_last, metric, value, u
             peak resident memory of the process
   memory    main.py's peak memory against the number of volumes of a real CC359 scan's size at the paper's
             spacing (embedded heads padded to 270 x 270 slices), extrapolated to the paper's largest run
+  predict   predict.py on volumes of a real prostate MRI's size (320 x 320 x 20, 0.6 x 0.6 x 3.6 mm, UNet) and of a real
+            CC359 scan's (270 x 270 x 171, 1 mm, ResUNet), untrained networks: volumes per minute, peak memory
   metric    surface Dice at 1 mm and HD95 on a realistic 3D volume, ours vs the DeepMind
             surface-distance package and medpy (if installed): seconds, speed ratio, agreement
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -188,6 +191,54 @@ def bench_memory(volumes: Sequence[int] = (2, 8, 16)) -> List[dict]:
                     "metric": "peak_memory", "value": slope, "unit": "MiB"}]
 
 
+# predict.py at real sizes: (shape, voxel size, network)
+PREDICT_SIZES = {"prostate MRI": ((320, 320, 20), (0.6, 0.6, 3.6), "UNet"),
+                 "CC359 scan": ((270, 270, 171), (1.0, 1.0, 1.0), "ResUNet")}
+PREDICT_VOLUMES = 3
+
+
+def write_volumes(folder: Path, shape: Sequence[int], zooms: Sequence[float], n: int) -> None:
+    """n image volumes with an ellipsoid label each (images/, labels/), smooth noise for intensities."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    label = ((grid ** 2).sum(0) < 0.3).astype(np.uint8)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        image = ndimage.gaussian_filter(rng.standard_normal(shape), 2).astype(np.float32) + label
+        affine = np.diag([*zooms, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), str(folder / "images" / f"v{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(folder / "labels" / f"v{i}.nii.gz"))
+
+
+def bench_predict() -> List[dict]:
+    """predict.py (a subprocess, so its peak memory is its own) on PREDICT_VOLUMES volumes of each real size."""
+    rows = []
+    for name, (shape, zooms, network) in PREDICT_SIZES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            vols, data, run = Path(tmp) / "volumes", Path(tmp) / "slices", Path(tmp) / "run"
+            write_volumes(vols, shape, zooms, PREDICT_VOLUMES)
+            subprocess.run([sys.executable, str(ROOT / "volumes.py"), "slices", "--volumes", str(vols), "--val_fraction",
+                            "0.34", "--out", str(data)], check=True, capture_output=True)
+            folders = "[('IMG', nii_transform, False), ('GT', gt_transform, False)]"
+            subprocess.run([sys.executable, str(ROOT / "main.py"), "--target_dataset", str(data), "--workdir", str(run),
+                            "--target_losses", "[('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]",
+                            "--target_folders", folders, "--val_target_folders", folders, "--network", network,
+                            "--grp_regex", r"Case\d+_\d+", "--n_class", "2", "--metric_axis", "1", "--n_epoch", "0"],
+                           check=True, capture_output=True, cwd=ROOT)
+            code = ("import resource, sys, time, predict; t = time.perf_counter(); rc = predict.main(sys.argv[1:]); "
+                    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            out = subprocess.run([sys.executable, "-c", code, "--run", str(run), "--weights", "last.pkl", "--input",
+                                  str(vols / "images"), "--out", f"{tmp}/pred"], check=True, capture_output=True,
+                                 text=True, cwd=ROOT).stdout.split()
+            seconds, peak = float(out[-2]), float(out[-1])
+        common = {"section": "predict", "name": f"{name} {'x'.join(map(str, shape))}, {network}", "precision": "fp32",
+                  "channels_last": False}
+        rows += [{**common, "metric": "volumes_per_minute", "value": 60 * PREDICT_VOLUMES / seconds, "unit": "1/min"},
+                 {**common, "metric": "peak_memory", "value": peak, "unit": "MiB"}]
+    return rows
+
+
 def realistic_masks(shape=(160, 200, 170), seed: int = 0):
     """A brain-sized smooth blob and a prediction of it with a wavy, slightly shifted boundary."""
     rng = np.random.default_rng(seed)
@@ -248,11 +299,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller peak matrices")
     parser.add_argument("--networks", nargs="*", default=[n for n in NETWORKS if n != "Dimwit"] + ["SpotTUnet"])
-    parser.add_argument("--only", choices=["memory"], help="run this section alone (into <out>/<section>.csv)")
+    parser.add_argument("--only", choices=["memory", "predict"], help="run this section alone (into <out>/<section>.csv)")
     args = parser.parse_args(argv)
-    if args.only == "memory":
-        df = pd.DataFrame(bench_memory())
-        write_csv_atomic(df, args.out / "memory.csv", float_format="%.6g")
+    if args.only:
+        df = pd.DataFrame(bench_memory() if args.only == "memory" else bench_predict())
+        write_csv_atomic(df, args.out / f"{args.only}.csv", float_format="%.6g")
         print_table(df)
         return 0
     repeat = 2 if args.quick else 5
@@ -263,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = [{"section": "peak", "name": "matmul", "precision": p, "channels_last": False, "metric": "peak",
              "value": v, "unit": "GFLOP/s"} for p, v in peaks.items()]
     # first: a child's peak RSS counts its parent's at fork
-    epoch_rows = bench_epoch("fp32") + bench_epoch("bf16") + bench_memory()
+    epoch_rows = bench_epoch("fp32") + bench_epoch("bf16") + bench_memory() + bench_predict()
     rows += bench_training(peaks, args.networks, repeat) + epoch_rows
     rows += bench_metrics(1 if args.quick else 3)
 

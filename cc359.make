@@ -79,14 +79,15 @@ SF_RUNS = $(foreach m,$(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
 HM_RUNS = $(addprefix $(CR)/hm/,$(TEST_PAIRS))
 SF_VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(CR)/sfda_val/$(p)_lr$(lr)))
 TESTED = $(ORACLES) $(FT_RUNS) $(HM_RUNS) $(SF_RUNS) $(REUSE_RUNS)
-PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png
+QUALITATIVE = $(foreach p,$(TEST_PAIRS),$(CR)/qualitative_$(p).png)# the source-free runs on a pair's test volumes
+PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png $(QUALITATIVE)
 REPORT = $(CR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
 include protoseg.mk transfer.mk layers.mk
 all: pack report protoseg transfer layers
 runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)
-sourcefree: $(CR)/sourcefree.csv# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
+sourcefree: $(CR)/sourcefree.csv $(QUALITATIVE)# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
@@ -178,6 +179,8 @@ $(CR)/lambda_val.png: $(VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --lambda_runs $^ --out $@
 $(CR)/policy.png: $(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --policy_runs $^ --out $@
+$(QUALITATIVE): $(CR)/qualitative_%.png: $(foreach m,$(SF_METHODS),$(CR)/$(m)/%) | $(PYDEP)
+	$(CC) $(CFLAGS) qualitative.py --runs $^ --baseline noadapt --adapted sfda --split test --views slice cross --out $@
 TITLE = CC359 domain adaptation ($(NET), seed$(if $(SEEDS),s $(SEEDS), $(SEED)), spacing $(SPACING) mm, surface Dice at $(TOL) mm)
 $(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --tau_file $(TAUFILE) --val_scores $(VAL_SCORES) --out $@ \

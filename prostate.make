@@ -68,12 +68,12 @@ M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 
 SF_RUNS = $(addprefix $(PR)/,$(SF_METHODS) adaent)
 TRN = $(CES) $(SF_RUNS) $(PR)/fs
-PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png
+PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png $(PR)/qualitative.png
 REPORT = $(PR)/report.md
 PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
 
 ifeq ($(TGT_TAGS),)
-all: pack report protoseg
+all: pack report protoseg $(PR)/deploy.csv
 else
 all: $(PR)/label_free.md
 endif
@@ -202,6 +202,8 @@ $(PR)/val_dice_3d.png: $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --runs $(TRN) --out $@
 $(PR)/boxplot.png: $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) moustache.py --runs $(filter-out $(CES),$(TRN)) --out $@
+$(PR)/qualitative.png: $(filter-out $(CES),$(TRN)) | $(PYDEP)
+	$(CC) $(CFLAGS) qualitative.py --runs $^ --baseline noadapt --adapted sfda --split val --out $@
 $(REPORT): $(TRN) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py --runs $(TRN) --out $@ --title "SFDA on prostate MRI ($(NET), seed $(SEED))"
 

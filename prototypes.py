@@ -127,7 +127,7 @@ def mean_sa_score(last_features: Sequence[Tensor], output_probs: Tensor) -> Tens
     label is read. An image whose output is empty (or all foreground: no contrast) gets 0, never NaN."""
     if not last_features:
         raise ValueError("mean_sa_score needs the network's last feature layer(s)")
-    output = (output_probs.argmax(dim=1, keepdim=True) == 1)
+    output = output_probs[:, 1:2] > output_probs[:, :1]          # the argmax of two classes; ties go to background
     scores = torch.cat([sa_scores(f, output, per_unit=True) for f in last_features], dim=1)    # (B, units)
     mu = scores.mean(dim=1)
     return torch.where(torch.isnan(mu), torch.zeros_like(mu), mu)
@@ -164,7 +164,7 @@ def mu_per_image(net: BlockNet, images: Tensor, batch_size: int, device: torch.d
             batch_probs = logits.float().softmax(dim=1)
             fg_probs = foreground_probs(batch_probs)
             mu.append(mean_sa_score([taps[name].float() for name in last], fg_probs).cpu())
-            empty.append((fg_probs.argmax(1) == 0).flatten(1).all(1).cpu())
+            empty.append(~(fg_probs[:, 1] > fg_probs[:, 0]).flatten(1).any(1).cpu())
             if keep_probs:
                 probs.append(batch_probs.cpu())
     net.train(was_training)
