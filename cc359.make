@@ -78,6 +78,8 @@ VAL_RUNS = $(TAU_RUNS) $(LAM_RUNS)
 SF_RUNS = $(foreach m,$(SF_METHODS),$(addprefix $(CR)/$(m)/,$(TEST_PAIRS)))
 HM_RUNS = $(addprefix $(CR)/hm/,$(TEST_PAIRS))
 SF_VAL_RUNS = $(foreach p,$(VAL_PAIRS),$(foreach lr,$(SF_LRS),$(CR)/sfda_val/$(p)_lr$(lr)))
+SF_START_RUNS = $(foreach p,$(VAL_PAIRS),$(CR)/noadapt_val/$(p) $(CR)/adabn_val/$(p))# what SFDA must beat there
+SF_CHOICE = $(CR)/sfda_choice.csv# sfda, or adabn / noadapt where no rate beats them on the validation pairs
 TESTED = $(ORACLES) $(FT_RUNS) $(HM_RUNS) $(SF_RUNS) $(REUSE_RUNS)
 QUALITATIVE = $(foreach p,$(TEST_PAIRS),$(CR)/qualitative_$(p).png)# the source-free runs on a pair's test volumes
 PLT = $(CR)/violin.png $(CR)/lambda_val.png $(CR)/policy.png $(QUALITATIVE)
@@ -86,8 +88,8 @@ PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-cc359-seed$(SEED).tar.gz
 
 include protoseg.mk transfer.mk layers.mk
 all: pack report protoseg transfer layers
-runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS)
-sourcefree: $(CR)/sourcefree.csv $(QUALITATIVE)# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
+runs: $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_START_RUNS) $(REUSE_VAL_RUNS)
+sourcefree: $(CR)/sourcefree.csv $(QUALITATIVE) $(SF_CHOICE)# the source-free chain alone: baselines, the SFDA rate, hm/noadapt/adabn/sfda/sfda_truesize
 pack: $(PACK)
 report: $(REPORT)
 plot: $(PLT)
@@ -161,9 +163,34 @@ $(SF_VAL_RUNS): $$(SETS)/pair_$$(call src,$$(@F))_$$(call tgt,$$(@F))_all $$(BAS
 	$(TRAIN)
 $(SF_PARAMS): $(SF_VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) report.py choose_lr --runs $^ --out $@
+$(SF_START_RUNS): OPT = $(SF_$(patsubst %_val,%,$(method))) --test_folder test --model_weights $(start)
+$(SF_START_RUNS): $$(SETS)/pair_$$(@F)_all $$(BASE)/$$(call src,$$(@F)) | $(PYDEP)
+	$(TRAIN)
+$(SF_CHOICE): $(SF_VAL_RUNS) $(SF_START_RUNS) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py choose_source_free --runs $^ --out $@
+
+# ---------------------------------------------------------------- a run's model on scans (predict.py)
+# make -f cc359.make predict [PREDICT_PAIR=2_5 (ft runs: 2_5_n8)] [PREDICT_RUN=sfda] [PREDICT_WEIGHTS=last.pkl]
+# [PREDICT_IN=<folder of NIfTI scans>]: the run's NIfTI segmentations of the pair's test scans (or of PREDICT_IN), the
+# cc359.py prep steps replayed, mu's flag threshold from the source baseline's validation scans
+# -> $(CR)/predict/<run>/<pair>[_<input folder>]/
+PREDICT_PAIR ?= $(firstword $(TEST_PAIRS))
+PREDICT_RUN ?= sfda
+PREDICT_WEIGHTS ?= last.pkl
+PREDICT_IN ?=
+PREDICT_SETS = $(SETS)/pair_$(call src,$(PREDICT_PAIR))_$(call tgt,$(PREDICT_PAIR))_all $(SETS)/baseline_$(call src,$(PREDICT_PAIR))
+PREDICTION = $(CR)/predict/$(PREDICT_RUN)/$(PREDICT_PAIR)$(if $(PREDICT_IN),_$(notdir $(abspath $(PREDICT_IN))))
+$(if $(filter hm,$(PREDICT_RUN)),$(error PREDICT_RUN=hm reads histogram-matched scans; predict replays the plain preprocessing))
+.PHONY: predict
+predict: $(PREDICTION)
+$(PREDICTION): $(CR)/$(PREDICT_RUN)/$(PREDICT_PAIR) $(PREDICT_SETS) $(if $(PREDICT_IN),$(shell find $(PREDICT_IN) -type f)) | $(PYDEP)
+	$(LAUNCH) $(CC) $(CFLAGS) predict.py --run $< --weights $(PREDICT_WEIGHTS) --cc359_prep $(PREP) \
+		--input $(or $(PREDICT_IN),$(CCDATA)/meta.csv --cases_from $(word 1,$(PREDICT_SETS))/test/IMG) \
+		--reference $(word 2,$(PREDICT_SETS))/val $(if $(THREADS),--threads $(THREADS)) --out $@
 
 # ---------------------------------------------------------------- reports, several seeds, archive
-OUTPUTS = $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(REUSE_VAL_RUNS) $(TAUFILE) $(PARAMS) $(SF_PARAMS) \
+OUTPUTS = $(BASELINES) $(TESTED) $(VAL_RUNS) $(SF_VAL_RUNS) $(SF_START_RUNS) $(REUSE_VAL_RUNS) $(TAUFILE) $(PARAMS) \
+	$(SF_PARAMS) $(SF_CHOICE) \
 	$(if $(REUSE_METHODS),$(REUSE_PARAMS)) $(CR)/scores.csv $(VAL_SCORES) \
 	$(PLT) $(REPORT) $(SIZEFILE) $(PS_OUT) $(TE_OUT) $(LY_OUT)
 .PRECIOUS: $(OUTPUTS)
@@ -182,9 +209,9 @@ $(CR)/policy.png: $(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
 $(QUALITATIVE): $(CR)/qualitative_%.png: $(foreach m,$(SF_METHODS),$(CR)/$(m)/%) | $(PYDEP)
 	$(CC) $(CFLAGS) qualitative.py --runs $^ --baseline noadapt --adapted sfda --split test --views slice cross --out $@
 TITLE = CC359 domain adaptation ($(NET), seed$(if $(SEEDS),s $(SEEDS), $(SEED)), spacing $(SPACING) mm, surface Dice at $(TOL) mm)
-$(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) | $(PYDEP)
-	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --tau_file $(TAUFILE) --val_scores $(VAL_SCORES) --out $@ \
-		--title "$(TITLE)"
+$(REPORT): $(CR)/scores.csv $(PARAMS) $(TAUFILE) $(VAL_SCORES) $(SF_CHOICE) | $(PYDEP)
+	$(CC) $(CFLAGS) report.py cc359 --scores $< --params $(PARAMS) --tau_file $(TAUFILE) --val_scores $(VAL_SCORES) \
+		--sf_choice $(SF_CHOICE) --out $@ --title "$(TITLE)"
 # SEEDS="0 1 2" [-j2 THREADS=1] [SEED_GOAL=sourcefree]: $(RD)/seed<s>/cc359/..., then the tables as mean ± sd
 SEED_SHARED = $(SIZEFILE) $(addprefix $(SETS)/,$(addprefix baseline_,$(SOURCES)) $(foreach t,$(TARGETS),$(foreach k,0 1 2,\
 	oracle_$(t)_f$(k))) $(foreach p,$(PAIRS),$(foreach n,$(BUDGETS),pair_$(p)_n$(n)) pair_$(p)_all) $(addprefix hm_,$(TEST_PAIRS)))

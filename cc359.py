@@ -165,16 +165,16 @@ def load_volume(path: Path) -> np.ndarray:
     return volume
 
 
-def preprocess(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
-               new_spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+def preprocess(image: np.ndarray, mask: Optional[np.ndarray], spacing: Sequence[float],
+               new_spacing: Sequence[float]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Seed 000: zoom to ``new_spacing`` (order 3; mask order 3 then >= 0.5), clip to [p1, p99], scale to [0, 1]."""
     zoom = [s / n for s, n in zip(spacing, new_spacing)]
     image = ndimage.zoom(image, zoom, order=3)
-    mask = ndimage.zoom(mask.astype(np.float32), zoom, order=3) >= 0.5
+    mask = None if mask is None else (ndimage.zoom(mask.astype(np.float32), zoom, order=3) >= 0.5).astype(np.uint8)
     lo, hi = np.percentile(image, [1, 99])
     image = np.clip(image, lo, hi) - lo
     image = image / image.max() if image.max() > 0 else image
-    return image.astype(np.float32), mask.astype(np.uint8)
+    return image.astype(np.float32), mask
 
 
 def pad_slices(volume: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:

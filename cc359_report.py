@@ -115,6 +115,38 @@ def choose_lr(scores: pd.DataFrame) -> pd.DataFrame:
                          "grid": [" ".join(f"{lr:g}:{v:.4f}" for lr, v in grid.items())]})
 
 
+def choose_source_free(scores: pd.DataFrame) -> pd.DataFrame:
+    """What the test pairs' source-free result is, chosen on the validation pairs: SFDA at its best rate (sfda_val/
+    <s>_<t>_lr<lr>), or AdaBN (adabn_val/<s>_<t>) or no adaptation (noadapt_val/<s>_<t>) when no rate beats them; the
+    best mean surface Dice over the validation pairs, ties to the model adaptation started from (noadapt, adabn)."""
+    methods = scores["method"].str.removesuffix("_val")
+    if not set(methods) >= {"sfda", "adabn", "noadapt"}:
+        raise ValueError("choose_source_free needs sfda_val/<s>_<t>_lr<lr>, adabn_val/<s>_<t> and noadapt_val/<s>_<t> runs")
+    scores = scores.assign(candidate=[m if m != "sfda" else f"sfda lr {lr:g}" for m, lr in zip(methods, scores["lr"])])
+    per_run = scores.groupby(["candidate", "source", "target"])["sdice"].mean().reset_index()
+    order = ["noadapt", "adabn"] + sorted((c for c in per_run["candidate"].unique() if c.startswith("sfda")),
+                                          key=lambda c: float(c.split()[-1]))
+    grid = per_run.groupby("candidate")["sdice"].mean().reindex(order)
+    best = grid.idxmax()
+    rates = grid[[c for c in order if c.startswith("sfda")]]
+    return pd.DataFrame({"method": [best.split()[0]], "lr": [float(rates.idxmax().split()[-1])],
+                         "val_sdice": [round(grid.max(), 4)], "grid": [" ".join(f"{c.replace(' lr ', '@')}:{v:.4f}"
+                                                                             for c, v in grid.items())]})
+
+
+def source_free_choice_section(per_run: pd.DataFrame, choice: pd.DataFrame) -> str:
+    """The protocol's source-free result on the test pairs: the run of the method the validation pairs chose."""
+    method = choice["method"].iloc[0]
+    test = per_run[per_run["method"].isin(["noadapt", "adabn", "sfda"])].groupby("method")["sdice"].mean()
+    lines = [f"\n## Source-free adaptation by the protocol's validation\n\nOn the validation pairs "
+             f"(surface Dice, {choice['grid'].iloc[0]}) the protocol chose **{method}**"
+             + (f" (SFDA at lr {choice['lr'].iloc[0]:g})" if method == "sfda" else
+                ": no SFDA rate beat it, so the test pairs' source-free result is its run, not sfda's") + ".\n",
+             "| run | mean surface Dice x100 over the test pairs |", "|---|---|"]
+    lines += [f"| {m}{' (chosen)' if m == method else ''} | {100 * test[m]:.1f} |" for m in test.index]
+    return "\n".join(lines) + "\n"
+
+
 def choose_k(scores: pd.DataFrame) -> pd.DataFrame:
     """Seed 002's level k per reuse strategy (runs <method>_val/<s>_<t>_n<N>_k<k>): the best mean surface Dice over
     the validation pairs (first of ties, i.e. the smallest k), one row per method."""
@@ -383,7 +415,7 @@ def tau_section(params: pd.DataFrame, tau: Optional[pd.DataFrame], val_scores: O
 
 
 def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str, val_scores: Optional[pd.DataFrame] = None,
-                 tau: Optional[pd.DataFrame] = None) -> str:
+                 tau: Optional[pd.DataFrame] = None, sf_choice: Optional[pd.DataFrame] = None) -> str:
     per_run = experiment_scores(scores)
     tested = per_run[per_run["method"] != "oracle"]
     pairs = sorted({f"{int(s)}_{int(t)}" for s, t in zip(tested["source"], tested["target"])})
@@ -398,4 +430,5 @@ def cc359_report(scores: pd.DataFrame, params: pd.DataFrame, title: str, val_sco
             + "\n## Relative surface Dice (paper): 100 x (s - baseline) / (oracle - baseline), per pair\n\n"
             + cc359_table(relative_scores(per_run), "sdice", pairs, budgets)
             + tau_section(params, tau, val_scores) + cc359_statistics(scores, params, val_scores, budgets)
-            + cc359_checks(per_run, pairs, budgets))
+            + cc359_checks(per_run, pairs, budgets)
+            + (source_free_choice_section(per_run, sf_choice) if sf_choice is not None else ""))

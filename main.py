@@ -47,7 +47,7 @@ from resume import RESUME, History, prepare_workdir, restore, resume_state, save
 from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
 from spottune import SpotTUnet, policy_table
 from tables import COLLAPSE_FILE, TESTED_WEIGHTS
-from training import PassResult, autocast, native_bf16, reestimate_batchnorm, run_pass
+from training import PassResult, autocast, guard_side, guarded, native_bf16, reestimate_batchnorm, run_pass, size_ratio
 from utils import OptionError, class2one_hot, exp_lr_scheduler, one_error_line, record_provenance, write_csv_atomic
 
 write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
@@ -255,12 +255,6 @@ def start_run(savedir: Path, args: argparse.Namespace, net: torch.nn.Module, opt
     return History(life_start=life_start)
 
 
-def size_ratio(tra: PassResult) -> float:
-    """Mean predicted (argmax) foreground over the mean prior foreground on the slices of a training pass."""
-    predicted = size_stats(tra.pred[tra.seen])[0]
-    return predicted / tra.prior_size if np.isfinite(tra.prior_size) and tra.prior_size > 0 else float("nan")
-
-
 def fall_back_to_adabn(net: torch.nn.Module, start: Dict[str, Tensor], data: Data, args: argparse.Namespace,
                        device: torch.device) -> None:
     """The collapse guard's fallback: the start weights with the target's BatchNorm statistics (the adabn run)."""
@@ -274,9 +268,9 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
                        start: Optional[Dict[str, Tensor]] = None) -> History:
     """The epochs: train, decay the lr, validate (every --val_every), log, keep the best; state saved after each.
 
-    With --collapse_guard, an epoch whose argmax foreground falls below the guard's share of the prior
-    ends the training: the model falls back to ``start`` with AdaBN statistics and is validated as the
-    last epoch (``collapse.txt`` records it)."""
+    With --collapse_guard (and --overgrowth_guard), an epoch whose argmax foreground falls below the guard's share
+    of the prior (or grows above its multiple) ends the training: the model falls back to ``start`` with AdaBN
+    statistics and is validated as the last epoch (``collapse.txt`` records epoch, ratio and side)."""
     n_epochs = max(args.n_epoch, 1)
     seconds, best = history.seconds, history.best
     for epoch in range(history.next_epoch, n_epochs):
@@ -292,13 +286,15 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
                                      once=args.lr_schedule == "step_once")
         if tra and epoch in args.save_epochs:
             save_checkpoint(savedir / f"epoch{epoch}.pkl", net, epoch=epoch)
-        ratio = size_ratio(tra) if tra and args.collapse_guard else float("nan")
-        collapsed = bool(ratio < args.collapse_guard)
+        ratio = size_ratio(tra) if tra and guarded(args) else float("nan")
+        side = guard_side(ratio, args)
+        collapsed = side is not None
         if collapsed:
-            print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, below the collapse guard "
-                  f"{args.collapse_guard:g}: stopped; the start model with AdaBN statistics is the result", flush=True)
+            print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, {side} the guard's band "
+                  f"[{args.collapse_guard:g}, {args.overgrowth_guard or float('inf'):g}]: stopped; the start model "
+                  f"with AdaBN statistics is the result", flush=True)
             fall_back_to_adabn(net, start, data, args, device)
-            (savedir / COLLAPSE_FILE).write_text(f"{epoch},{ratio:.4f}\n")
+            (savedir / COLLAPSE_FILE).write_text(f"{epoch},{ratio:.4f},{side}\n")
         t1 = time.perf_counter()
         seconds["train"] += t1 - t0
         seconds["compute"] += tra.compute_s if tra else 0.0
@@ -403,7 +399,7 @@ def run(args: argparse.Namespace) -> None:
     # an evaluation-only run steps nothing: no optimizer (building one imports torch._dynamo, a slow start)
     optimizers = build_optimizers(net, args) if args.n_epoch > 0 else []
     savedir = Path(args.workdir)
-    start = {k: v.clone() for k, v in net.state_dict().items()} if args.collapse_guard else None   # before any step
+    start = {k: v.clone() for k, v in net.state_dict().items()} if guarded(args) else None   # before any step
     history = start_run(savedir, args, net, optimizers, generator, data, device, t_start)
     history.seconds["load"] += time.perf_counter() - t_start
 

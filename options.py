@@ -79,6 +79,9 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="stop a prior-driven adaptation whose mean predicted (argmax) foreground on the training "
                              "slices falls below this fraction of the prior's, and fall back to the start model with "
                              "AdaBN statistics (label-free; 0: off)")
+    parser.add_argument("--overgrowth_guard", type=float, default=0.0,
+                        help="the guard's other side: stop and fall back the same way when that foreground grows above "
+                             "this multiple of the prior's (over-segmentation; 0: off)")
     parser.add_argument("--adabn", action="store_true",
                         help="re-estimate BatchNorm statistics on the training images before anything else (AdaBN)")
     parser.add_argument("--hd95", action="store_true", help="HD95 and ASSD per val patient")
@@ -145,8 +148,11 @@ def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--n_epoch must be >= 0 and --batch_size >= 1")
     if any(not 0 <= k < args.n_class for k in args.metric_axis):
         parser.error(f"--metric_axis {args.metric_axis} out of range for --n_class {args.n_class}")
-    if args.threads < 0 or args.collapse_guard < 0:
-        parser.error("--threads and --collapse_guard must be >= 0")
+    if args.threads < 0 or args.collapse_guard < 0 or args.overgrowth_guard < 0:
+        parser.error("--threads, --collapse_guard and --overgrowth_guard must be >= 0")
+    if args.overgrowth_guard and args.overgrowth_guard <= max(args.collapse_guard, 1.0):
+        parser.error(f"--overgrowth_guard {args.overgrowth_guard:g}: the upper edge lies above the prior (> 1) and "
+                     f"above --collapse_guard")
     if args.iterations < 0 or args.val_every < 1 or args.tau <= 0 or args.k_reg < 0:
         parser.error("--iterations must be >= 0, --val_every >= 1, --tau > 0 and --k_reg >= 0")
     if args.spottune and not args.model_weights:

@@ -3,6 +3,7 @@
 
     report.py --runs results/prostate/cesource ... --out results/prostate/report.md [--title ...]
     report.py collect --runs results/cc359/ft_all/2_5_n8 ... --out results/cc359/scores.csv
+    report.py choose_source_free --runs results/cc359/{sfda_val/0_3_lr5e-5,adabn_val/0_3,noadapt_val/0_3} --out c.csv
     report.py choose_tau --runs results/cc359/spottune_val/..._tau*_lam0 --budget 45 --out results/cc359/spottune_tau.csv
     report.py choose --runs results/cc359/spottune_val/... --tau_file results/cc359/spottune_tau.csv --out spottune_params.csv
     report.py cc359 --scores results/cc359/scores.csv --params results/cc359/spottune_params.csv
@@ -31,7 +32,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from cc359_report import cc359_report, cc359_seeds_report, choose, choose_k, choose_lr, choose_tau, collect, read_tau
+from cc359_report import (cc359_report, cc359_seeds_report, choose, choose_k, choose_lr, choose_source_free, choose_tau,
+                          collect, read_tau)
 from tables import (COLLAPSE, mean_sd, metrics_file, read_best_epoch, read_metrics, read_per_patient, read_run_stats,
                     read_table, read_test_metrics)
 from utils import one_error_line, publish, write_csv_atomic
@@ -309,7 +311,9 @@ def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) ->
                 "on this run", "on the means over seeds"))
 
 
-COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "choose_k", "cc359", "cc359_seeds", "compare", "seeds"]
+COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "choose_source_free", "choose_k", "cc359", "cc359_seeds",
+            "compare", "seeds"]
+CHOICES = ("choose_tau", "choose", "choose_lr", "choose_source_free", "choose_k")
 
 
 def subcommand_main(argv: Sequence[str]) -> int:
@@ -321,6 +325,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--val_scores", type=Path, help="cc359: scores of the SpotTUnet validation runs (collect)")
     parser.add_argument("--params", type=Path)
     parser.add_argument("--tau_file", type=Path, help="choose, cc359: the csv choose_tau wrote")
+    parser.add_argument("--sf_choice", type=Path, help="cc359: the csv choose_source_free wrote")
     parser.add_argument("--budget", type=int, help="choose_tau: the budget tau is chosen at (TAU_BUDGET)")
     parser.add_argument("--reference", nargs="+", type=Path, help="result root(s), e.g. one per seed (compare)")
     parser.add_argument("--candidate", nargs="+", type=Path)
@@ -333,7 +338,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
-    if args.command in ("collect", "choose_tau", "choose", "choose_lr", "choose_k") and not args.runs:
+    if args.command in ("collect", *CHOICES) and not args.runs:
         parser.error(f"{args.command} needs --runs")
     if args.command == "choose_tau" and args.budget is None:
         parser.error("choose_tau needs --budget")
@@ -355,9 +360,10 @@ def run_subcommand(args: argparse.Namespace) -> None:
         table_ = collect(args.runs)
         write_csv_atomic(table_, args.out, float_format="%.4f")
         print(f"wrote {args.out}: {len(table_)} test volumes from {len(args.runs)} runs")
-    elif args.command in ("choose_tau", "choose", "choose_lr", "choose_k"):
+    elif args.command in CHOICES:
         chosen = (choose_tau(collect(args.runs), args.budget) if args.command == "choose_tau"
                   else choose_lr(collect(args.runs)) if args.command == "choose_lr"
+                  else choose_source_free(collect(args.runs)) if args.command == "choose_source_free"
                   else choose_k(collect(args.runs)) if args.command == "choose_k"
                   else choose(collect(args.runs), read_tau(args.tau_file)))
         write_csv_atomic(chosen, args.out)
@@ -370,7 +376,8 @@ def run_subcommand(args: argparse.Namespace) -> None:
                                     args.tolerance, args.unjudged) if args.command == "compare"
                 else cc359_report(read_table(args.scores[0]), read_table(args.params), args.title,
                                   read_table(args.val_scores) if args.val_scores else None,
-                                  read_table(args.tau_file) if args.tau_file else None))
+                                  read_table(args.tau_file) if args.tau_file else None,
+                                  read_table(args.sf_choice) if args.sf_choice else None))
         publish(text, args.out)
 
 

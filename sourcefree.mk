@@ -7,7 +7,10 @@ SFDA_FN ?= norm_soft_size
 # stop a run whose predicted foreground on the training slices falls below GUARD x the prior's, and fall back to
 # AdaBN (main.py --collapse_guard; 0: off, the seed's behaviour)
 GUARD ?= 0.25
-GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD))
+# and, above it, when that foreground grows past GUARD_HIGH x the prior's (over-segmentation; 0: off, its edge not yet
+# measured on runs that did not shape it)
+GUARD_HIGH ?= 0
+GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD)) $(if $(filter-out 0,$(GUARD_HIGH)),--overgrowth_guard $(GUARD_HIGH))
 # the label-free epoch choice (ProtoSeg's mu, seed 003) over about MU_IMAGES training slices at every validated epoch,
 # the best -> best_mu.pkl (main.py --mu_images; 0: off)
 MU_IMAGES ?= 64

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dataloader import SliceSet
 from losses import SpotTUnetPenalty
+from metrics import size_stats
 from networks import tapped
 from options import PRECISIONS, LossSpec
 from spottune import SpotTUnet
@@ -182,3 +183,25 @@ def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> 
     except OSError:                     # not Linux: no cheap way to know, so not assumed
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# ---------------------------------------------------------------- the collapse guard (main.py)
+
+def size_ratio(tra: PassResult) -> float:
+    """Mean predicted (argmax) foreground over the mean prior foreground on the slices of a training pass."""
+    predicted = size_stats(tra.pred[tra.seen])[0]
+    return predicted / tra.prior_size if np.isfinite(tra.prior_size) and tra.prior_size > 0 else float("nan")
+
+
+def guarded(args: argparse.Namespace) -> bool:
+    return bool(args.collapse_guard or args.overgrowth_guard)
+
+
+def guard_side(ratio: float, args: argparse.Namespace) -> Optional[str]:
+    """Which side of the guard's band [--collapse_guard, --overgrowth_guard] the size ratio left: "below" (a
+    collapse), "above" (over-segmentation) or None (inside, off, or no ratio)."""
+    if ratio < args.collapse_guard:
+        return "below"
+    if args.overgrowth_guard and ratio > args.overgrowth_guard:
+        return "above"
+    return None

@@ -6,7 +6,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+import cc359
 import dryrun
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -221,6 +223,22 @@ def test_report_plots_and_archive(tiny_run):
     assert all("/results/" in n or "/sizes/" in n for n in names)
     checkpoints = sorted(n for n in names if n.endswith(".pkl"))      # only the baselines' final weights
     assert len(checkpoints) == 2 and all("/baseline/" in n and n.endswith("/last.pkl") for n in checkpoints)
+
+
+@pytest.mark.slow
+def test_predict_segments_a_pairs_test_scans_on_their_own_grid_and_the_figure_shows_them(tiny_run):
+    out = make(tiny_run, *TINY_CC359, "predict")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    pred = tiny_run / "results" / "cc359" / "predict" / "sfda" / "2_5"
+    test_ids = {p.name.split("_")[0] for p in (tiny_run / "data/cc359_sets/pair_2_5_all/test/IMG").iterdir()}
+    table = pd.read_csv(pred / "predictions.csv")
+    assert set(table["volume"]) == test_ids and table["mu"].is_monotonic_increasing
+    meta = cc359.read_meta(tiny_run / "data" / "cc359" / "meta.csv").set_index("id")
+    for case in test_ids:
+        given, seg = nib.load(str(meta.at[case, "image"])), nib.load(str(pred / f"{case}.nii.gz"))
+        assert seg.shape == given.shape and np.allclose(seg.affine, given.affine, atol=1e-6)
+        assert seg.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1}
+    assert_drawn(tiny_run / "results" / "cc359" / "qualitative_2_5.png")
 
 
 @pytest.mark.slow

@@ -412,3 +412,28 @@ def test_a_bad_reuse_is_one_error_naming_the_valid_choices(nii_data, resunet_wei
     except SystemExit as e:
         code = e.code
     assert code not in (0, None) and message in capsys.readouterr().err
+
+
+def test_the_guard_stops_on_either_side_of_its_band(nii_data, tmp_path, monkeypatch):
+    """A run whose foreground grows to 3x the prior stops at that epoch with the over-segmentation side recorded;
+    a stable run (ratios 0.9-1.4) is never stopped by the same band."""
+    sfda = TRUESIZE.replace("SIZEFILE", str(nii_data / "sizes.csv"))
+    args = base_args(nii_data / "data", tmp_path / "x", sfda) + ["--model_weights", str(nii_data / "src" / "last.pkl"),
+                                                                 "--batch_size", "4", "--n_epoch", "3",
+                                                                 "--collapse_guard", "0.25", "--overgrowth_guard", "2"]
+    growing = iter([1.2, 3.0, 4.0])
+    monkeypatch.setattr(main, "size_ratio", lambda tra: next(growing))
+    assert main.main([*args, "--workdir", str(tmp_path / "growing_tmp")]) == 0
+    assert (tmp_path / "growing_tmp" / "collapse.txt").read_text() == "1,3.0000,above\n"
+    stable = iter([0.9, 1.4, 1.1])
+    monkeypatch.setattr(main, "size_ratio", lambda tra: next(stable))
+    assert main.main([*args, "--workdir", str(tmp_path / "stable_tmp")]) == 0
+    assert not (tmp_path / "stable_tmp" / "collapse.txt").exists()
+    assert pd.read_csv(tmp_path / "stable_tmp" / "IMG_target_metrics.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("low, high", [("0.25", "0.9"), ("0.25", "-1")])
+def test_a_guard_band_that_is_not_one_is_refused(low, high, capsys):
+    with pytest.raises(SystemExit):
+        main.get_args(["--workdir", "w", "--target_dataset", "d", "--collapse_guard", low, "--overgrowth_guard", high])
+    assert "--overgrowth_guard" in capsys.readouterr().err

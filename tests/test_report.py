@@ -165,3 +165,29 @@ def test_a_last_epoch_move_beyond_the_runs_own_swing_fails_and_an_unjudged_run_i
     assert fails["sfda"] == "last -5.0 beyond its own swing 4.0" and fails["adaent"] == ""
     table = report.compare([tmp_path / "fp32"], [tmp_path / "bf16"])
     assert list(report.judge(table, 1.5, unjudged=["sfda"])["run"]) == ["adaent"]
+
+
+def _validation_scores(sdice: dict) -> pd.DataFrame:
+    """collect()'s rows for the validation pairs 0_3 and 1_4, two volumes each, one surface Dice per candidate."""
+    rows = []
+    for (method, lr), value in sdice.items():
+        for source, target in ((0, 3), (1, 4)):
+            for patient in ("a", "b"):
+                rows.append({"method": method, "source": source, "target": target, "lr": lr, "patient": patient,
+                             "sdice": value, "dice": value})
+    return pd.DataFrame(rows)
+
+
+def test_the_source_free_choice_falls_back_to_adabn_when_every_rate_loses():
+    from cc359_report import choose_source_free
+    scores = _validation_scores({("sfda_val", 5e-5): 0.60, ("sfda_val", 5e-4): 0.40,
+                                 ("adabn_val", float("nan")): 0.70, ("noadapt_val", float("nan")): 0.65})
+    choice = choose_source_free(scores)
+    assert choice["method"].item() == "adabn" and choice["lr"].item() == 5e-5 and choice["val_sdice"].item() == 0.7
+    assert choice["grid"].item() == "noadapt:0.6500 adabn:0.7000 sfda@5e-05:0.6000 sfda@0.0005:0.4000"
+    scores = _validation_scores({("sfda_val", 5e-5): 0.80, ("adabn_val", float("nan")): 0.70,
+                                 ("noadapt_val", float("nan")): 0.65})
+    assert choose_source_free(scores)["method"].item() == "sfda"
+    tie = _validation_scores({("sfda_val", 5e-5): 0.70, ("adabn_val", float("nan")): 0.70,
+                              ("noadapt_val", float("nan")): 0.65})
+    assert choose_source_free(tie)["method"].item() == "adabn"            # a tie keeps the model it started from
