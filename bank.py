@@ -83,15 +83,25 @@ def read_at(feature: torch.Tensor, rows: np.ndarray, size: Tuple[int, int]) -> n
     return resized(feature, size, at=rows)[0].T.cpu().numpy()
 
 
-def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[np.ndarray], batch_size: int = 16
-                   ) -> Tuple[List[np.ndarray], np.ndarray]:
+FEATURES = ("raw", "instnorm")   # TE_FEATURES: the tapped maps as they are, or as nnU-Net's heads read them
+
+
+def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[np.ndarray], batch_size: int = 16,
+                   features_mode: str = "raw") -> Tuple[List[np.ndarray], np.ndarray]:
     """One pass of ``net`` over the slices the voxels touch: per scale, the tapped decoder layer read at that scale's
-    voxels, (n_k, C_k); and the network's softmax at the finest scale's voxels, (n, source classes)."""
+    voxels, (n_k, C_k); and the network's softmax at the finest scale's voxels, (n, source classes). ``instnorm``:
+    each channel standardised per case over the full maps of the case's passed slices (as InstanceNorm, without its
+    eps so that a channel's scale cancels exactly; a constant channel becomes 0), then a LeakyReLU (0.01), as the
+    input of nnU-Net's segmentation heads that the official CC-FV code hooks."""
+    if features_mode not in FEATURES:
+        raise ValueError(f"features {features_mode!r}: expected one of {', '.join(FEATURES)}")
     layers = net.decoder_scales()
     if len(layers) not in (1, len(voxels)):
         raise ValueError(f"{type(net).__name__} taps {len(layers)} decoder scales for {len(voxels)} voxel scales")
     layers = layers if len(layers) == len(voxels) else layers * len(voxels)       # one-scale nets: the same map
     needed = np.unique(np.concatenate([v[:, 0] for v in voxels]))
+    case_of = {int(s): int(c) for v in voxels for s, c in zip(v[:, 0], v[:, 3])}
+    moments: List[Dict[int, np.ndarray]] = [{} for _ in voxels]      # per scale, case: [count, sum (C), sum of squares]
     features: List[List[Tuple[np.ndarray, np.ndarray]]] = [[] for _ in voxels]
     probs: List[Tuple[np.ndarray, np.ndarray]] = []
     size = tuple(images.shape[-2:])
@@ -105,10 +115,30 @@ def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[
                     at = np.flatnonzero(v[:, 0] == s)
                     if at.size:
                         features[k].append((at, read_at(taps[layer][j:j + 1], v[at, 1:3], size)))
+                    if features_mode == "instnorm":
+                        flat = taps[layer][j].double().flatten(1)
+                        m = np.stack([np.full(flat.shape[0], flat.shape[1]), flat.sum(1).numpy(), (flat ** 2).sum(1).numpy()])
+                        moments[k][case_of[int(s)]] = moments[k].get(case_of[int(s)], 0) + m
                 at = np.flatnonzero(voxels[-1][:, 0] == s)
                 if at.size:
                     probs.append((at, out[j][:, voxels[-1][at, 1], voxels[-1][at, 2]].T.numpy()))
-    return [_in_order(parts, len(v)) for parts, v in zip(features, voxels)], _in_order(probs, len(voxels[-1]))
+    gathered = [_in_order(parts, len(v)) for parts, v in zip(features, voxels)]
+    if features_mode == "instnorm":
+        gathered = [instance_normalised(f, v[:, 3], m) for f, v, m in zip(gathered, voxels, moments)]
+    return gathered, _in_order(probs, len(voxels[-1]))
+
+
+def instance_normalised(rows: np.ndarray, cases: np.ndarray, moments: Dict[int, np.ndarray]) -> np.ndarray:
+    """(n, C) features standardised with their case's channel mean and variance (from count, sum and sum of squares
+    of its maps), then LeakyReLU 0.01."""
+    out = np.empty_like(rows)
+    for case, (count, total, squares) in ((c, moments[c]) for c in np.unique(cases)):
+        mean = total / count
+        var = squares / count - mean ** 2
+        std = np.where(var > 1e-12 * np.maximum(mean ** 2, 1e-12), np.sqrt(np.maximum(var, 0)), 1.0)
+        at = cases == case
+        out[at] = (rows[at] - mean) / std
+    return np.where(out > 0, out, 0.01 * out)
 
 
 def _in_order(parts: List[Tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
@@ -160,8 +190,9 @@ def fine_tuned_scores(runs: Sequence[Path]) -> pd.DataFrame:
 
 
 def agreement(scores: np.ndarray, performance: np.ndarray) -> Dict[str, float]:
-    """Weighted tau and Pearson r of a ranking, NaN (undefined) where either side is constant."""
-    if np.ptp(scores) == 0 or np.ptp(performance) == 0:
+    """Weighted tau and Pearson r of a ranking, NaN (undefined) where either side is constant or a score is not finite
+    (the variety's energy without eps is infinite where two samples coincide)."""
+    if not np.isfinite(scores).all() or np.ptp(scores) == 0 or np.ptp(performance) == 0:
         return {"tau": np.nan, "pearson": np.nan}
     return {"tau": weighted_tau(scores, performance), "pearson": pearson(scores, performance)}
 
@@ -244,7 +275,10 @@ def transfer_report(scores: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}\n", f"{len(scores)} candidate models over {scores['target'].nunique()} target domain(s); "
              f"ground truth: each candidate fine-tuned (ft_all) on the target's annotated pool, mean test surface Dice "
              f"over fine-tuning seeds {seeds}. Weighted Kendall tau (scipy) and Pearson r of each estimator's score "
-             "against it; the ceiling row ranks one fine-tuning seed by the other.\n",
+             "against it; the ceiling row ranks one fine-tuning seed by the other. Features: "
+             + (", ".join(sorted(set(scores["features"].dropna()))) if "features" in scores else "raw")
+             + " (raw: the decoder taps as they are; instnorm: standardised per case and channel, then LeakyReLU, "
+             "as the official code's nnU-Net gives them).\n",
              "## Table 1: estimators\n", *ranking_markdown(table1), "",
              *[f"- {k}: {v}" for k, v in VARIANT_NOTE.items()], "",
              f"CC-FV's mean tau {means.get('ccfv', np.nan):.3f} against {leader} and the ceiling "
@@ -320,12 +354,13 @@ def score_main(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.voxels}: voxels sampled on another pool (slice index beyond the {len(pool)} slices)")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     t0 = time.perf_counter()
-    features, probs = model_features(net, pool.images, voxels)
+    features, probs = model_features(net, pool.images, voxels, features_mode=args.features)
     forward_s = time.perf_counter() - t0
     layers = net.decoder_scales() * (len(voxels) if len(net.decoder_scales()) == 1 else 1)
     with threadpool_limits(limits=args.threads):        # numpy's BLAS too: two jobs of make -j2 on two cores
         scores = score_model(features, probs, voxels, layers, args.name)
-    row = {"candidate": args.name, "network": type(net).__name__, "checkpoint": str(args.model), "forward_s": forward_s,
+    row = {"candidate": args.name, "network": type(net).__name__, "checkpoint": str(args.model), "features": args.features,
+           "forward_s": forward_s,
            **scores}
     write_csv_atomic(pd.DataFrame([row]), args.out, float_format="%.6g")
     print(pd.DataFrame([row]).T.to_string(header=False))

@@ -17,6 +17,11 @@ TE_VOXEL_SEED ?= 0# the voxel draw's seed
 # another voxel draw scores the bank again beside the default one, against the same fine-tunings: voxels<TE_VOX>.npz,
 # score<TE_VOX>/, report<TE_VOX>.md, scores<TE_VOX>.csv, scatter<TE_VOX>.png
 TE_VOX = $(if $(filter-out 0,$(TE_VOXEL_SEED)),_seed$(TE_VOXEL_SEED))$(if $(filter-out $(TE_SLICES_DEFAULT),$(TE_SLICES)),_slices$(TE_SLICES))
+# the features every estimator scores: raw (the decoder taps as they are) or instnorm (standardised per case and
+# channel, then LeakyReLU: what the official CC-FV code reads from nnU-Net); instnorm scores into score<TE_TAG>/ etc.
+TE_FEATURES ?= raw
+$(if $(filter-out raw instnorm,$(TE_FEATURES)),$(error TE_FEATURES=$(TE_FEATURES): expected raw or instnorm))
+TE_TAG = $(TE_VOX)$(if $(filter instnorm,$(TE_FEATURES)),_instnorm)
 $(if $(filter-out $(DOMAINS),$(TE_TARGETS)),$(error TE_TARGETS=$(TE_TARGETS): target domains are 0..5))
 
 te_pair = $(or $(firstword $(foreach p,$(TEST_PAIRS),$(if $(filter $(1),$(call tgt,$(p))),$(p)))),\
@@ -33,13 +38,13 @@ te_name = $(subst /,_,$(patsubst $(RD)/%,%,$(patsubst $(CR)/%,%,$(basename $(1))
 te_target = $(word 1,$(subst /, ,$(patsubst $(TE)/%,%,$(1))))# the target of a transfer/<t>/... file
 te_checkpoint = $(firstword $(foreach c,$(call te_bank,$(call te_target,$(1))),$(if $(filter $(2),$(call te_name,$(c))),$(c))))
 te_pool = $(SETS)/pair_$(call te_pair,$(call te_target,$(1)))_all
-TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t)/score$(TE_VOX)/$(call te_name,$(c)).csv))
+TE_SCORES = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(TE)/$(t)/score$(TE_TAG)/$(call te_name,$(c)).csv))
 TE_FT = $(foreach t,$(TE_TARGETS),$(foreach c,$(call te_bank,$(t)),$(foreach k,$(TE_SEEDS),$(TE)/$(t)/ft/$(call te_name,$(c))_s$(k))))
 TE_VOXELS = $(foreach t,$(TE_TARGETS),$(TE)/$(t)/voxels$(TE_VOX).npz)
-TE_REPORT = $(TE)/report$(TE_VOX).md
+TE_REPORT = $(TE)/report$(TE_TAG).md
 TE_OUT = $(TE_REPORT) $(TE_SCORES) $(TE_FT)
 TE_TITLE = Which pre-trained model to reuse: CC359 ($(NET) bank, seed $(SEED), targets $(TE_TARGETS); voxels drawn with \
-	seed $(TE_VOXEL_SEED) from $(TE_SLICES) slices per case)
+	seed $(TE_VOXEL_SEED) from $(TE_SLICES) slices per case; $(TE_FEATURES) features)
 TE_DATA = --folders "$(TT_DATA)" --grp_regex "$(G_RGX)" --n_class 2
 transfer: $(TE_REPORT)
 
@@ -59,10 +64,10 @@ $(TE_VOXELS): $$(call te_pool,$$@) | $(PYDEP)
 		$(if $(filter-out all,$(TE_SLICES)),--slices_per_case $(TE_SLICES)) --out $@
 $(TE_SCORES): $$(call te_checkpoint,$$@,$$(basename $$(@F))) $$(dir $$(@D))voxels$(TE_VOX).npz $$(call te_pool,$$@) | $(PYDEP)
 	$(LAUNCH) $(CC) $(CFLAGS) transfer.py score --model $< --name $(basename $(@F)) --voxels $(word 2,$^) \
-		--pool $(word 3,$^)/train $(TE_DATA) $(if $(THREADS),--threads $(THREADS)) --out $@
+		--pool $(word 3,$^)/train $(TE_DATA) $(if $(THREADS),--threads $(THREADS)) --features $(TE_FEATURES) --out $@
 $(TE_FT): OPT = $(TRAIN_FT) --model_weights $(word 2,$^) --network checkpoint --new_head --seed $(patsubst s%,%,$(lastword $(subst _, ,$(@F))))
 $(TE_FT): $$(call te_pool,$$@) $$(call te_checkpoint,$$@,$$(patsubst %_$$(lastword $$(subst _, ,$$(@F))),%,$$(@F))) | $(PYDEP)
 	$(TRAIN)
 $(TE_REPORT): $(TE_SCORES) $(TE_FT) | $(PYDEP)
-	$(CC) $(CFLAGS) transfer.py report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ --table $(TE)/scores$(TE_VOX).csv \
-		--plot $(TE)/scatter$(TE_VOX).png --title "$(TE_TITLE)"
+	$(CC) $(CFLAGS) transfer.py report --scores $(TE_SCORES) --ft $(TE_FT) --out $@ --table $(TE)/scores$(TE_TAG).csv \
+		--plot $(TE)/scatter$(TE_TAG).png --title "$(TE_TITLE)"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bank import CAPS, report_main, sample_main, score_main
+from bank import CAPS, FEATURES, report_main, sample_main, score_main
 from utils import one_error_line
 
 
@@ -35,6 +35,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     score.add_argument("--name", required=True, help="the candidate's name in the tables")
     score.add_argument("--voxels", type=Path, required=True, help="the coordinates `sample` wrote")
     score.add_argument("--threads", type=int)
+    score.add_argument("--features", choices=FEATURES, default="raw",
+                       help="the taps as they are (raw) or standardised per case and channel, then LeakyReLU, as the "
+                            "input of nnU-Net's heads that the official CC-FV code reads (instnorm)")
     rep = sub.add_parser("report")
     rep.add_argument("--scores", type=Path, nargs="+", required=True, help="<target>/score/<candidate>.csv")
     rep.add_argument("--ft", type=Path, nargs="+", required=True, help="<target>/ft/<candidate>_s<seed> runs")

@@ -19,9 +19,13 @@ from scipy.spatial.distance import cdist
 
 # Table 2 of seed 001 as keyword arguments of ccfv(); "single_scale" keeps the last scale given (by convention
 # the finest one, the input of the final 1x1 conv, which is also the layer the baselines read).
+# "variety_eps0": the variety's energy without the eps the project adds (Eq. 3 as printed; coincident samples then
+# give an infinite energy and a score of -inf); "code_first_release": the official code's first release, which
+# scored log(W / F_v), the inverse of the camera-ready log(F_v / W), with the code variant's other choices.
 ABLATIONS = {"ccfv": {}, "wo_ccons": {"consistency": False}, "wo_fv": {"variety": False},
              "single_scale": {"scales": (-1,)}, "kl": {"distance": "kl"},
-             "bhattacharyya": {"distance": "bhattacharyya"}, "unit": {"unit": True}}
+             "bhattacharyya": {"distance": "bhattacharyya"}, "unit": {"unit": True},
+             "variety_eps0": {"variety_eps": 0.0}, "code_first_release": {"variant": "code", "inverted": True}}
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -291,7 +295,8 @@ def feature_variety(cases: Sequence[np.ndarray], variant: str = "paper", s: floa
 def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.ndarray]], variant: str = "paper",
          classes: Optional[Sequence[int]] = None, distance: str = "w2", consistency: bool = True,
          variety: bool = True, scales: Optional[Sequence[int]] = None, s: float = 1.0, variety_eps: float = 1e-3,
-         ridge: float = 1e-4, names: Optional[Sequence[str]] = None, unit: bool = False) -> float:
+         ridge: float = 1e-4, names: Optional[Sequence[str]] = None, unit: bool = False,
+         inverted: bool = False) -> float:
     """CC-FV score (seed 001 Eq. 5), higher = better: per scale log(F_v / C_cons), then mean (paper) or sum (code).
 
     features[scale][case]: (n, C_scale) sampled features (all labels, background included); labels alike. A single
@@ -299,7 +304,8 @@ def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.
     found). consistency / variety = False drop that term (Table 2 "w/o"); scales: indices of the scales to use;
     distance: "w2" (the method), "kl" (symmetrised) or "bhattacharyya" (full covariances + ridge) for Table 2.
     unit: L2-normalise every sampled feature vector first, a reading of the paper's "unit sphere" that neither its
-    equations nor its code apply; the score is then blind to the features' scale.
+    equations nor its code apply; the score is then blind to the features' scale. inverted: log(C_cons / F_v), the
+    sign of the official code's first release.
     """
     if variant not in ("paper", "code"):
         raise ValueError(f"ccfv: variant must be 'paper' or 'code'; got {variant!r}")
@@ -335,6 +341,15 @@ def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.
     chosen = range(len(data)) if scales is None else list(scales)
     if len(chosen) == 0 or any(not -len(data) <= i < len(data) for i in chosen):
         raise ValueError(f"ccfv: scales {list(chosen)} must be non-empty indices into {len(data)} scales")
+    with np.errstate(divide="ignore"):          # variety_eps 0: coincident samples give an infinite energy, a -inf term
+        return _ccfv_terms(data, chosen, classes, variant, distance, consistency, variety, s, variety_eps, ridge,
+                           inverted)
+
+
+def _ccfv_terms(data: list, chosen: Sequence[int], classes: Sequence[int], variant: str, distance: str,
+                consistency: bool, variety: bool, s: float, variety_eps: float, ridge: float, inverted: bool) -> float:
+    """ccfv's sum over the chosen scales of log(F_v) - log(C_cons), mean (paper) or sum (code), its sign inverted on
+    request."""
     terms = []
     for i in chosen:
         name, xs, ys = data[i]
@@ -345,7 +360,8 @@ def ccfv(features: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[np.
                 raise ValueError(f"ccfv {name}: class consistency is {c} (identical class features in every case)")
             term -= np.log(c)
         terms.append(term)
-    return float(np.mean(terms) if variant == "paper" else np.sum(terms))
+    score = float(np.mean(terms) if variant == "paper" else np.sum(terms))
+    return -score if inverted else score
 
 
 # ------------------------------------------------------------------------------------------------ ranking

@@ -368,3 +368,13 @@ def test_a_tiny_resunet_chain_chooses_k_tests_the_strategies_and_draws_the_layer
     assert {"sa_drop", "moved", "p_finetuned_n8"} <= set(anatomy.columns) and len(anatomy) == 28
     text = (cr / "layers" / "anatomy.md").read_text()
     assert "rho" in text and (cr / "layers" / "anatomy.png").is_file()
+
+
+def test_instnorm_features_score_the_same_bank_into_their_own_tables_and_a_bad_value_is_one_line(tmp_path):
+    _, runs = dry(tmp_path, "-n", "transfer", "TE_FEATURES=instnorm", "NET=Dimwit", "EPC=1")
+    scores = {k: o for k, o in runs.items() if k.startswith("transfer.py score ")}
+    assert scores and all("/score_instnorm/" in k for k in scores)
+    assert all(o["--features"] == "instnorm" for opts in scores.values() for o in opts)
+    assert any(k.startswith("transfer.py report ") and k.endswith("report_instnorm.md") for k in runs)
+    out = make(tmp_path, "-n", "transfer", "TE_FEATURES=postnorm")
+    assert out.returncode != 0 and "TE_FEATURES=postnorm: expected raw or instnorm" in out.stderr

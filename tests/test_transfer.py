@@ -419,3 +419,36 @@ def test_a_bank_entry_that_is_not_a_state_dict_checkpoint_is_one_error_line(tmp_
     assert err.startswith("error: ") and "whole_model.pkl" in err and "\n" not in err
     assert transfer.main([*args[:2], str(tmp_path / "missing.pkl"), *args[3:]]) == 1
     assert "missing.pkl: checkpoint does not exist" in capsys.readouterr().err
+
+
+def test_instnorm_features_do_not_see_a_positive_per_channel_scale_and_shift_of_the_tap():
+    torch.manual_seed(0)
+    net = build_network("UNet", 1, 2, width=4, depth=3).eval()
+    images = torch.rand(5, 1, 16, 16)
+    labels = np.zeros((5, 16, 16), np.int64)
+    labels[:, 4:9, 5:11] = 1
+    voxels = bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
+    plain = {mode: bank.model_features(net, images, voxels, 2, mode)[0][-1] for mode in bank.FEATURES}
+    scale, shift = torch.tensor([0.5, 3.0, 2.0, 0.25]).view(1, 4, 1, 1), torch.tensor([0.1, -0.2, 0.0, 0.05]).view(1, 4, 1, 1)
+    hook = dict(net.named_modules())["dec1.convs.1"].register_forward_hook(lambda m, i, out: out * scale + shift)
+    try:
+        moved = {mode: bank.model_features(net, images, voxels, 2, mode)[0][-1] for mode in bank.FEATURES}
+    finally:
+        hook.remove()
+    assert np.allclose(moved["instnorm"], plain["instnorm"], atol=1e-5)
+    assert not np.allclose(moved["raw"], plain["raw"], atol=1e-2)               # the raw tap moves with it
+    assert (plain["instnorm"] >= -0.01 * np.abs(plain["instnorm"]).max()).all()  # LeakyReLU: negatives x0.01
+
+
+def test_the_first_release_sign_and_the_variety_without_eps_are_named_ablations():
+    rng = np.random.default_rng(1)
+    feats = [[rng.normal(size=(30, 4)) + np.repeat([[0.0], [2.0]], 15, 0) for _ in range(3)]]
+    labs = [[np.repeat([0, 1], 15) for _ in range(3)]]
+    code = transferability.ccfv(feats, labs, variant="code")
+    assert transferability.ccfv(feats, labs, **transferability.ABLATIONS["code_first_release"]) == pytest.approx(-code)
+    no_eps = transferability.ccfv(feats, labs, **transferability.ABLATIONS["variety_eps0"])
+    assert np.isfinite(no_eps) and no_eps != transferability.ccfv(feats, labs)
+    for case in feats[0]:
+        case[1] = case[0]                                                         # two coincident samples per case
+    assert transferability.ccfv(feats, labs, **transferability.ABLATIONS["variety_eps0"]) == -np.inf
+    assert np.isnan(bank.agreement(np.array([0.1, -np.inf, 0.3]), np.array([0.5, 0.6, 0.7]))["tau"])
