@@ -1,4 +1,5 @@
-"""Which adapted model to deploy when the target has no labels (deploy.py): ProtoSeg's mu decides.
+"""Which adapted model to deploy when the target has no labels (deploy.py): the highest mean mu (ProtoSeg), a rule
+that judge measures against the labels where they exist (docs/results/prostate.md: it is not the default).
 
 Each candidate run (noadapt, adabn, sfda, ...) is scored by its mean mu over the target's *training* images, through
 the weights a user would deploy (last.pkl: no label chose its epoch); mu reads the network's own features and output,
@@ -83,8 +84,10 @@ def label_free_report(choice: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "",
              "The target has no labels (a tags file only): no Dice is computed, and fs and sfda_truesize are not run "
              "(both read target labels). Each run is scored by its mean mu (ProtoSeg) over the target training images "
-             "through its last epoch's weights; the highest is the model `predict PREDICT_RUN=auto` deploys. A run whose "
-             "collapse guard fired returned AdaBN's model.", "", choice.to_markdown(index=False), ""]
+             "through its last epoch's weights; the highest is the model `predict PREDICT_RUN=auto` deploys. Where labels "
+             "could judge it, that rule picked the unadapted model (docs/results/prostate.md), so `predict` deploys sfda "
+             "by default. A run whose collapse guard fired returned AdaBN's model.", "",
+             choice.to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
