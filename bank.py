@@ -257,7 +257,10 @@ VARIANT_NOTE = {"ccfv": "CC-FV, paper variant (Eq. 2-5: mean W2 over case pairs,
 ABLATION_NOTE = {"wo_ccons": "without class consistency: feature variety alone", "wo_fv": "without feature variety: "
                  "class consistency alone", "single_scale": "the finest decoder scale only", "kl": "symmetrised KL "
                  "instead of W2", "bhattacharyya": "Bhattacharyya instead of W2", "unit": "features L2-normalised per "
-                 "voxel first (the paper's \"unit sphere\"; neither its equations nor its code normalise)"}
+                 "voxel first (the paper's \"unit sphere\"; neither its equations nor its code normalise)",
+                 "variety_eps0": "the variety's energy without the project's eps, as Eq. 3 is printed (coincident "
+                 "samples: -inf, an undefined ranking)", "code_first_release": "the code variant with the sign of the "
+                 "official code's first release, log(W / F_v)"}
 
 
 def transfer_report(scores: pd.DataFrame, title: str) -> str:

@@ -452,3 +452,15 @@ def test_the_first_release_sign_and_the_variety_without_eps_are_named_ablations(
         case[1] = case[0]                                                         # two coincident samples per case
     assert transferability.ccfv(feats, labs, **transferability.ABLATIONS["variety_eps0"]) == -np.inf
     assert np.isnan(bank.agreement(np.array([0.1, -np.inf, 0.3]), np.array([0.5, 0.6, 0.7]))["tau"])
+
+
+def test_the_report_names_every_ablation_and_the_features():
+    rng = np.random.default_rng(2)
+    columns = [*bank.ESTIMATORS, *(f"ccfv_{k}" for k in transferability.ABLATIONS if k != "ccfv")]
+    rows = [{"target": t, "candidate": f"m{i}", "features": "instnorm", "forward_s": 1.0, "ft_s": 10.0,
+             "sdice": rng.random(), "sdice_s0": rng.random(), "sdice_s1": rng.random(),
+             **{c: rng.random() for c in columns}, **{f"{e}_s": 0.1 for e in bank.ESTIMATORS}}
+            for t in (1, 5) for i in range(4)]
+    text = bank.transfer_report(pd.DataFrame(rows), "t")
+    assert "Features: instnorm" in text
+    assert all(f"- ccfv_{k}:" in text for k in transferability.ABLATIONS if k != "ccfv")
