@@ -104,8 +104,15 @@ def figure(split: SliceSet, preds: Dict[str, np.ndarray], scores: Dict[str, pd.D
     save_figure(fig, out)
 
 
+def run_names(runs: Sequence[Path]) -> List[str]:
+    """Each run's name in the figure: its folder (prostate: sfda), or its method's where those repeat (CC359:
+    sfda/2_5, adabn/2_5)."""
+    unique = len({run.name for run in runs}) == len(runs)
+    return [run.name if unique else run.parent.name for run in runs]
+
+
 def qualitative(args: argparse.Namespace) -> None:
-    names = [run.name for run in args.runs]
+    names = run_names(args.runs)
     for needed in (args.baseline, args.adapted):
         if needed not in names:
             raise DataError(f"--baseline / --adapted {needed!r} is not one of the runs ({', '.join(names)})")
@@ -114,9 +121,9 @@ def qualitative(args: argparse.Namespace) -> None:
                        params["grp_regex"], option="--val_target_folders")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     preds, scores = {}, {}
-    for run in args.runs:
-        preds[run.name], mu = segment_split(run, split, device, args.batch_size)
-        scores[run.name] = per_patient(preds[run.name], mu, split)
+    for name, run in zip(names, args.runs):
+        preds[name], mu = segment_split(run, split, device, args.batch_size)
+        scores[name] = per_patient(preds[name], mu, split)
     ratio = {pid: s[2] / s[0] for pid, s in split.spacings.items()}       # slice thickness over row spacing
     figure(split, preds, scores, shown_patients(scores, args.baseline, args.adapted), args.views, ratio, args.out)
 

@@ -48,3 +48,8 @@ def test_the_qualitative_figure_shows_the_largest_median_and_smallest_gain():
     shown = qualitative.shown_patients(scores, "noadapt", "sfda")
     assert [pid for _, pid in shown] == ["p0", "p3", "p4"]
     assert shown[0][0] == "largest gain (+40.0)" and shown[2][0] == "smallest gain (-30.0)"
+
+
+def test_the_figure_names_runs_by_folder_or_by_method_where_folders_repeat():
+    assert qualitative.run_names([Path("r/noadapt"), Path("r/sfda")]) == ["noadapt", "sfda"]
+    assert qualitative.run_names([Path("cc/noadapt/2_5"), Path("cc/sfda/2_5")]) == ["noadapt", "sfda"]
