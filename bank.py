@@ -101,7 +101,7 @@ def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[
     layers = layers if len(layers) == len(voxels) else layers * len(voxels)       # one-scale nets: the same map
     needed = np.unique(np.concatenate([v[:, 0] for v in voxels]))
     case_of = {int(s): int(c) for v in voxels for s, c in zip(v[:, 0], v[:, 3])}
-    moments: List[Dict[int, np.ndarray]] = [{} for _ in voxels]      # per scale, case: [count, sum (C), sum of squares]
+    moments: Dict[str, Dict[int, np.ndarray]] = {layer: {} for layer in layers}   # case: [count, sum (C), squares]
     features: List[List[Tuple[np.ndarray, np.ndarray]]] = [[] for _ in voxels]
     probs: List[Tuple[np.ndarray, np.ndarray]] = []
     size = tuple(images.shape[-2:])
@@ -115,16 +115,17 @@ def model_features(net: torch.nn.Module, images: torch.Tensor, voxels: Sequence[
                     at = np.flatnonzero(v[:, 0] == s)
                     if at.size:
                         features[k].append((at, read_at(taps[layer][j:j + 1], v[at, 1:3], size)))
-                    if features_mode == "instnorm":
-                        flat = taps[layer][j].double().flatten(1)
-                        m = np.stack([np.full(flat.shape[0], flat.shape[1]), flat.sum(1).numpy(), (flat ** 2).sum(1).numpy()])
-                        moments[k][case_of[int(s)]] = moments[k].get(case_of[int(s)], 0) + m
+                if features_mode == "instnorm":
+                    for layer, per_case in moments.items():            # once per layer, however many scales read it
+                        flat = taps[layer][j].double().flatten(1).numpy()      # (C, h w)
+                        sums = np.stack([np.full(len(flat), flat.shape[1]), flat.sum(1), (flat ** 2).sum(1)])
+                        per_case[case_of[int(s)]] = per_case.get(case_of[int(s)], 0) + sums
                 at = np.flatnonzero(voxels[-1][:, 0] == s)
                 if at.size:
                     probs.append((at, out[j][:, voxels[-1][at, 1], voxels[-1][at, 2]].T.numpy()))
     gathered = [_in_order(parts, len(v)) for parts, v in zip(features, voxels)]
     if features_mode == "instnorm":
-        gathered = [instance_normalised(f, v[:, 3], m) for f, v, m in zip(gathered, voxels, moments)]
+        gathered = [instance_normalised(f, v[:, 3], moments[layer]) for f, v, layer in zip(gathered, voxels, layers)]
     return gathered, _in_order(probs, len(voxels[-1]))
 
 

@@ -122,16 +122,14 @@ def choose_source_free(scores: pd.DataFrame) -> pd.DataFrame:
     methods = scores["method"].str.removesuffix("_val")
     if not set(methods) >= {"sfda", "adabn", "noadapt"}:
         raise ValueError("choose_source_free needs sfda_val/<s>_<t>_lr<lr>, adabn_val/<s>_<t> and noadapt_val/<s>_<t> runs")
-    scores = scores.assign(candidate=[m if m != "sfda" else f"sfda lr {lr:g}" for m, lr in zip(methods, scores["lr"])])
-    per_run = scores.groupby(["candidate", "source", "target"])["sdice"].mean().reset_index()
-    order = ["noadapt", "adabn"] + sorted((c for c in per_run["candidate"].unique() if c.startswith("sfda")),
-                                          key=lambda c: float(c.split()[-1]))
-    grid = per_run.groupby("candidate")["sdice"].mean().reindex(order)
-    best = grid.idxmax()
-    rates = grid[[c for c in order if c.startswith("sfda")]]
-    return pd.DataFrame({"method": [best.split()[0]], "lr": [float(rates.idxmax().split()[-1])],
-                         "val_sdice": [round(grid.max(), 4)], "grid": [" ".join(f"{c.replace(' lr ', '@')}:{v:.4f}"
-                                                                             for c, v in grid.items())]})
+    rates = sorted(scores.loc[methods == "sfda", "lr"].unique())
+    candidate = [m if m != "sfda" else f"sfda@{lr:g}" for m, lr in zip(methods, scores["lr"])]
+    per_pair = scores.assign(candidate=candidate).groupby(["candidate", "source", "target"])["sdice"].mean()
+    grid = per_pair.groupby("candidate").mean().reindex(["noadapt", "adabn", *(f"sfda@{lr:g}" for lr in rates)])
+    best = grid.idxmax()                                   # the first of ties: noadapt, then adabn, then the rates
+    return pd.DataFrame({"method": [best.partition("@")[0]], "lr": [rates[int(grid.iloc[2:].to_numpy().argmax())]],
+                         "val_sdice": [round(grid.max(), 4)],
+                         "grid": [" ".join(f"{c}:{v:.4f}" for c, v in grid.items())]})
 
 
 def source_free_choice_section(per_run: pd.DataFrame, choice: pd.DataFrame) -> str:

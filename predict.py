@@ -2,8 +2,8 @@
 trust score per scan (predict.py).
 
 The preprocessing of the run's data (volumes.py's preprocessing.json, found beside its --target_dataset; for a CC359
-run, the cc359.py prep cache given by --cc359_prep) is replayed on each volume; the network's class probabilities are put back on the volume's grid and their argmax saved with the
-input's shape, affine and qform / sform codes. predictions.csv holds per volume the predicted volume of each class in
+run, the cc359.py prep cache given by --cc359_prep) is replayed on each volume; the network's class probabilities are
+put back on the volume's grid and their argmax saved with the input's shape, affine and qform / sform codes. predictions.csv holds per volume the predicted volume of each class in
 mL, the mean entropy over the predicted foreground, and ProtoSeg's mu (the mean over the slices the network segments
 something in); a volume whose mu falls below a threshold chosen without target labels (a low percentile of the same
 statistic on the source validation patients, --reference) is flagged. Least trusted first; overview.png shows each
@@ -59,8 +59,12 @@ def volumes_replay(run: Path, params: dict) -> Replay:
         raise DataError(f"{run}: its data {data} holds no preprocessing.json: the run was not trained on volumes.py "
                         f"slices, so there is no preprocessing to replay on volumes (CC359: give --cc359_prep)")
     prep = like(data)
-    return Replay(lambda case: (lambda images, _, geometry: (images, geometry))(*prepare(case, prep)), restore,
-                  prep.channel)
+
+    def prepare_volume(case: Case) -> Tuple[np.ndarray, dict]:
+        images, _, geometry = prepare(case, prep)
+        return images, geometry
+
+    return Replay(prepare_volume, restore, prep.channel)
 
 
 def cc359_replay(prep_dir: Path, spacings: Dict[str, Tuple[float, float, float]]) -> Replay:
@@ -73,12 +77,13 @@ def cc359_replay(prep_dir: Path, spacings: Dict[str, Tuple[float, float, float]]
         raise DataError(f"{prep_dir}: not a cc359.py prep cache (spacing.txt, slices/IMG/*.npy)") from None
 
     def prepare_scan(case: Case) -> Tuple[np.ndarray, dict]:
-        spacing = spacings.get(case.name) or nib.load(str(case.image)).header.get_zooms()[:3]
+        header = nib.load(str(case.image)).header
+        spacing = spacings.get(case.name) or header.get_zooms()[:3]
         image, _ = cc359.preprocess(cc359.load_volume(case.image), None, spacing, new_spacing)
         if image.shape[0] > shape[0] or image.shape[1] > shape[1]:
             raise DataError(f"{case.image}: {image.shape[:2]} voxels in-plane at {new_spacing} mm exceed the cache's "
                             f"slices {shape}; this scan is larger than any the run's data held")
-        geometry = {"shape": list(nib.load(str(case.image)).shape), "resampled": list(image.shape)}
+        geometry = {"shape": list(header.get_data_shape()), "resampled": list(image.shape)}
         return np.moveaxis(cc359.pad_slices(image, shape), 2, 0), geometry
 
     return Replay(prepare_scan, cc359_restore)
@@ -139,7 +144,8 @@ def segment(net: torch.nn.Module, case: Case, replay: Replay, device: torch.devi
                                     lambda: autocast(device, precision), keep_probs=True)
     probs = probs.numpy().transpose(1, 0, 2, 3)                      # (K, S, H, W)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0)
-    foreground = probs.argmax(0) > 0
+    slice_classes = probs.argmax(0)                                   # (S, H, W) on the network's grid
+    foreground = slice_classes > 0
     classes = replay.restore(probs, geometry)
     original = nib.load(str(case.image))
     seg = nib.Nifti1Image(classes, original.affine, header=original.header.copy())
@@ -152,7 +158,7 @@ def segment(net: torch.nn.Module, case: Case, replay: Replay, device: torch.devi
            "mean_entropy": round(float(entropy[foreground].mean()) if foreground.any() else 0.0, 4),
            **{f"class{k}_ml": round(float((classes == k).sum()) * voxel_ml, 3) for k in range(1, probs.shape[0])}}
     middle = len(images) // 2
-    return seg, row, np.stack([images[middle], probs.argmax(0)[middle]])
+    return seg, row, np.stack([images[middle], slice_classes[middle]])
 
 
 def overview(panels: List[Tuple[str, np.ndarray]], out: Path) -> None:

@@ -85,12 +85,12 @@ def figure(split: SliceSet, preds: Dict[str, np.ndarray], scores: Dict[str, pd.D
         gt = truths[pid] > 0
         centre = tuple(int(round(c)) for c in np.argwhere(gt).mean(0)) if gt.any() else tuple(s // 2 for s in gt.shape)
         aspect = spacing_ratio[pid] if view == "cross" else 1.0
-        image = cut(images[pid], view, centre)
+        image, truth = cut(images[pid], view, centre), cut(gt, view, centre)
         panels = [("image, ground truth", None)] + [(name, cut(stacks[name][pid], view, centre) > 0) for name in runs]
         for ax, (title, mask) in zip(ax_row, panels):
             ax.imshow(image, cmap="gray", aspect=aspect)
-            if cut(gt, view, centre).any():
-                ax.contour(cut(gt, view, centre), levels=[0.5], colors="lime", linewidths=0.8)
+            if truth.any():
+                ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
             if mask is not None and mask.any():
                 ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
             if mask is not None:

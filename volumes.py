@@ -132,9 +132,9 @@ def read_volumes(root: Path, channel: Optional[int]) -> List[Case]:
 def check_not_other_input(out: Path, source: str) -> None:
     """An existing layout built from other volumes is refused, never silently reused or replaced."""
     stored = out / "preprocessing.json"
-    if stored.is_file() and json.loads(stored.read_text()).get("input") != source:
-        raise DataError(f"{out}: already holds slices of {json.loads(stored.read_text()).get('input')}, not of "
-                        f"{source}; choose another output folder")
+    built_from = json.loads(stored.read_text()).get("input") if stored.is_file() else source
+    if built_from != source:
+        raise DataError(f"{out}: already holds slices of {built_from}, not of {source}; choose another output folder")
 
 
 def like(layout: Path) -> Preprocessing:

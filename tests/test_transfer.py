@@ -340,13 +340,18 @@ def test_reading_a_coarse_map_at_points_equals_upsampling_it_then_indexing():
     assert np.allclose(bank.read_at(feature, rows, (20, 28)), expected, atol=1e-6)
 
 
-def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
+def tiny_unet_pool():
+    """A width-4 UNet, five 16 x 16 slices of two cases with a foreground box, and voxels sampled on them."""
     torch.manual_seed(0)
     net = build_network("UNet", 1, 2, width=4, depth=3).eval()
     images = torch.rand(5, 1, 16, 16)
     labels = np.zeros((5, 16, 16), np.int64)
     labels[:, 4:9, 5:11] = 1
-    voxels = bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
+    return net, images, bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
+
+
+def test_one_pass_reads_every_scale_at_its_voxels_and_the_head_at_the_finest():
+    net, images, voxels = tiny_unet_pool()
     features, probs = bank.model_features(net, images, voxels, batch_size=2)
     assert [f.shape for f in features] == [(40, 16), (80, 8), (120, 4)] and probs.shape == (120, 2)
     with tapped(net, ["dec1.convs.1"]) as taps, torch.no_grad():
@@ -422,12 +427,7 @@ def test_a_bank_entry_that_is_not_a_state_dict_checkpoint_is_one_error_line(tmp_
 
 
 def test_instnorm_features_do_not_see_a_positive_per_channel_scale_and_shift_of_the_tap():
-    torch.manual_seed(0)
-    net = build_network("UNet", 1, 2, width=4, depth=3).eval()
-    images = torch.rand(5, 1, 16, 16)
-    labels = np.zeros((5, 16, 16), np.int64)
-    labels[:, 4:9, 5:11] = 1
-    voxels = bank.sample_voxels(labels, ["a", "a", "a", "b", "b"], caps=(10, 20, 30))
+    net, images, voxels = tiny_unet_pool()
     plain = {mode: bank.model_features(net, images, voxels, 2, mode)[0][-1] for mode in bank.FEATURES}
     scale, shift = torch.tensor([0.5, 3.0, 2.0, 0.25]).view(1, 4, 1, 1), torch.tensor([0.1, -0.2, 0.0, 0.05]).view(1, 4, 1, 1)
     hook = dict(net.named_modules())["dec1.convs.1"].register_forward_hook(lambda m, i, out: out * scale + shift)
