@@ -49,17 +49,28 @@ FRESH = $(if $(findstring B,$(firstword -$(MAKEFLAGS))),rm -rf $(1)_tmp,:)
 # what every main.py run gets from PREC and CL (CL=1: channels_last memory format)
 RUN_NUMERICS = --precision $(PREC) $(if $(filter 1,$(CL)),--channels_last) $(if $(THREADS),--threads $(THREADS))
 
+# The classes: N_CLASS (background + structures), every structure reported (METRIC_AXIS) and in the losses (IDC)
+N_CLASS ?= 2
+comma := ,
+empty :=
+space := $(empty) $(empty)
+py_list = [$(subst $(space),$(comma),$(strip $(1)))]# make words -> a Python list: 0 1 2 -> [0,1,2]
+CLASS_IDS = $(shell seq 0 $$(($(N_CLASS) - 1)))
+METRIC_AXIS = $(wordlist 2,$(N_CLASS),$(CLASS_IDS))
+IDC = $(call py_list,$(CLASS_IDS))
+W_CE = $(call py_list,$(foreach k,$(CLASS_IDS),1))
+
 # the supervised losses: cross-entropy, and with it online ProtoSeg's SA term of the last two feature layers (seed 003)
-L_OR = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1)]
-L_ONLINE = [('CrossEntropy', {'idc': [0,1], 'weights':[1,1]}, None, None, None, 1), ('ProtoSegLoss', {'layers': 'last'}, None, None, None, 1)]
+L_OR = [('CrossEntropy', {'idc': $(IDC), 'weights':$(W_CE)}, None, None, None, 1)]
+L_ONLINE = [('CrossEntropy', {'idc': $(IDC), 'weights':$(W_CE)}, None, None, None, 1), ('ProtoSegLoss', {'layers': 'last'}, None, None, None, 1)]
 
 # One main.py run. $@: the run directory, written as $@_tmp and renamed when complete; $(DATASET): its slice set;
 # $(CHAIN_OPT): what every run of the chain gets; $(OPT): what this run adds (the last of a repeated option wins).
 .SECONDEXPANSION:
 define TRAIN
 	$(call FRESH,$@)
-	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(DATASET) --network $(NET) --n_class 2 \
-		--metric_axis 1 --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
+	$(LAUNCH) $(CC) $(CFLAGS) main.py --workdir $@_tmp --target_dataset $(DATASET) --network $(NET) --n_class $(N_CLASS) \
+		--metric_axis $(METRIC_AXIS) --grp_regex "$(G_RGX)" --target_folders="$(TT_DATA)" --val_target_folders="$(TT_DATA)" \
 		--batch_size $(BS) $(CHAIN_OPT) $(RUN_NUMERICS) --seed $(SEED) $(OPT) $(EXTRA) $(DEBUG)
 	rm -rf $@ && mv $@_tmp $@
 endef

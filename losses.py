@@ -94,7 +94,7 @@ class EntKLProp(Loss):
       L_ent = - sum w_c p log(p + 1e-10) / sum p
       tau   = fn(p, power) per image: norm_soft_size (the code) or soft_ratio (the papers' sum p / (W*H)),
       tau*  = bounds[:, :, 0] / (W*H)
-      L_KL  = (1/B) sum_b sum_c tau [log(tau + 1e-10) - log(tau* + 1e-10)]
+      L_KL  = (1/B) sum_b sum_c v_c tau [log(tau + 1e-10) - log(tau* + 1e-10)], v_c = weights_kl (1: the seed's)
     ``curi=False`` takes the prior from the batch's ground truth (the "cheat" upper bound).
     ``idc_c``, ``lamb_conspred`` and ``inv_consloss`` are accepted for compatibility with the seed's
     recipes; the seed's EntKLProp does not use them either.
@@ -102,11 +102,13 @@ class EntKLProp(Loss):
 
     def __init__(self, weights_se: Sequence[float], lamb_se: float = 1, lamb_consprior: float = 1,
                  power: float = 1, curi: bool = True, ivd: bool = True, fn: str = "norm_soft_size",
-                 idc_c: Sequence[int] = (1,), lamb_conspred: float = 0, inv_consloss: bool = False):
+                 idc_c: Sequence[int] = (1,), lamb_conspred: float = 0, inv_consloss: bool = False,
+                 weights_kl: Optional[Sequence[float]] = None):
         if fn not in RATIO_FUNCTIONS:
             raise ValueError(f"EntKLProp: size function {fn!r} does not give a class ratio; "
                              f"use one of {', '.join(RATIO_FUNCTIONS)}")
         self.weights = torch.tensor(list(weights_se), dtype=torch.float32)
+        self.weights_kl = torch.tensor(list(weights_kl), dtype=torch.float32) if weights_kl is not None else None
         self.lamb_se, self.lamb_consprior = float(lamb_se), float(lamb_consprior)
         self.power, self.curi, self.ivd = power, bool(curi), bool(ivd)
         self.size_fn = SIZE_FUNCTIONS[fn]
@@ -119,6 +121,8 @@ class EntKLProp(Loss):
         b, c, w, h = probs.shape
         if len(self.weights) != c:
             raise ValueError(f"EntKLProp: weights_se has {len(self.weights)} entries for {c} classes")
+        if self.weights_kl is not None and len(self.weights_kl) != c:
+            raise ValueError(f"EntKLProp: weights_kl has {len(self.weights_kl)} entries for {c} classes")
         probs = probs.float()
         loss_se = _weighted_entropy_sum(probs, self.weights.to(probs.device)) / (probs.sum() + 1e-10)
 
@@ -128,7 +132,8 @@ class EntKLProp(Loss):
             gt_prop = prior.float().reshape(b, c) / (w * h)
         else:
             gt_prop = self.size_fn(target.float(), self.power)
-        loss_kl = (est_prop * ((est_prop + 1e-10).log() - (gt_prop + 1e-10).log())).sum() / b
+        kl = est_prop * ((est_prop + 1e-10).log() - (gt_prop + 1e-10).log())                 # (B, C)
+        loss_kl = (kl if self.weights_kl is None else kl * self.weights_kl.to(kl.device)).sum() / b
         return self.lamb_se * loss_se, self.lamb_consprior * loss_kl
 
 

@@ -47,7 +47,8 @@ from resume import RESUME, History, prepare_workdir, restore, resume_state, save
 from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
 from spottune import SpotTUnet, policy_table
 from tables import COLLAPSE_FILE, TESTED_WEIGHTS
-from training import PassResult, autocast, guard_side, guarded, native_bf16, reestimate_batchnorm, run_pass, size_ratio
+from training import (PassResult, autocast, class_sizes, guard_side, guarded, native_bf16, reestimate_batchnorm,
+                      run_pass, size_ratios)
 from utils import OptionError, class2one_hot, exp_lr_scheduler, one_error_line, record_provenance, write_csv_atomic
 
 write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
@@ -166,8 +167,9 @@ def attach_bounds(data: SliceSet, specs: Sequence[LossSpec], n_class: int) -> No
 # ---------------------------------------------------------------- epoch statistics
 
 def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: PassResult,
-              val_eval: Dict[str, Any], val: SliceSet) -> Dict[str, float]:
-    """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained."""
+              val_eval: Dict[str, Any], val: SliceSet, n_class: int = 2) -> Dict[str, float]:
+    """One row of the metrics csv, in the seed's columns (+ HD95/ASSD); train columns NaN when not trained. With
+    several structures, each one's validation 3D Dice and, on the training slices, its argmax and prior sizes."""
     nan = float("nan")
     tra_size = size_stats(tra.pred[tra.seen]) if tra else (nan, nan)
     val_size = size_stats(val_pass.pred)
@@ -187,6 +189,14 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
             row[f"{split}_{name}_mean"] = getattr(result, name) if result else nan
     if "hd95" in val_eval:
         row["val_hd95"], row["val_assd"] = val_eval["hd95"], val_eval["assd"]
+    if n_class > 2:
+        per_patient = val_eval["per_patient"]
+        sizes = class_sizes(tra.pred[tra.seen], n_class) if tra else np.full(n_class - 1, nan)
+        prior = tra.prior_class_size.numpy() if tra and tra.prior_class_size is not None else np.full(n_class - 1, nan)
+        for k in range(1, n_class):
+            column = f"dice_3d_c{k}"
+            row[f"val_{column}"] = per_patient[column].mean() if per_patient is not None and column in per_patient else nan
+            row[f"tra_size_c{k}"], row[f"tra_prior_c{k}"] = sizes[k - 1], prior[k - 1]
     return row
 
 
@@ -286,15 +296,16 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
                                      once=args.lr_schedule == "step_once")
         if tra and epoch in args.save_epochs:
             save_checkpoint(savedir / f"epoch{epoch}.pkl", net, epoch=epoch)
-        ratio = size_ratio(tra) if tra and guarded(args) else float("nan")
-        side = guard_side(ratio, args)
+        side, ratio, k = guard_side(size_ratios(tra), args) if tra and guarded(args) else (None, float("nan"), 0)
         collapsed = side is not None
         if collapsed:
-            print(f">> epoch {epoch}: predicted foreground {ratio:.3f} x the prior's, {side} the guard's band "
+            where = f"class {k}" if args.n_class > 2 else "foreground"
+            print(f">> epoch {epoch}: predicted {where} {ratio:.3f} x the prior's, {side} the guard's band "
                   f"[{args.collapse_guard:g}, {args.overgrowth_guard or float('inf'):g}]: stopped; the start model "
                   f"with AdaBN statistics is the result", flush=True)
             fall_back_to_adabn(net, start, data, args, device)
-            (savedir / COLLAPSE_FILE).write_text(f"{epoch},{ratio:.4f},{side}\n")
+            (savedir / COLLAPSE_FILE).write_text(f"{epoch},{ratio:.4f},{side}" + (f",{k}" if args.n_class > 2 else "")
+                                                 + "\n")
         t1 = time.perf_counter()
         seconds["train"] += t1 - t0
         seconds["compute"] += tra.compute_s if tra else 0.0
@@ -305,9 +316,9 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
             t2 = time.perf_counter()
             seconds["val"] += t2 - t1
             seconds["compute"] += val_pass.compute_s
-            row = epoch_row(epoch, tra, data.train, val_pass, val_eval, data.val)
+            row = epoch_row(epoch, tra, data.train, val_pass, val_eval, data.val, args.n_class)
             if data.mu_index is not None:
-                row["mu"], row["mu_empty_share"] = select_by_mu(net, epoch, data, args, device, savedir, history)
+                row.update(select_by_mu(net, epoch, data, args, device, savedir, history))
             history.rows.append(row)
             write_csv(pd.DataFrame(history.rows), savedir / metrics_csv(args))
             if val_eval["dice3d"] > best["dice"]:
@@ -330,17 +341,21 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
 
 
 def select_by_mu(net: torch.nn.Module, epoch: int, data: Data, args: argparse.Namespace, device: torch.device,
-                 savedir: Path, history: History) -> Tuple[float, float]:
-    """The epoch's mean mu over the fixed training subsample (no label read); the best so far -> best_mu.pkl."""
+                 savedir: Path, history: History) -> Dict[str, float]:
+    """The epoch's mean mu over the fixed training subsample (no label read), its share of empty outputs and, with
+    several structures, each one's mu (mu_c<k>); the best mean so far -> best_mu.pkl."""
     t0 = time.perf_counter()
-    mu, empty = label_free_mu(net, data.train.images[data.mu_index], args.batch_size, device,
-                              lambda: autocast(device, args.precision))
+    mu, empty, per_class = label_free_mu(net, data.train.images[data.mu_index], args.batch_size, device,
+                                         lambda: autocast(device, args.precision))
     if mu > history.best_mu["mu"]:
         history.best_mu = {"mu": mu, "epoch": epoch}
         save_checkpoint(savedir / "best_mu.pkl", net, epoch=epoch, mu=mu)
         (savedir / "mubestepoch.txt").write_text(f"{epoch},{mu:.4f}")
     history.seconds["mu"] += time.perf_counter() - t0
-    return mu, empty
+    columns = {"mu": mu, "mu_empty_share": empty}
+    if len(per_class) > 1:
+        columns.update({f"mu_c{k}": value for k, value in enumerate(per_class, start=1)})
+    return columns
 
 
 def test_weights(net: torch.nn.Module, test: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,

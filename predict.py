@@ -130,7 +130,7 @@ def reference_threshold(net: torch.nn.Module, split: Path, params: dict, percent
     """The ``percentile`` of per-patient mu on a labelled source split (no target label): (threshold, patients)."""
     data = load_split(split, params["val_target_folders"], params["n_class"], params["grp_regex"],
                       option="--reference")
-    mu, empty, _ = mu_per_image(net, data.images, batch_size, device, lambda: autocast(device, params["precision"]))
+    mu, empty, _, _ = mu_per_image(net, data.images, batch_size, device, lambda: autocast(device, params["precision"]))
     per_patient = [volume_mu(mu[idx], empty[idx]) for idx in
                    pd.Series(range(len(data.patients))).groupby(pd.Series(data.patients)).apply(list)]
     return float(np.percentile(per_patient, percentile)), len(per_patient)
@@ -140,7 +140,7 @@ def segment(net: torch.nn.Module, case: Case, replay: Replay, device: torch.devi
             batch_size: int) -> Tuple[nib.Nifti1Image, dict, np.ndarray]:
     """One volume: its segmentation on its own grid, its row of predictions.csv, and its middle slice's image."""
     images, geometry = replay.prepare(case)
-    mu, empty, probs = mu_per_image(net, torch.from_numpy(images).unsqueeze(1), batch_size, device,
+    mu, empty, _, probs = mu_per_image(net, torch.from_numpy(images).unsqueeze(1), batch_size, device,
                                     lambda: autocast(device, precision), keep_probs=True)
     probs = probs.numpy().transpose(1, 0, 2, 3)                      # (K, S, H, W)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(0)

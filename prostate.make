@@ -24,7 +24,7 @@ SHIFT = $(call vol_name,$(TGT_VOLS))
 endif
 include prostate_source.mk
 .DEFAULT_GOAL := $(if $(filter seed,$(RECIPE)),$(if $(SEEDS),seeds,recipe),$(CHAIN_GOAL))
-.PHONY: all recipe pack report plot lrgrid protoseg sourcefree
+.PHONY: all recipe lrgrid protoseg sourcefree
 
 SHIFT ?= default
 ifneq ($(SRC_VOLS),)
@@ -67,10 +67,11 @@ SOURCE_CES = $(SOURCE_RD)/$(SRC_NAME)/cesource
 M_WEIGHTS = $(SOURCE_CES)/best_3d.pkl
 
 SF_RUNS = $(addprefix $(PR)/,$(SF_METHODS) adaent)
-TRN = $(CES) $(SF_RUNS) $(PR)/fs
-PLT = $(PR)/val_dice_3d.png $(PR)/boxplot.png $(PR)/qualitative.png
-REPORT = $(PR)/report.md
-PACK = $(ARCH)/$(REPO)-$(DATE)-$(HASH)-$(HOSTNAME)-$(notdir $(PR))-seed$(SEED).tar.gz
+FS_EPOCHS = 30
+TITLE = SFDA on prostate MRI
+SEEDS_TITLE = SFDA on prostate MRI, $(SHIFT) shift
+AT_EPOCHS = 20
+PACK_EXTRA = $(CES_ONLINE) $(PS_RUNS) $(PS)/report.md $(PS)/sa_layers.png $(SELECTION) $(SELECTION:.md=.csv)
 
 ifeq ($(TGT_TAGS),)
 all: pack report protoseg $(PR)/deploy.csv
@@ -79,9 +80,6 @@ all: $(PR)/label_free.md
 endif
 recipe: $(PR)/sfda $(PR)/sfda_truesize
 sourcefree: $(CES) $(addprefix $(PR)/,$(SF_METHODS))# the source model and its source-free runs
-pack: $(PACK)
-report: $(REPORT)
-plot: $(PLT)
 
 ifneq ($(SRC_VOLS),)
 $(SRC): $(shell find $(SRC_VOLS) -type f) | $(PYDEP)
@@ -89,24 +87,14 @@ $(SRC): $(shell find $(SRC_VOLS) -type f) | $(PYDEP)
 $(TGT): $(SRC) $(shell find $(TGT_VOLS) -type f) | $(PYDEP)
 	$(CC) $(CFLAGS) volumes.py slices --volumes $(TGT_VOLS) --like $(SRC) --seed $(DATA_SEED) --out $@
 endif
-$(SIZEFILE): $(SRC) $(TGT) $(TGT_TAGS) | $(PYDEP)
-	$(CC) $(CFLAGS) sizes.py --source $(SRC) --target $(TGT) $(if $(TGT_TAGS),--tags $(TGT_TAGS)) --out $@
 
-# ---------------------------------------------------------------- runs on the target
+# ---------------------------------------------------------------- runs on the target (their rules: sfchain.mk)
 # the source-free runs (sourcefree.mk) with seed 004's Adam schedule; full supervision from scratch (the oracle)
 SF_SCHEDULE = --l_rate $(SF_LR) --lr_decay 0.9 --entmap
-$(SF_RUNS): OPT = $(SF_$(@F)) --model_weights $(M_WEIGHTS) $(LABEL_FREE)
-$(SF_RUNS): N_EP = $(SF_EPOCHS)
 ifeq ($(RECIPE),seed)
 $(SF_RUNS): private BS = 10
 $(SF_RUNS): private GUARD = 0
 endif
-$(SF_RUNS): $(TGT) $(SOURCE_CES) $$(if $$(filter sfda%,$$(@F)),$(SIZEFILE)) | $(PYDEP)
-	$(TRAIN)
-$(PR)/fs: OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
-$(PR)/fs: N_EP = 30
-$(PR)/fs: $(TGT) | $(PYDEP)
-	$(TRAIN)
 
 # the learning-rate study: make -f prostate.make lrgrid -> $(PR)/lrgrid/sfda_lr<lr>, GRID_EPC epochs each
 # (a run's epoch-k row equals a k-epoch run's last row: the staircase only decays after epoch 20, 40, ...)
@@ -180,35 +168,17 @@ $(PS)/report.md: $(PS_RUNS) | $(PYDEP)
 $(PS)/sa_layers.png: $(PS_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --sa_runs $^ --out $@
 
-# ---------------------------------------------------------------- several training seeds
-# make -f prostate.make SEEDS="0 1 2" [-j2 THREADS=1]: $(RD)/seed<s>/prostate..., then every run as mean ± sd
-SEEDS_REPORT = $(RD)/seeds/$(notdir $(PR)).md
+# ---------------------------------------------------------------- several training seeds (the report: sfchain.mk)
 SEED_SHARED = $(SIZEFILE)
 SEEDS_SELECTION = $(RD)/seeds/$(notdir $(PR))_selection.md
 SEEDS_PROTOSEG = $(if $(filter all protoseg,$(SEED_GOAL)),$(RD)/seeds/$(notdir $(PR))_protoseg.md)
-seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION) $(SEEDS_PROTOSEG)
 $(SEEDS_PROTOSEG): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) protoseg.py seeds --roots $(foreach r,$(SEED_ROOTS),$(r)/$(notdir $(PR))/protoseg) --out $@ \
 		--title "ProtoSeg on prostate MRI, $(SHIFT) shift, over seeds ($(NET), seeds $(SEEDS))"
 $(SEEDS_SELECTION): $(SEED_ROOTS) | $(PYDEP)
 	$(CC) $(CFLAGS) selection.py --runs $(foreach m,sfda sfda_truesize,$(addsuffix /$(notdir $(PR))/$(m),$(SEED_ROOTS))) \
 		--out $@ --title "Prostate source-free runs, $(SHIFT) shift: which epoch ($(NET), seeds $(SEEDS))"
-$(SEEDS_REPORT): $(SEED_ROOTS) | $(PYDEP)
-	$(CC) $(CFLAGS) report.py seeds --roots $(addsuffix /$(notdir $(PR)),$(SEED_ROOTS)) --at_epochs 20 --out $@ \
-		--title "SFDA on prostate MRI, $(SHIFT) shift ($(NET), seeds $(SEEDS))"
 
-# ---------------------------------------------------------------- plots, report, archive
-$(PR)/val_dice_3d.png: $(TRN) | $(PYDEP)
-	$(CC) $(CFLAGS) plot.py --runs $(TRN) --out $@
-$(PR)/boxplot.png: $(TRN) | $(PYDEP)
-	$(CC) $(CFLAGS) moustache.py --runs $(filter-out $(CES),$(TRN)) --out $@
-$(PR)/qualitative.png: $(filter-out $(CES),$(TRN)) | $(PYDEP)
-	$(CC) $(CFLAGS) qualitative.py --runs $^ --baseline noadapt --adapted sfda --split val --out $@
-$(REPORT): $(TRN) | $(PYDEP)
-	$(CC) $(CFLAGS) report.py --runs $(TRN) --out $@ --title "SFDA on prostate MRI ($(NET), seed $(SEED))"
-
-$(PACK): $(TRN) $(CES_ONLINE) $(PLT) $(REPORT) $(SIZEFILE) $(PS_RUNS) $(PS)/report.md $(PS)/sa_layers.png $(SELECTION) \
-		$(SELECTION:.md=.csv)
-	mkdir -p $(@D)
-	tar cf - $^ | $(ZIP) > $@_tmp
-	mv $@_tmp $@
+# ---------------------------------------------------------------- the chain's runs, plots, report, archive
+include sfchain.mk
+seeds: $(SEEDS_REPORT) $(SEEDS_SELECTION) $(SEEDS_PROTOSEG)

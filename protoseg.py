@@ -25,7 +25,7 @@ from checkpoints import network_from_checkpoint
 from dataloader import SliceSet, load_split
 from metrics import confusion_sizes, dice_3d, dice_from_sizes
 from networks import BlockNet, tapped
-from prototypes import foreground_probs, mean_sa_score, sa_scores
+from prototypes import mean_sa_score, sa_scores
 from tables import mean_sd, read_policy, read_sa_layers, read_table
 from utils import atomic_output, evenly_spaced, one_error_line, publish, write_table_and_markdown
 
@@ -81,7 +81,8 @@ def analyze(net: BlockNet, data: SliceSet, batch_size: int = 16, device: torch.d
             noise_levels: Sequence[float] = NOISE_LEVELS) -> Dict[str, pd.DataFrame]:
     """SA per feature layer and per unit of the last one (ground-truth prototypes); per image mu, the output's
     Dice, the mean predictive entropy and the input's separability S_x (ProtoSeg on the intensities, Table 3); SA
-    per layer under input noise (Fig. 16). Foreground = every class > 0."""
+    per layer under input noise (Fig. 16). The SA scores' foreground is every class > 0 together; mu and the output's
+    Dice take each foreground class on its own and average them (mu over the classes the output holds)."""
     layers, last = net.feature_layers(), net.last_feature_layers()
     net = net.to(device).eval()
     sa = {name: [] for name in layers}
@@ -90,21 +91,22 @@ def analyze(net: BlockNet, data: SliceSet, batch_size: int = 16, device: torch.d
         for idx in data.batches(batch_size, shuffle=False, generator=torch.Generator()):
             images = data.images[idx].to(device, torch.float32)
             probs = torch.softmax(net(images).float(), dim=1)
-            fg_probs = foreground_probs(probs)
             gt = (data.labels[idx] > 0)[:, None].to(device)
             for name in layers:
                 sa[name].append(sa_scores(taps[name], gt).cpu())
             units.append(sa_scores(taps[last[-1]], gt, per_unit=True).cpu())
             sx.append(sa_scores(images, gt).cpu())
-            mu.append(mean_sa_score([taps[n] for n in last], fg_probs).cpu())
+            mu.append(mean_sa_score([taps[n] for n in last], probs).cpu())
             entropy.append(-(probs * torch.log(probs.clamp(min=1e-12))).sum(1).flatten(1).mean(1).cpu())
-            preds.append(fg_probs.argmax(1).to(torch.uint8).cpu())
-    pred, gt = torch.cat(preds), (data.labels > 0).to(torch.uint8)
-    inter, psize, gsize = confusion_sizes(pred, gt, 2)
+            preds.append(probs.argmax(1).to(torch.uint8).cpu())
+            n_class = probs.shape[1]
+    pred = torch.cat(preds)
+    inter, psize, gsize = confusion_sizes(pred, data.labels, n_class)
     patients, dice3d = dice_3d(inter, psize, gsize, data.patients)
     images = pd.DataFrame({"image": data.filenames, "patient": data.patients, "mu": torch.cat(mu).numpy(),
-                           "dice": dice_from_sizes(inter, psize, gsize)[:, 1].numpy(),
-                           "gt_empty": (gsize[:, 1] == 0).numpy(), "output_empty": (psize[:, 1] == 0).numpy(),
+                           "dice": dice_from_sizes(inter, psize, gsize)[:, 1:].mean(1).numpy(),
+                           "gt_empty": (gsize[:, 1:].sum(1) == 0).numpy(),
+                           "output_empty": (psize[:, 1:].sum(1) == 0).numpy(),
                            "entropy": torch.cat(entropy).numpy(), "sx": torch.cat(sx).numpy()})
     scores = {name: torch.cat(v).numpy() for name, v in sa.items()}
     layer_table = pd.DataFrame({"layer": layers, "order": range(1, len(layers) + 1),
@@ -118,7 +120,7 @@ def analyze(net: BlockNet, data: SliceSet, batch_size: int = 16, device: torch.d
     unit_table = pd.DataFrame({"unit": range(unit_sa.shape[1]),
                                "sa": unit_sa[kept].mean(axis=0) if kept.any() else np.nan}) \
         .sort_values("sa", ascending=False, kind="stable").reset_index(drop=True)
-    patient_table = pd.DataFrame({"patient": patients, "dice_3d": dice3d[:, 1].numpy()}).merge(
+    patient_table = pd.DataFrame({"patient": patients, "dice_3d": dice3d[:, 1:].mean(1).numpy()}).merge(
         images.groupby("patient", as_index=False)["mu"].mean(), on="patient")
     tables = {"sa_layers": layer_table, "sa_units": unit_table, "images": images, "patients": patient_table}
     if noise_levels:

@@ -5,13 +5,14 @@ the mean feature vector of the foreground and of the background; every pixel goe
 (squared Euclidean distance), which gives a segmentation of the feature map (SAM). Its Dice against the
 ground truth is the layer's segmentation ability (SA score, Eq. 8); per unit, the same on one channel. The
 mean SA score mu of an image (Eq. 12) compares every unit of the network's last two feature layers with the
-network's binarised output: no label is read, so mu estimates the output's quality on unlabelled images.
+network's own output, one foreground class against the others at a time, and averages over the classes the output
+holds: no label is read, so mu estimates the output's quality on unlabelled images.
 
 Shapes: features (B, C, *S') from any layer, resized (bilinear / trilinear, align_corners=False) to the
 guide's (B, 1, *S); S is 2D or 3D. Sums run over positions, per image, never over the batch.
 """
 import contextlib
-from typing import Callable, ContextManager, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -116,21 +117,46 @@ def sa_scores(features: Tensor, gt: Tensor, mask: Optional[Tensor] = None, per_u
     return torch.where(ok, scores, torch.full_like(scores, float("nan")))
 
 
-def foreground_probs(probs: Tensor) -> Tensor:
-    """(B, C, *S) class probabilities -> (B, 2, *S): background, and every class > 0 together."""
-    return torch.stack([probs[:, 0], probs[:, 1:].sum(1)], dim=1)
+def output_masks(probs: Tensor) -> Tensor:
+    """(B, C, *S) class probabilities -> (B, C - 1, 1, *S) bool: where the argmax is class k, for k = 1..C-1.
+
+    Two classes: a comparison of the two (ties go to the background, as argmax's first index does), no argmax."""
+    if probs.shape[1] == 2:
+        return (probs[:, 1:2] > probs[:, :1]).unsqueeze(2)
+    return (probs.argmax(dim=1, keepdim=True) == torch.arange(1, probs.shape[1], device=probs.device)
+            .view(1, -1, *[1] * (probs.dim() - 2))).unsqueeze(2)
+
+
+def class_sa_scores(last_features: Sequence[Tensor], output_probs: Tensor) -> Tensor:
+    """(B, C - 1): per image and foreground class k, the mean SA score of every unit of the last feature layers
+    against the network's own mask of k (one class against all the others, prototypes from that mask too). NaN
+    where the output has no k, or nothing but k (no contrast). No label is read."""
+    if not last_features:
+        raise ValueError("mean_sa_score needs the network's last feature layer(s)")
+    masks = output_masks(output_probs)
+    return torch.stack([torch.cat([sa_scores(f, masks[:, k], per_unit=True) for f in last_features], dim=1).mean(dim=1)
+                        for k in range(masks.shape[1])], dim=1)
+
+
+def image_mu(class_scores: Tensor) -> Tensor:
+    """mu per image (Eq. 12) from class_sa_scores: the mean over the classes its output holds; 0 for an output
+    with none (empty: a collapsed model scores low), never NaN. Two classes: the one class's score."""
+    present = ~torch.isnan(class_scores)
+    total = torch.where(present, class_scores, torch.zeros_like(class_scores)).sum(dim=1)
+    return torch.where(present.any(dim=1), total / present.sum(dim=1).clamp(min=1), torch.zeros_like(total))
 
 
 def mean_sa_score(last_features: Sequence[Tensor], output_probs: Tensor) -> Tensor:
-    """mu per image (Eq. 12), (B,): the mean SA score of every unit of the last feature layers against the
-    network's binarised output (argmax of its (B, 2, *S) probabilities), prototypes from that output too. No
-    label is read. An image whose output is empty (or all foreground: no contrast) gets 0, never NaN."""
-    if not last_features:
-        raise ValueError("mean_sa_score needs the network's last feature layer(s)")
-    output = output_probs[:, 1:2] > output_probs[:, :1]          # the argmax of two classes; ties go to background
-    scores = torch.cat([sa_scores(f, output, per_unit=True) for f in last_features], dim=1)    # (B, units)
-    mu = scores.mean(dim=1)
-    return torch.where(torch.isnan(mu), torch.zeros_like(mu), mu)
+    """mu per image (Eq. 12), (B,), of the (B, C, *S) output probabilities: image_mu of class_sa_scores."""
+    return image_mu(class_sa_scores(last_features, output_probs))
+
+
+def class_means(class_scores: Tensor) -> List[float]:
+    """Each foreground class's mu over the images whose output holds it; 0 for a class no output holds (a
+    structure that vanished scores low)."""
+    present = ~torch.isnan(class_scores)
+    total = torch.where(present, class_scores, torch.zeros_like(class_scores)).sum(dim=0)
+    return (total / present.sum(dim=0).clamp(min=1)).tolist()
 
 
 # ---------------------------------------------------------------- label-free model selection
@@ -147,33 +173,39 @@ def mu_subsample(patients: Sequence[str], slice_numbers: Sequence[int], n_images
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
+class MuScores(NamedTuple):
+    mu: Tensor                      # (N,) mu per image (image_mu)
+    empty: Tensor                   # (N,) bool: the output has no foreground
+    per_class: Tensor               # (N, C - 1) class_sa_scores, NaN where the output lacks the class
+    probs: Optional[Tensor]         # (N, C, H, W) class probabilities with keep_probs, else None
+
+
 def mu_per_image(net: BlockNet, images: Tensor, batch_size: int, device: torch.device,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                 keep_probs: bool = False) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """(mu, empty, probs) of ``net`` on ``images`` (N, 1, H, W): mu per image (Eq. 12) from the network's last
-    feature layers and its own output (0 for an empty output), whether that output is empty, and, with
-    ``keep_probs``, its (N, C, H, W) class probabilities (else None). No label is read."""
+                 keep_probs: bool = False) -> MuScores:
+    """mu of ``net`` on ``images`` (N, 1, H, W) per image and class, from the network's last feature layers and its
+    own output; with ``keep_probs``, its class probabilities too. No label is read."""
     last = net.last_feature_layers()
     was_training = net.training
     net.eval()
-    mu, empty, probs = [], [], []
+    scores, empty, probs = [], [], []
     with tapped(net, last) as taps, torch.no_grad():
         for start in range(0, len(images), batch_size):
             with autocast():
                 logits = net(images[start:start + batch_size].to(device, torch.float32))
             batch_probs = logits.float().softmax(dim=1)
-            fg_probs = foreground_probs(batch_probs)
-            mu.append(mean_sa_score([taps[name].float() for name in last], fg_probs).cpu())
-            empty.append(~(fg_probs[:, 1] > fg_probs[:, 0]).flatten(1).any(1).cpu())
+            scores.append(class_sa_scores([taps[name].float() for name in last], batch_probs).cpu())
+            empty.append(~output_masks(batch_probs).flatten(1).any(1).cpu())
             if keep_probs:
                 probs.append(batch_probs.cpu())
     net.train(was_training)
-    return torch.cat(mu), torch.cat(empty), torch.cat(probs) if keep_probs else None
+    per_class = torch.cat(scores)
+    return MuScores(image_mu(per_class), torch.cat(empty), per_class, torch.cat(probs) if keep_probs else None)
 
 
 def label_free_mu(net: BlockNet, images: Tensor, batch_size: int, device: torch.device,
-                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Tuple[float, float]:
-    """(mean mu, share of empty outputs) of ``net`` over ``images``: a collapsed model, whose outputs are empty,
-    scores low."""
-    mu, empty, _ = mu_per_image(net, images, batch_size, device, autocast)
-    return mu.mean().item(), empty.double().mean().item()
+                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Tuple[float, float, List[float]]:
+    """(mean mu, share of empty outputs, each class's mu) of ``net`` over ``images``: a collapsed model, whose
+    outputs are empty, scores low, and so does a model that lost one structure, in that structure's mu."""
+    scores = mu_per_image(net, images, batch_size, device, autocast)
+    return scores.mu.mean().item(), scores.empty.double().mean().item(), class_means(scores.per_class)

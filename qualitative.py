@@ -38,7 +38,7 @@ def segment_split(run: Path, split: SliceSet, device: torch.device, batch_size: 
     """(N, H, W) class indices of the run's last.pkl on ``split``, and its mu per slice."""
     params = read_params(run)
     net = network_from_checkpoint(run / "last.pkl", "checkpoint", None).to(device)
-    mu, _, probs = mu_per_image(net, split.images, batch_size, device, lambda: autocast(device, params["precision"]),
+    mu, _, _, probs = mu_per_image(net, split.images, batch_size, device, lambda: autocast(device, params["precision"]),
                                 keep_probs=True)
     return probs.argmax(1).numpy().astype(np.uint8), mu.numpy()
 

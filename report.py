@@ -34,8 +34,8 @@ import pandas as pd
 
 from cc359_report import (cc359_report, cc359_seeds_report, choose, choose_k, choose_lr, choose_source_free, choose_tau,
                           collect, read_tau)
-from tables import (COLLAPSE, mean_sd, metrics_file, read_best_epoch, read_metrics, read_per_patient, read_run_stats,
-                    read_table, read_test_metrics)
+from tables import (COLLAPSE, mean_sd, metrics_file, read_best_epoch, read_class_dice, read_metrics, read_per_patient,
+                    read_run_stats, read_table, read_test_metrics)
 from utils import one_error_line, publish, write_csv_atomic
 
 
@@ -111,6 +111,35 @@ def claims(rows: List[Dict[str, object]], down: Optional[List[str]] = None) -> s
     return ("\n## Claims on this run\n\nBest epoch: chosen with the target validation labels (the seed's protocol, "
             "optimistic for trained runs); last epoch: what a label-free user gets.\n\n"
             "| claim | best epoch | holds | last epoch | holds |\n|---|---|---|---|---|\n" + lines + collapse_line)
+
+
+def structures(roots: Sequence[Dict[str, Path]], epochs: Dict[str, int], names: Sequence[str] = (),
+               root_names: Sequence[str] = ()) -> str:
+    """With several structures: each one's best and last 3D Dice per run (mean ± sd over ``roots``, one {run: dir} per
+    seed, named by ``root_names``) and the claims on each, a structure that vanishes (last 3D Dice < COLLAPSE) being a
+    collapse of its own."""
+    scores = pd.concat([read_class_dice(run).assign(run=name, root=i)
+                        for i, runs in enumerate(roots) for name, run in runs.items()])
+    if scores.empty:
+        return ""
+    classes = sorted(scores["cls"].unique())
+    label = {k: names[k - 1] if k <= len(names) else f"class {k}" for k in classes}
+    lines = [f"| {name} | " + " | ".join(f"{mean_sd(g.loc[g['cls'] == k, 'best'])} | {mean_sd(g.loc[g['cls'] == k, 'last'])}"
+                                         for k in classes) + " |\n" for name, g in scores.groupby("run", sort=False)]
+    sections = []
+    for k in classes:
+        of_k = scores[(scores["cls"] == k) & ~scores["run"].str.startswith("cesource")]
+        rows = [{"run": name, "epochs": epochs[name], "dice3d": g["best"].mean(), "last_dice3d": g["last"].mean()}
+                for name, g in of_k.groupby("run", sort=False)]
+        down = [r.run + (f" ({root_names[r.root]})" if root_names else "") for r in of_k.itertuples()
+                if epochs[r.run] > 0 and r.last < COLLAPSE]
+        table_ = claims(rows, down).split("\n\n")[-1]
+        sections.append(f"\n### {label[k]}\n\n{table_}" if table_ else "")
+    return ("\n## Each structure\n\n3D Dice x100 of each structure on the validation patients, at the best epoch (chosen by "
+            "the mean over the structures) and the last" + (f", mean ± sd over {len(roots)} seeds" if len(roots) > 1 else "")
+            + "; the claims below are checked on each structure.\n\n| run | "
+            + " | ".join(f"{label[k]} best | {label[k]} last" for k in classes) + " |\n|---|" + "---|---|" * len(classes)
+            + "\n" + "".join(lines) + "".join(sections))
 
 
 # ---------------------------------------------------------------- two result roots side by side
@@ -285,7 +314,7 @@ def seed_scores(root: Path, at_epochs: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) -> str:
+def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str, class_names: Sequence[str] = ()) -> str:
     """Every run as mean ± sd over the roots (one per training seed), collapses counted per run, claims on the means."""
     per_root = [seed_scores(root, at_epochs).assign(root=str(root)) for root in roots]
     for root, table_ in zip(roots[1:], per_root[1:]):
@@ -307,8 +336,9 @@ def seeds_report(roots: Sequence[Path], at_epochs: Sequence[int], title: str) ->
                           "dice3d": group["dice3d"].mean(), "last_dice3d": group["last_dice3d"].mean()})
     return (f"# {title}\n\n3D Dice x100 on the target validation patients, mean ± sd over {len(roots)} training "
             f"seeds ({', '.join(map(str, roots))}); a collapse is a last-epoch 3D Dice below {100 * COLLAPSE:g}.\n\n"
-            + head + "".join(lines) + claims(means, down).replace(
-                "on this run", "on the means over seeds"))
+            + head + "".join(lines) + claims(means, down).replace("on this run", "on the means over seeds")
+            + structures([{n: r for n, r in find_runs(root).items() if "/" not in n} for root in roots],
+                         dict(zip(scores["run"], scores["epochs"])), class_names, [str(root) for root in roots]))
 
 
 COMMANDS = ["collect", "choose_tau", "choose", "choose_lr", "choose_source_free", "choose_k", "cc359", "cc359_seeds",
@@ -335,6 +365,7 @@ def subcommand_main(argv: Sequence[str]) -> int:
                         help="compare: runs reported but not judged (a grid point the choice rejects in both modes)")
     parser.add_argument("--roots", nargs="+", type=Path, help="seeds: one prostate result root per training seed")
     parser.add_argument("--at_epochs", nargs="*", type=int, default=[], help="seeds: 3D Dice also after these epochs")
+    parser.add_argument("--class_names", nargs="*", default=[], help="seeds: the structures' names, class 1 first")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="CC359 domain adaptation")
     args = parser.parse_args(argv)
@@ -369,7 +400,7 @@ def run_subcommand(args: argparse.Namespace) -> None:
         write_csv_atomic(chosen, args.out)
         print(chosen.to_string(index=False))
     else:
-        text = (seeds_report(args.roots, args.at_epochs, args.title) if args.command == "seeds"
+        text = (seeds_report(args.roots, args.at_epochs, args.title, args.class_names) if args.command == "seeds"
                 else cc359_seeds_report([read_table(f) for f in args.scores], [str(f.parent.parent) for f in args.scores],
                                         args.title) if args.command == "cc359_seeds"
                 else compare_report(compare(args.reference, args.candidate, args.only), args.reference, args.candidate,
@@ -389,6 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="Results")
+    parser.add_argument("--class_names", nargs="*", default=[], help="the structures' names, class 1 first")
     args = parser.parse_args(argv)
     return one_error_line(prostate_report, args)
 
@@ -399,7 +431,9 @@ def prostate_report(args: argparse.Namespace) -> None:
             f"3D Dice per patient of the foreground class(es), mean ± sd over {rows[-1]['patients']} patients, at the "
             f"epoch chosen by validation 3D Dice; HD95/ASSD in pixels (PNG data) or mm (NIfTI), at that epoch, averaged "
             f"over the patients where both prediction and GT are non-empty (their number in brackets; an empty "
-            f"prediction has no surface distance).\n\n" + table(rows) + claims(rows), args.out)
+            f"prediction has no surface distance).\n\n" + table(rows) + claims(rows)
+            + structures([{run.name: run for run in args.runs}], {str(r["run"]): int(r["epochs"]) for r in rows},
+                         args.class_names), args.out)
 
 
 if __name__ == "__main__":

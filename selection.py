@@ -95,18 +95,19 @@ def flag_main(argv: Sequence[str]) -> int:
     parser.add_argument("--network", required=True)
     parser.add_argument("--folders", required=True)
     parser.add_argument("--grp_regex", required=True)
+    parser.add_argument("--n_class", type=int, default=2)
     parser.add_argument("--images", type=int, default=64, help="as main.py --mu_images")
     parser.add_argument("--title", default="Does mu flag collapsed adaptations?")
     parser.add_argument("--out", type=Path, required=True, help="markdown; the table goes beside it as .csv")
     args = parser.parse_args(argv)
 
     def table() -> pd.DataFrame:
-        data = load_split(args.split, args.folders, 2, args.grp_regex)
+        data = load_split(args.split, args.folders, args.n_class, args.grp_regex)
         index = mu_subsample(data.patients, data.slice_numbers, args.images)
         rows = []
         for run in args.runs:
-            net = network_from_checkpoint(run / "last.pkl", args.network, 2)
-            mu, empty = label_free_mu(net, data.images[index], 16, torch.device("cpu"))
+            net = network_from_checkpoint(run / "last.pkl", args.network, args.n_class)
+            mu, empty, _ = label_free_mu(net, data.images[index], 16, torch.device("cpu"))
             last = read_metrics(run)["val_dice_3d"].iloc[-1]
             rows.append({"run": str(run), "last_dice": 100 * last, "collapsed": last < COLLAPSE, "mu": mu,
                          "empty_share": empty})

@@ -15,10 +15,18 @@ GUARD_OPT = $(if $(filter-out 0,$(GUARD)),--collapse_guard $(GUARD)) $(if $(filt
 # the best -> best_mu.pkl (main.py --mu_images; 0: off)
 MU_IMAGES ?= 64
 MU_OPT = $(if $(filter-out 0,$(MU_IMAGES)),--mu_images $(MU_IMAGES))
+# the entropy's class weights: W_BG for the background, W_FG for every structure (seed 004: 0.1 and 0.9), or W_SE the
+# whole list (e.g. W_SE=[0.1,0.9,0.9,2,0.9] to weigh a small structure up); KL_WEIGHT: the prior term's weight, W_KL
+# (a list, one per class): each class's weight inside the KL (empty: 1 each, the seed's)
+W_BG ?= 0.1
+W_FG ?= 0.9
+W_SE ?= $(call py_list,$(W_BG) $(foreach k,$(METRIC_AXIS),$(W_FG)))
+KL_WEIGHT ?= 1
+W_KL ?=
 # weighted entropy + KL between the prediction's class ratio (measured by $(2) or SFDA_FN) and the prior of column $(1)
-SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':1,'ivd':True,'weights_se':[0.1,0.9],'idc_c': [1],'curi':True,'power': 1},'PredictionBounds', \
-	{'margin':0,'dir':'high','idc':[0,1],'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]
-L_ENT = [('SelfEntropy', {'idc': [0,1], 'weights':[0.1,0.9]}, None, None, None, 1)]
+SFDA_LOSS = [('EntKLProp', {'lamb_se':1, 'lamb_consprior':$(KL_WEIGHT),'ivd':True,'weights_se':$(W_SE),'idc_c': [1],'curi':True,'power': 1$(if $(W_KL),$(comma)'weights_kl':$(W_KL))},'PredictionBounds', \
+	{'margin':0,'dir':'high','idc':$(IDC),'predcol':'$(1)','power': 1, 'mode':'percentage','sizefile':'$(SIZEFILE)'},'$(or $(2),$(SFDA_FN))',1)]
+L_ENT = [('SelfEntropy', {'idc': $(IDC), 'weights':$(W_SE)}, None, None, None, 1)]
 
 SF_METHODS = noadapt adabn sfda sfda_truesize
 L_EVAL = $(if $(LABEL_FREE),$(L_ENT),$(L_OR))# the loss an evaluation-only run logs (a label-free target: the entropy)

@@ -81,6 +81,18 @@ def read_per_patient(run: Path, metric: str = "dice_3d") -> np.ndarray:
     return df.filter(like=f"{metric}_c").mean(axis=1, skipna=False).to_numpy()
 
 
+def read_class_dice(run: Path) -> pd.DataFrame:
+    """Each structure's 3D Dice in a run with several (main.py's per-class columns): cls, best (at the best epoch, mean
+    over the patients) and last (the last epoch's); no row for a run of one structure."""
+    per_patient = read_table(run / "val_dice_3d_per_patient.csv", ["patient"])
+    classes = sorted(int(c.rsplit("_c", 1)[1]) for c in per_patient.filter(like="dice_3d_c").columns)
+    if len(classes) < 2:
+        return pd.DataFrame(columns=["cls", "best", "last"])
+    last = read_metrics(run, [f"val_dice_3d_c{k}" for k in classes]).iloc[-1]
+    return pd.DataFrame({"cls": classes, "best": [per_patient[f"dice_3d_c{k}"].mean() for k in classes],
+                         "last": [last[f"val_dice_3d_c{k}"] for k in classes]})
+
+
 def read_run_stats(run: Path) -> pd.Series:
     """Seconds per stage (load, train, val, ..., total) and peak memory of a run, by name."""
     return read_table(run / "run_stats.csv", ["name", "value"]).set_index("name")["value"]

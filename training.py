@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from dataloader import SliceSet
 from losses import SpotTUnetPenalty
-from metrics import size_stats
 from networks import tapped
 from options import PRECISIONS, LossSpec
 from spottune import SpotTUnet
@@ -90,6 +89,7 @@ class PassResult:
     soft_size: float = float("nan")
     norm_soft_size: float = float("nan")
     prior_size: float = float("nan")
+    prior_class_size: Optional[Tensor] = None   # (C - 1,) the prior's mean pixels per slice of each foreground class
 
 
 def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], args: argparse.Namespace,
@@ -112,6 +112,7 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     sums = torch.zeros(2, dtype=torch.float64, device=device)     # (loss_s, loss_cons) summed over slices
     size_sums = torch.zeros(3, dtype=torch.float64, device=device)  # PassResult's three sizes summed over slices
     prior = next((b for spec, b in zip(specs, data.bounds) if spec.bounds is not None), None)
+    class_prior = torch.zeros(args.n_class - 1, dtype=torch.float64)   # the prior per foreground class, summed
     n_seen = 0
     compute_s = 0.0
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -145,6 +146,8 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
             compute_s += time.perf_counter() - t0   # on a GPU this is launch time: kernels run asynchronously
             sums += torch.stack([loss_s.detach(), loss_cons.detach()]).double() * len(idx)
             size_sums += foreground_sizes(probs.detach(), prior[idx] if prior is not None else None)
+            if prior is not None:
+                class_prior += prior[idx][:, 1:, 0].sum(dim=0).double()
             n_seen += len(idx)
             at = idx.to(device)
             pred[at] = probs2class(probs).to(torch.uint8)
@@ -158,7 +161,8 @@ def run_pass(net: torch.nn.Module, data: SliceSet, specs: Sequence[LossSpec], ar
     soft, norm_soft, prior_size = (size_sums / max(n_seen, 1)).tolist()
     return PassResult(loss_s, loss_cons, pred.cpu(), seen.cpu(), entropy.cpu() if entropy is not None else None,
                       compute_s, frozen_sum.cpu() if frozen_sum is not None else None, soft_size=soft,
-                      norm_soft_size=norm_soft, prior_size=prior_size if prior is not None else float("nan"))
+                      norm_soft_size=norm_soft, prior_size=prior_size if prior is not None else float("nan"),
+                      prior_class_size=class_prior / max(n_seen, 1) if prior is not None else None)
 
 
 def foreground_sizes(probs: Tensor, bounds: Optional[Tensor]) -> Tensor:
@@ -187,21 +191,36 @@ def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> 
 
 # ---------------------------------------------------------------- the collapse guard (main.py)
 
-def size_ratio(tra: PassResult) -> float:
-    """Mean predicted (argmax) foreground over the mean prior foreground on the slices of a training pass."""
-    predicted = size_stats(tra.pred[tra.seen])[0]
-    return predicted / tra.prior_size if np.isfinite(tra.prior_size) and tra.prior_size > 0 else float("nan")
+def class_sizes(pred: Tensor, n_class: int) -> np.ndarray:
+    """(C - 1,) mean pixels per slice of each foreground class in (N, H, W) argmax labels."""
+    counts = torch.bincount(pred.flatten().long(), minlength=n_class)[1:n_class].double()
+    return (counts / max(len(pred), 1)).numpy()
+
+
+def size_ratios(tra: PassResult) -> np.ndarray:
+    """Per foreground class, the mean predicted (argmax) size over the prior's mean size on the slices of a training
+    pass, (C - 1,); NaN for a class the prior never gives (or without a prior). A structure that vanishes while the
+    others hold shows in its own ratio."""
+    if tra.prior_class_size is None:
+        return np.array([float("nan")])
+    prior = tra.prior_class_size.numpy()
+    predicted = class_sizes(tra.pred[tra.seen], len(prior) + 1)
+    return np.where(prior > 0, predicted / np.where(prior > 0, prior, 1), float("nan"))
 
 
 def guarded(args: argparse.Namespace) -> bool:
     return bool(args.collapse_guard or args.overgrowth_guard)
 
 
-def guard_side(ratio: float, args: argparse.Namespace) -> Optional[str]:
-    """Which side of the guard's band [--collapse_guard, --overgrowth_guard] the size ratio left: "below" (a
-    collapse), "above" (over-segmentation) or None (inside, off, or no ratio)."""
-    if ratio < args.collapse_guard:
-        return "below"
-    if args.overgrowth_guard and ratio > args.overgrowth_guard:
-        return "above"
-    return None
+def guard_side(ratios: np.ndarray, args: argparse.Namespace) -> Tuple[Optional[str], float, int]:
+    """Which side of the guard's band [--collapse_guard, --overgrowth_guard] a class's size ratio left first:
+    ("below" (a collapse) | "above" (over-segmentation) | None, the ratio, its class 1..C-1). Below is checked
+    first, on the smallest ratio; None (inside, off, or no ratio) reports the smallest ratio."""
+    if np.isnan(ratios).all():
+        return None, float("nan"), 0
+    low, high = int(np.nanargmin(ratios)), int(np.nanargmax(ratios))
+    if ratios[low] < args.collapse_guard:
+        return "below", float(ratios[low]), low + 1
+    if args.overgrowth_guard and ratios[high] > args.overgrowth_guard:
+        return "above", float(ratios[high]), high + 1
+    return None, float(ratios[low]), low + 1

@@ -264,7 +264,7 @@ def test_collapse_guard_stops_and_falls_back_to_the_adabn_model(nii_data, tmp_pa
     adabn = tmp_path / "adabn_tmp"
     assert main.main([*args, "--workdir", str(adabn), "--n_epoch", "0", "--adabn"]) == 0
     ratios = iter([1.0, 0.01, 1.0])           # epoch 1 loses its foreground
-    monkeypatch.setattr(main, "size_ratio", lambda tra: next(ratios))
+    monkeypatch.setattr(main, "size_ratios", lambda tra: np.array([next(ratios)]))
     guarded = tmp_path / "guarded_tmp"
     assert main.main([*args, "--workdir", str(guarded), "--n_epoch", "3", "--collapse_guard", "0.25"]) == 0
     assert (guarded / "collapse.txt").read_text().startswith("1,")
@@ -279,10 +279,26 @@ def test_collapse_guard_stops_and_falls_back_to_the_adabn_model(nii_data, tmp_pa
 def test_size_ratio_is_predicted_over_prior_foreground():
     pred = torch.zeros(2, 4, 4, dtype=torch.uint8)
     pred[0, :2, :2] = 1                                  # 4 px, then 0 px: mean 2
-    tra = PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0, prior_size=8.0)
-    assert main.size_ratio(tra) == 0.25
-    tra.prior_size = float("nan")
-    assert np.isnan(main.size_ratio(tra))
+    tra = PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0, prior_size=8.0,
+                     prior_class_size=torch.tensor([8.0], dtype=torch.float64))
+    assert main.size_ratios(tra).tolist() == [0.25]
+    tra.prior_class_size = None
+    assert np.isnan(main.size_ratios(tra)).all()
+
+
+def test_the_guard_reads_each_structure_so_one_that_vanishes_is_a_collapse():
+    pred = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    pred[:, :2, :2] = 1                                  # class 1: 4 px per slice; class 2 gone; class 3: 2 px per slice
+    pred[:, 3, :2] = 3
+    tra = PassResult(0.0, 0.0, pred, torch.tensor([True, True]), None, 0.0,
+                     prior_class_size=torch.tensor([4.0, 2.0, 0.0], dtype=torch.float64))
+    ratios = main.size_ratios(tra)
+    assert ratios[:2].tolist() == [1.0, 0.0] and np.isnan(ratios[2])      # class 3: no prior, no ratio
+    band = argparse.Namespace(collapse_guard=0.25, overgrowth_guard=2.0)
+    assert main.guard_side(ratios, band) == ("below", 0.0, 2)
+    assert main.guard_side(np.array([1.0, 0.5, 3.0]), band) == ("above", 3.0, 3)
+    assert main.guard_side(np.array([1.0, 0.5, 1.5]), band) == (None, 0.5, 2)
+    assert main.guard_side(np.array([float("nan")]), band)[0] is None
 
 
 @pytest.mark.parametrize("native, precision, channels_last", [(True, "bf16", True), (False, "fp32", False)])
@@ -422,11 +438,11 @@ def test_the_guard_stops_on_either_side_of_its_band(nii_data, tmp_path, monkeypa
                                                                  "--batch_size", "4", "--n_epoch", "3",
                                                                  "--collapse_guard", "0.25", "--overgrowth_guard", "2"]
     growing = iter([1.2, 3.0, 4.0])
-    monkeypatch.setattr(main, "size_ratio", lambda tra: next(growing))
+    monkeypatch.setattr(main, "size_ratios", lambda tra: np.array([next(growing)]))
     assert main.main([*args, "--workdir", str(tmp_path / "growing_tmp")]) == 0
     assert (tmp_path / "growing_tmp" / "collapse.txt").read_text() == "1,3.0000,above\n"
     stable = iter([0.9, 1.4, 1.1])
-    monkeypatch.setattr(main, "size_ratio", lambda tra: next(stable))
+    monkeypatch.setattr(main, "size_ratios", lambda tra: np.array([next(stable)]))
     assert main.main([*args, "--workdir", str(tmp_path / "stable_tmp")]) == 0
     assert not (tmp_path / "stable_tmp" / "collapse.txt").exists()
     assert pd.read_csv(tmp_path / "stable_tmp" / "IMG_target_metrics.csv")["epoch"].tolist() == [0, 1, 2]

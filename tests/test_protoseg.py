@@ -109,6 +109,25 @@ def test_mu_reads_only_the_output_one_when_features_are_the_output_zero_when_emp
     assert prototypes.mean_sa_score([torch.randn(1, 5, 7, 7, generator=gen)], empty).tolist() == [0.0]
 
 
+def test_mu_with_several_structures_scores_each_against_the_others_and_a_vanished_one_zero():
+    scores = torch.tensor([[0.5, float("nan")], [float("nan"), float("nan")], [0.2, 0.4]])
+    assert torch.allclose(prototypes.image_mu(scores), torch.tensor([0.5, 0.0, 0.3]))   # the classes each image holds
+    assert prototypes.class_means(scores) == pytest.approx([0.35, 0.4])
+    assert prototypes.class_means(torch.tensor([[0.5, float("nan")]])) == [0.5, 0.0]      # class 2 vanished
+    labels = torch.zeros(2, 6, 6, dtype=torch.long)
+    labels[0, :2, :2], labels[0, 3:, 3:], labels[1, 3:, 3:] = 1, 2, 2                     # image 1 has no class 1
+    probs = 0.8 * torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float() + 0.2 / 3
+    per_class = prototypes.class_sa_scores([torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))], probs)
+    assert per_class.shape == (2, 2) and torch.isnan(per_class[1, 0]) and not torch.isnan(per_class[:, 1]).any()
+    indicator = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1)[:, 1:2].float()     # class 1's mask itself
+    assert prototypes.class_sa_scores([indicator], probs)[0, 0] == 1
+    binary = probs[:, :2] / probs[:, :2].sum(1, keepdim=True)                              # two classes: one score
+    output = (binary[:, 1:2] > binary[:, :1])
+    features = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    expected = prototypes.sa_scores(features, output, per_unit=True).mean(1)
+    assert torch.allclose(prototypes.mean_sa_score([features], binary), torch.nan_to_num(expected, nan=0.0))
+
+
 def test_bad_guides_and_unknown_layers_give_one_clear_error():
     with pytest.raises(ValueError, match=r"guide must be \(B, 1, \*spatial\)"):
         prototypes.protoseg(torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 4, 4))
@@ -230,8 +249,8 @@ def test_label_free_mu_is_zero_for_a_model_that_predicts_nothing():
         for p in net.parameters():
             p.zero_()
         net.get_submodule(net.block_order[-1]).bias.copy_(torch.tensor([5.0, -5.0]))   # always background
-    mu, empty = prototypes.label_free_mu(net, torch.rand(5, 1, 12, 12), 2, torch.device("cpu"))
-    assert mu == 0 and empty == 1
+    mu, empty, per_class = prototypes.label_free_mu(net, torch.rand(5, 1, 12, 12), 2, torch.device("cpu"))
+    assert mu == 0 and empty == 1 and per_class == [0.0]
 
 
 def test_the_selection_report_reads_the_three_choices_and_pools_seeds(tmp_path):
