@@ -147,7 +147,7 @@ PS = $(PR)/protoseg
 PS_RUNS = $(PS)/cesource_on_source $(PS)/cesource_online_on_source $(PS)/cesource $(PS)/cesource_online \
 	$(addprefix $(PS)/,adabn sfda sfda_truesize adaent fs)
 PS_FOLDERS = [('IMG', $(P_TRANSFORM), False), ('GT', gt_transform, False)]
-PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) $(if $(THREADS),--threads $(THREADS)) --folders "$(PS_FOLDERS)" --grp_regex "$(G_RGX)" $(DEBUG)
+PROTOSEG = $(LAUNCH) $(CC) $(CFLAGS) protoseg.py --network $(NET) --n_class $(N_CLASS) $(if $(THREADS),--threads $(THREADS)) --folders "$(PS_FOLDERS)" --grp_regex "$(G_RGX)" $(DEBUG)
 SELECTION = $(PR)/selection.md# the source-free runs' epochs chosen by labels, by mu and the last
 protoseg: $(PS)/report.md $(PS)/sa_layers.png $(SELECTION)
 $(SELECTION:.md=.csv): | $(SELECTION) ;

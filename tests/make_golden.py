@@ -20,6 +20,7 @@ VARIANTS = {
     "prostate_studies": ("prostate.make", ["lrgrid", "{root}/results/prostate/fn_soft_ratio/sfda",
                                            "{root}/results/prostate/fn_soft_ratio/sfda_truesize"]),
     "prostate_recipe_seed": ("prostate.make", ["RECIPE=seed", "SEEDS=0 1"]),
+    "whs": ("whs.make", []),
 }
 
 

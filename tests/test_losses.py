@@ -134,3 +134,28 @@ def test_protoseg_loss_needs_layer_names_and_features():
         build_loss("ProtoSegLoss", {"layers": "up4"}, None)
     with pytest.raises(ValueError, match="needs the feature maps"):
         ProtoSegLoss(["up4"]).terms(torch.rand(1, 2, 4, 4), torch.rand(1, 2, 4, 4), torch.zeros(1, 2, 2))
+
+
+def test_entklprop_with_five_classes_equals_its_definition_computed_pixel_by_pixel():
+    """The seed's EntKLProp on five classes (the SFDA code's WHS entropy weights), with per-class KL weights, against the
+    definition written out with loops: weighted entropy over sum p; KL of norm_soft_size's ratio (p / max_c p summed,
+    normalised) to the prior's bounds / (W*H), summed over classes, over the batch."""
+    probs = torch.softmax(torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    prior = torch.tensor([[8.0, 1, 1, 2, 0], [5, 3, 0, 2, 2]])                  # each row sums to w*h = 12
+    w, v = [0.02, 0.27, 0.18, 0.21, 0.32], [1.0, 2.0, 1.0, 1.0, 0.5]
+    ent, kl = EntKLProp(weights_se=w, weights_kl=v, fn="norm_soft_size").terms(probs, None, torch.stack([prior] * 2, -1))
+    p = probs.double().tolist()
+    cells = [(b, c, i, j) for b in range(2) for c in range(5) for i in range(3) for j in range(4)]
+    expected_ent = -sum(w[c] * p[b][c][i][j] * math.log(p[b][c][i][j] + 1e-10) for b, c, i, j in cells) \
+        / sum(p[b][c][i][j] for b, c, i, j in cells)
+    expected_kl = 0.0
+    for b in range(2):
+        top = [[max(p[b][c][i][j] for c in range(5)) for j in range(4)] for i in range(3)]
+        sizes = [sum(p[b][c][i][j] / top[i][j] for i in range(3) for j in range(4)) for c in range(5)]
+        for c in range(5):
+            tau, target = sizes[c] / sum(sizes), prior[b, c].item() / 12
+            expected_kl += v[c] * tau * (math.log(tau + 1e-10) - math.log(target + 1e-10)) / 2
+    assert ent.item() == pytest.approx(expected_ent, rel=1e-5)
+    assert kl.item() == pytest.approx(expected_kl, rel=1e-5)
+    with pytest.raises(ValueError, match="weights_kl has 2 entries for 5 classes"):
+        EntKLProp(weights_se=w, weights_kl=[1, 1]).terms(probs, None, torch.stack([prior] * 2, -1))
