@@ -47,8 +47,8 @@ from resume import RESUME, History, prepare_workdir, restore, resume_state, save
 from reuse import LWFT_DECAY, lwft_blocks, transfusion, truncated
 from spottune import SpotTUnet, policy_table
 from tables import COLLAPSE_FILE, TESTED_WEIGHTS
-from training import (PassResult, autocast, class_sizes, guard_side, guarded, native_bf16, reestimate_batchnorm,
-                      run_pass, size_ratios)
+from training import (PassResult, autocast, guard_side, guarded, native_bf16, reestimate_batchnorm, run_pass,
+                      size_ratios, structure_columns)
 from utils import OptionError, class2one_hot, exp_lr_scheduler, one_error_line, record_provenance, write_csv_atomic
 
 write_csv = partial(write_csv_atomic, float_format="%.4f")    # every table of a run: 4 decimals
@@ -189,15 +189,7 @@ def epoch_row(epoch: int, tra: Optional[PassResult], train: SliceSet, val_pass: 
             row[f"{split}_{name}_mean"] = getattr(result, name) if result else nan
     if "hd95" in val_eval:
         row["val_hd95"], row["val_assd"] = val_eval["hd95"], val_eval["assd"]
-    if n_class > 2:
-        per_patient = val_eval["per_patient"]
-        sizes = class_sizes(tra.pred[tra.seen], n_class) if tra else np.full(n_class - 1, nan)
-        prior = tra.prior_class_size.numpy() if tra and tra.prior_class_size is not None else np.full(n_class - 1, nan)
-        for k in range(1, n_class):
-            column = f"dice_3d_c{k}"
-            row[f"val_{column}"] = per_patient[column].mean() if per_patient is not None and column in per_patient else nan
-            row[f"tra_size_c{k}"], row[f"tra_prior_c{k}"] = sizes[k - 1], prior[k - 1]
-    return row
+    return {**row, **structure_columns(tra, val_eval["per_patient"], n_class)} if n_class > 2 else row
 
 
 # ---------------------------------------------------------------- the run, in its stages

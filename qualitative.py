@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 VIEWS = ("slice", "cross")
+STRUCTURE_COLOURS = ("red", "yellow", "cyan", "magenta", "orange", "lime")
 
 
 def segment_split(run: Path, split: SliceSet, device: torch.device, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -44,8 +45,9 @@ def segment_split(run: Path, split: SliceSet, device: torch.device, batch_size: 
 
 
 def per_patient(pred: np.ndarray, mu: np.ndarray, split: SliceSet) -> pd.DataFrame:
-    """3D Dice of the foreground (any class > 0) and mean mu per patient, patients sorted."""
-    rows = [{"patient": pid, "dice": dice(torch.from_numpy(p > 0), torch.from_numpy(g > 0), 3).item()}
+    """3D Dice (the mean over the structures) and mean mu per patient, patients sorted."""
+    classes = torch.arange(1, max(int(split.labels.max()), int(pred.max()), 1) + 1).view(-1, 1, 1, 1)
+    rows = [{"patient": pid, "dice": dice(torch.from_numpy(p) == classes, torch.from_numpy(g) == classes, 3).mean().item()}
             for pid, p, g in patient_volumes(pred, split.labels.numpy(), split.patients, split.slice_numbers)]
     table = pd.DataFrame(rows)
     table["mu"] = pd.Series(mu).groupby(pd.Series(split.patients)).mean().reindex(table["patient"]).to_numpy()
@@ -80,27 +82,32 @@ def figure(split: SliceSet, preds: Dict[str, np.ndarray], scores: Dict[str, pd.D
     rows = [(label, pid, view) for label, pid in shown for view in views]
     fig, axes = plt.subplots(len(rows), len(runs) + 1, figsize=(2.3 * (len(runs) + 1), 2.4 * len(rows)), squeeze=False)
     stacks = {name: by_patient(pred, split) for name, pred in preds.items()}
+    n_class = max(2, int(split.labels.max()) + 1, *(int(p.max()) + 1 for p in preds.values()))
     images, truths = by_patient(split.images[:, 0].float().numpy(), split), by_patient(split.labels.numpy(), split)
     for ax_row, (label, pid, view) in zip(axes, rows):
         gt = truths[pid] > 0
         centre = tuple(int(round(c)) for c in np.argwhere(gt).mean(0)) if gt.any() else tuple(s // 2 for s in gt.shape)
         aspect = spacing_ratio[pid] if view == "cross" else 1.0
-        image, truth = cut(images[pid], view, centre), cut(gt, view, centre)
-        panels = [("image, ground truth", None)] + [(name, cut(stacks[name][pid], view, centre) > 0) for name in runs]
-        for ax, (title, mask) in zip(ax_row, panels):
+        image, truth = cut(images[pid], view, centre), cut(truths[pid], view, centre)
+        panels = [("image, ground truth", None)] + [(name, cut(stacks[name][pid], view, centre)) for name in runs]
+        for ax, (title, labels) in zip(ax_row, panels):
             ax.imshow(image, cmap="gray", aspect=aspect)
-            if truth.any():
-                ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
-            if mask is not None and mask.any():
-                ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-            if mask is not None:
+            for k in range(1, n_class):                    # one structure: lime truth, red prediction; several: a colour each
+                colour = ("lime", "red") if n_class == 2 else (STRUCTURE_COLOURS[(k - 1) % len(STRUCTURE_COLOURS)],) * 2
+                if (truth == k).any():
+                    ax.contour(truth == k, levels=[0.5], colors=colour[0], linewidths=0.8,
+                               linestyles="solid" if n_class == 2 else "dotted")
+                if labels is not None and (labels == k).any():
+                    ax.contour(labels == k, levels=[0.5], colors=colour[1], linewidths=0.8)
+            if labels is not None:
                 s = scores[title].set_index("patient").loc[pid]
                 title = f"{title}\nDice {100 * s['dice']:.1f}  mu {s['mu']:.2f}"
             else:
                 title = f"{pid} ({view})\n{label}"
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-    fig.suptitle("green: ground truth, red: prediction (last epoch)", fontsize=8)
+    fig.suptitle("green: ground truth, red: prediction (last epoch)" if n_class == 2 else
+                 "dotted: ground truth, solid: prediction (last epoch), one colour per structure", fontsize=8)
     save_figure(fig, out)
 
 

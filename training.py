@@ -8,9 +8,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -206,6 +207,19 @@ def size_ratios(tra: PassResult) -> np.ndarray:
     prior = tra.prior_class_size.numpy()
     predicted = class_sizes(tra.pred[tra.seen], len(prior) + 1)
     return np.where(prior > 0, predicted / np.where(prior > 0, prior, 1), float("nan"))
+
+
+def structure_columns(tra: Optional[PassResult], per_patient: Optional[pd.DataFrame], n_class: int) -> Dict[str, float]:
+    """The metrics csv's columns of each structure k: its validation 3D Dice (mean over patients) and, on the training
+    slices, its argmax and prior sizes per slice (NaN where not trained, unlabelled or without a prior)."""
+    nan = np.full(n_class - 1, np.nan)
+    sizes = class_sizes(tra.pred[tra.seen], n_class) if tra else nan
+    prior = tra.prior_class_size.numpy() if tra and tra.prior_class_size is not None else nan
+    columns = {}
+    for k in range(1, n_class):
+        dice3d = per_patient[f"dice_3d_c{k}"].mean() if per_patient is not None else np.nan
+        columns.update({f"val_dice_3d_c{k}": dice3d, f"tra_size_c{k}": sizes[k - 1], f"tra_prior_c{k}": prior[k - 1]})
+    return columns
 
 
 def guarded(args: argparse.Namespace) -> bool:

@@ -34,7 +34,6 @@ SEED_SHARED = $(SIZEFILE)
 
 all: pack report
 sourcefree: $(CES) $(SF_RUNS)# the source model and its source-free runs
-seeds: $(SEEDS_REPORT)
 
 $(DATA)/whs_%: | $(PYDEP)
 	$(CC) $(CFLAGS) synth_whs.py --domain $* --out $@ --seed $(DATA_SEED)
@@ -48,3 +47,4 @@ $(CES): $(SRC) | $(PYDEP)
 $(CES)/best_3d.pkl: | $(CES) ;
 
 include sfchain.mk
+seeds: $(SEEDS_REPORT)

@@ -1,4 +1,5 @@
 """volumes.py: nnU-Net / Decathlon / folder volumes to the slice layout, and predictions back onto each volume's grid."""
+import ast
 import json
 from pathlib import Path
 
@@ -177,11 +178,12 @@ def test_predict_refuses_a_run_without_volume_preprocessing(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_make_adapts_on_a_users_volumes_and_predicts_nifti_segmentations(tmp_path):
+@pytest.mark.parametrize("classes", [["VOL_OPT=--labels 1,2:1"], ["N_CLASS=3"]], ids=["one structure", "two"])
+def test_make_adapts_on_a_users_volumes_and_predicts_nifti_segmentations(tmp_path, classes):
     for domain, first in (("site_a", 0), ("site_b", 10)):
         for i in range(4):
             write_case(tmp_path / domain, f"{domain}_{i}", seed=first + i)
-    volumes_vars = [f"SRC_VOLS={tmp_path / 'site_a'}", f"TGT_VOLS={tmp_path / 'site_b'}", "VOL_OPT=--labels 1,2:1"]
+    volumes_vars = [f"SRC_VOLS={tmp_path / 'site_a'}", f"TGT_VOLS={tmp_path / 'site_b'}", *classes]
     tiny = ["NET=Dimwit", "EPC=1", "CFLAGS=-O", "THREADS=1"]
     out = run_make("prostate.make", tmp_path, "-j2", *volumes_vars, *tiny, "sourcefree")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -193,7 +195,10 @@ def test_make_adapts_on_a_users_volumes_and_predicts_nifti_segmentations(tmp_pat
     out = run_make("prostate.make", tmp_path, *volumes_vars, *tiny, "predict", f"PREDICT_IN={tmp_path / 'site_b'}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     pred = tmp_path / "results" / "site_b" / "predict" / "sfda" / "site_b"
-    assert len(pd.read_csv(pred / "predictions.csv")) == 4
+    predictions = pd.read_csv(pred / "predictions.csv")
+    assert len(predictions) == 4 and ("class2_ml" in predictions) == ("N_CLASS=3" in classes)
+    prior = pd.read_csv(tmp_path / "sizes" / "site_b.csv")["dumbpredwtags"].map(ast.literal_eval)
+    assert {len(row) for row in prior} == {3 if "N_CLASS=3" in classes else 2}
     given = nib.load(str(tmp_path / "site_b" / "images" / "site_b_0.nii.gz"))
     assert np.allclose(nib.load(str(pred / "site_b_0.nii.gz")).affine, given.affine, atol=1e-6)
     assert run_make("prostate.make", tmp_path, *tiny, "predict").returncode != 0            # PREDICT_IN is needed
