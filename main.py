@@ -275,6 +275,7 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
     statistics and is validated as the last epoch (``collapse.txt`` records epoch, ratio and side)."""
     n_epochs = max(args.n_epoch, 1)
     seconds, best = history.seconds, history.best
+    held = np.zeros(args.n_class - 1, bool)                 # the structures that have reached the guard's band
     for epoch in range(history.next_epoch, n_epochs):
         t0 = time.perf_counter()
         tra: Optional[PassResult] = None
@@ -288,7 +289,9 @@ def train_and_validate(net: torch.nn.Module, optimizers: Sequence[torch.optim.Op
                                      once=args.lr_schedule == "step_once")
         if tra and epoch in args.save_epochs:
             save_checkpoint(savedir / f"epoch{epoch}.pkl", net, epoch=epoch)
-        side, ratio, k = guard_side(size_ratios(tra), args) if tra and guarded(args) else (None, float("nan"), 0)
+        ratios = size_ratios(tra) if tra and guarded(args) else np.array([np.nan])
+        held |= ratios >= args.collapse_guard
+        side, ratio, k = guard_side(ratios, args, held if args.n_class > 2 else None)
         collapsed = side is not None
         if collapsed:
             where = f"class {k}" if args.n_class > 2 else "foreground"

@@ -226,14 +226,19 @@ def guarded(args: argparse.Namespace) -> bool:
     return bool(args.collapse_guard or args.overgrowth_guard)
 
 
-def guard_side(ratios: np.ndarray, args: argparse.Namespace) -> Tuple[Optional[str], float, int]:
+def guard_side(ratios: np.ndarray, args: argparse.Namespace, held: Optional[np.ndarray] = None
+               ) -> Tuple[Optional[str], float, int]:
     """Which side of the guard's band [--collapse_guard, --overgrowth_guard] a class's size ratio left first:
     ("below" (a collapse) | "above" (over-segmentation) | None, the ratio, its class 1..C-1). Below is checked
-    first, on the smallest ratio; None (inside, off, or no ratio) reports the smallest ratio."""
+    first, on the smallest ratio; None (inside, off, or no ratio) reports the smallest ratio. ``held`` (several
+    structures): those whose ratio has reached the band in some epoch; only they can collapse (a structure the model
+    never predicted has nothing to lose, and stopping for it would throw away what the others gain)."""
     if np.isnan(ratios).all():
         return None, float("nan"), 0
+    watched = ratios if held is None else np.where(held, ratios, np.nan)
     low, high = int(np.nanargmin(ratios)), int(np.nanargmax(ratios))
-    if ratios[low] < args.collapse_guard:
+    if not np.isnan(watched).all() and np.nanmin(watched) < args.collapse_guard:
+        low = int(np.nanargmin(watched))
         return "below", float(ratios[low]), low + 1
     if args.overgrowth_guard and ratios[high] > args.overgrowth_guard:
         return "above", float(ratios[high]), high + 1

@@ -299,6 +299,9 @@ def test_the_guard_reads_each_structure_so_one_that_vanishes_is_a_collapse():
     assert main.guard_side(np.array([1.0, 0.5, 3.0]), band) == ("above", 3.0, 3)
     assert main.guard_side(np.array([1.0, 0.5, 1.5]), band) == (None, 0.5, 2)
     assert main.guard_side(np.array([float("nan")]), band)[0] is None
+    never = np.array([False, False, True])                                 # class 2 was never predicted: not watched
+    assert main.guard_side(np.array([1.0, 0.0, 0.9]), band, held=np.array([True, False, True])) == (None, 0.0, 2)
+    assert main.guard_side(np.array([1.0, 0.0, 0.1]), band, held=never) == ("below", 0.1, 3)
 
 
 @pytest.mark.parametrize("native, precision, channels_last", [(True, "bf16", True), (False, "fp32", False)])
