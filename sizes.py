@@ -27,7 +27,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,19 +38,18 @@ from utils import one_error_line, parse_spacing, write_csv_atomic
 from volumes import canonical_slice_range
 
 
-def read_labels(folder: Path) -> List[np.ndarray]:
-    return [gt_transform(p) for p in list_slices(folder)]
-
-
-def class_counts(label: np.ndarray, n_class: int) -> np.ndarray:
+def class_counts(path: Path, n_class: int) -> np.ndarray:
+    """Pixels of each class in the label slice ``path``; a label outside 0..n_class-1 is refused, the file named."""
+    label = gt_transform(path)
     if label.min() < 0 or label.max() >= n_class:
-        raise DataError(f"labels span [{label.min()}, {label.max()}] but n_class is {n_class}")
+        raise DataError(f"{path}: labels span [{label.min():g}, {label.max():g}] but n_class is {n_class} "
+                        f"(values 0..{n_class - 1}; set N_CLASS, or merge classes with volumes.py --labels)")
     return np.bincount(label.ravel().astype(np.int64), minlength=n_class).astype(np.float64)
 
 
-def mean_positive_sizes(labels: Sequence[np.ndarray], n_class: int) -> np.ndarray:
-    """Per foreground class: mean pixel count over the slices where it is present (0 if never)."""
-    counts = np.stack([class_counts(lab, n_class) for lab in labels])
+def mean_positive_sizes(folder: Path, n_class: int) -> np.ndarray:
+    """Per foreground class: mean pixel count over the label slices of ``folder`` where it is present (0 if never)."""
+    counts = np.stack([class_counts(path, n_class) for path in list_slices(folder)])
     means = np.zeros(n_class)
     for k in range(1, n_class):
         present = counts[:, k] > 0
@@ -72,7 +71,7 @@ def size_table(target: Path, constant: np.ndarray, n_class: int) -> pd.DataFrame
     rows = []
     for split in ("train", "val"):
         for path in list_slices(target / split / "GT"):
-            gt = class_counts(gt_transform(path), n_class)
+            gt = class_counts(path, n_class)
             if constant[1:].sum() > gt.sum():
                 raise DataError(f"{path}: the constant sizes {constant[1:].tolist()} exceed the slice's w*h = {gt.sum():g}")
             no_tags = np.concatenate([[gt.sum() - constant[1:].sum()], constant[1:]])
@@ -166,7 +165,7 @@ def volume_prior_table(gt_dir: Path, volume_ml: float, spacing: Sequence[float],
     """Tag prior from a published volume (binary task), spread over each volume's tagged slices evenly or,
     with ``profile``, in proportion to the anatomy's area at each slice's relative position."""
     paths = list_slices(gt_dir)
-    counts = np.stack([class_counts(gt_transform(p), 2) for p in paths])
+    counts = np.stack([class_counts(p, 2) for p in paths])
     names = [parse_slice_name(p.name, grp_regex) for p in paths]
     patients = pd.Series([patient for patient, _ in names])
     tagged = counts[:, 1] > 0
@@ -219,7 +218,7 @@ def write_sizes(args: argparse.Namespace) -> None:
             raise DataError(f"--constant needs {args.n_class - 1} values, got {len(args.constant)}")
         constant = np.array([0.0, *args.constant])
     elif args.source is not None:
-        constant = np.round(mean_positive_sizes(read_labels(args.source / "train" / "GT"), args.n_class))
+        constant = np.round(mean_positive_sizes(args.source / "train" / "GT", args.n_class))
     else:
         raise DataError("give --source (to publish its mean organ size) or --constant")
     if args.tags is not None:
