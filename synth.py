@@ -177,12 +177,15 @@ def write_prostate(out: Path, domain: str, seed: int, size: int, n_train: int, n
             split = "train" if case < n_train else "val"
             rng = np.random.default_rng([seed, domain_id, case])
             prop, fat, body, mask = render_patient(rng, size)
-            images = scan(rng, prop, fat, body, scanner)
-            for folder in ("IMG", "GT"):
-                (tmp / split / folder).mkdir(parents=True, exist_ok=True)
-            for m in range(len(images)):
-                Image.fromarray(images[m]).save(tmp / split / "IMG" / f"Case{case:02d}_{m}.png")
-                Image.fromarray(mask[m]).save(tmp / split / "GT" / f"Case{case:02d}_{m}.png")
+            write_case_slices(tmp / split, case, scan(rng, prop, fat, body, scanner), mask)
+
+
+def write_case_slices(split: Path, case: int, images: np.ndarray, labels: np.ndarray) -> None:
+    """One patient's (Z, H, W) 8-bit images and labels as ``split/{IMG,GT}/CaseNN_M.png`` (the SFDA layout)."""
+    for folder, volume in (("IMG", images), ("GT", labels)):
+        (split / folder).mkdir(parents=True, exist_ok=True)
+        for m, plane in enumerate(volume):
+            Image.fromarray(plane).save(split / folder / f"Case{case:02d}_{m}.png")
 
 
 # ---------------------------------------------------------------- CC359-like brains (seed 000)

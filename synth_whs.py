@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from synth import mark_embedded, radial_wobble, smooth_noise, soft_ellipse
+from synth import mark_embedded, radial_wobble, smooth_noise, soft_ellipse, write_case_slices
 from utils import atomic_output
 
 TISSUES = ("air", "fat", "muscle", "lung", "cortex", "marrow", "blood", "myocardium")
@@ -153,11 +152,7 @@ def write_whs(out: Path, domain: str, seed: int, size: int, n_train: int, n_val:
             split = "train" if case < n_train else "val"
             rng = np.random.default_rng([seed, 100 + domain_id, case])
             tissue, labels = render_heart(rng, size, modality.fov)
-            images = scan(rng, tissue, modality)
-            for folder, volume in (("IMG", images), ("GT", labels)):
-                (tmp / split / folder).mkdir(parents=True, exist_ok=True)
-                for k, plane in enumerate(volume):
-                    Image.fromarray(plane).save(tmp / split / folder / f"Case{case:02d}_{k}.png")
+            write_case_slices(tmp / split, case, scan(rng, tissue, modality), labels)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

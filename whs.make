@@ -38,13 +38,6 @@ sourcefree: $(CES) $(SF_RUNS)# the source model and its source-free runs
 $(DATA)/whs_%: | $(PYDEP)
 	$(CC) $(CFLAGS) synth_whs.py --domain $* --out $@ --seed $(DATA_SEED)
 
-# the source model: cross-entropy on the MR slices, its epoch chosen on the MR validation patients
-$(CES): OPT = --target_losses="$(L_OR)" --l_rate 5e-4 --lr_decay 1
-$(CES): private DATASET = $(SRC)
-$(CES): N_EP = 30
-$(CES): $(SRC) | $(PYDEP)
-	$(TRAIN)
-$(CES)/best_3d.pkl: | $(CES) ;
-
+include sfsource.mk
 include sfchain.mk
 seeds: $(SEEDS_REPORT)

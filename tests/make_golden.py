@@ -21,6 +21,7 @@ VARIANTS = {
                                            "{root}/results/prostate/fn_soft_ratio/sfda_truesize"]),
     "prostate_recipe_seed": ("prostate.make", ["RECIPE=seed", "SEEDS=0 1"]),
     "whs": ("whs.make", []),
+    "ivd": ("ivd.make", []),
 }
 
 
