@@ -33,6 +33,7 @@ E_FT ?= 8# fine-tuning: epochs x iterations (paper 60 x 100)
 IT_FT ?= 10
 LRD_FT ?= 5
 LR ?= 1e-2# SGD lr (paper 1e-3 over 50x more iterations)
+POLICY_LR ?= $(shell awk 'BEGIN { print 10 * $(LR) }')# SpotTUnet's policy SGD lr: the reference's 10 x the network's
 BRAIN_ML ?= 1883# the SFDA prior's brain volume (mL): the MNI152 2009a brain mask
 PRIOR_PROFILE ?= mni152# the prior's area per tagged slice: the MNI152 brain's axial profile (flat: even)
 SF_LRS ?= 5e-5 5e-4# SFDA Adam learning rates tried on the validation pairs
@@ -133,13 +134,15 @@ $(ORACLES): $(CR)/oracle/%: $$(SETS)/oracle_$$(subst /fold,_f,$$*) | $(PYDEP)
 # fine-tuning <method>/<s>_<t>_n<N> from s's baseline; the test runs read what the validation pairs chose
 OPT_ft_first = --trainable first
 OPT_ft_last = --trainable last
-OPT_spottune = --spottune --chosen $(PARAMS):budget=$(call budget,$(@F))
+OPT_spottune = --spottune --policy_lr $(POLICY_LR) --chosen $(PARAMS):budget=$(call budget,$(@F))
 $(FT_RUNS): OPT = $(TRAIN_FT) --model_weights $(start) $(OPT_$(method))
 $(FT_RUNS): $$(SETS)/pair_$$(@F) $$(BASE)/$$(call src,$$(@F)) $$(if $$(filter spottune,$$(method)),$(PARAMS)) | $(PYDEP)
 	$(TRAIN)
 # SpotTUnet's validation grid: tau, then lambda with the chosen tau
-$(TAU_RUNS): OPT = $(TRAIN_FT) --spottune --tau $(call field,$(@F),tau) --k_reg 0 --model_weights $(start)
-$(LAM_RUNS): OPT = $(TRAIN_FT) --spottune --chosen $(TAUFILE) --k_reg $(call field,$(@F),lam) --model_weights $(start)
+$(TAU_RUNS): OPT = $(TRAIN_FT) --spottune --policy_lr $(POLICY_LR) --tau $(call field,$(@F),tau) --k_reg 0 \
+	--model_weights $(start)
+$(LAM_RUNS): OPT = $(TRAIN_FT) --spottune --policy_lr $(POLICY_LR) --chosen $(TAUFILE) --k_reg $(call field,$(@F),lam) \
+	--model_weights $(start)
 $(LAM_RUNS): $(TAUFILE)
 $(VAL_RUNS): $$(SETS)/$$(val_set) $$(BASE)/$$(call src,$$(@F)) | $(PYDEP)
 	$(TRAIN)
