@@ -120,6 +120,14 @@ def test_tau_is_chosen_once_then_lambda_per_budget_with_it(tmp_path):
     assert f"main.py {CR}/spottune_val/0_3_n8_tau1_lam0" in runs and f"main.py {CR}/spottune_val/0_3_n45_lam0" in runs
 
 
+def test_spottunes_policy_learns_at_ten_times_the_networks_rate_as_in_the_reference(tmp_path):
+    _, runs = dry(tmp_path, "-Bn", "LR=2e-2")
+    spot = [o for k, o in runs.items() if k.startswith(f"main.py {CR}/spottune") for o in [only(runs, k)]]
+    assert spot and all((o["--l_rate"], o["--policy_lr"]) == ("2e-2", "0.2") for o in spot)
+    _, runs = dry(tmp_path, "-Bn", "LR=2e-2", "POLICY_LR=0.05")
+    assert {only(runs, k)["--policy_lr"] for k in runs if k.startswith(f"main.py {CR}/spottune")} == {"0.05"}
+
+
 def test_lr_drops_once_and_budget_sets_name_their_pair(tmp_path):
     _, runs = dry(tmp_path, "-Bn")
     sgd = [only(runs, k) for k in runs if k.startswith("main.py ") and only(runs, k).get("--optimizer") == "sgd"]
