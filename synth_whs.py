@@ -16,7 +16,7 @@ not to label.
 
 A *modality* turns tissue into intensity. MR is bSSFP-like: bright blood and fat, dark myocardium and lungs, a smooth
 bias field, Rician noise. CT is contrast-enhanced and HU-like (blood +320, myocardium +60, fat -100, lung -820, bone
-+900), windowed at [-300, 700] HU, with Gaussian noise, more blur and a field of view 1.25 times wider (the anatomy
++900), windowed at [-300, 700] HU, with Gaussian noise, more blur and a field of view 1.1 times wider (the anatomy
 is smaller in the image). GT gray level = class index; images are 8-bit PNG.
 """
 import argparse
@@ -50,8 +50,8 @@ MODALITIES: Dict[str, Modality] = {
     "mr": Modality({"air": 0.0, "fat": 0.85, "muscle": 0.30, "lung": 0.04, "cortex": 0.05, "marrow": 0.55,
                     "blood": 1.0, "myocardium": 0.26}, None, bias=0.3, blur=0.6, noise=0.03, rician=True, fov=1.0),
     "ct": Modality({"air": -1000.0, "fat": -100.0, "muscle": 50.0, "lung": -820.0, "cortex": 900.0, "marrow": 250.0,
-                    "blood": 320.0, "myocardium": 60.0}, (-300.0, 700.0), bias=0.0, blur=1.0, noise=25.0, rician=False,
-                   fov=1.25),
+                    "blood": 320.0, "myocardium": 60.0}, (-300.0, 700.0), bias=0.0, blur=0.8, noise=25.0, rician=False,
+                   fov=1.1),
 }
 SPLITS = {"train": 12, "val": 6}
 
@@ -95,7 +95,7 @@ def render_heart(rng: np.random.Generator, size: int, fov: float) -> Tuple[Dict[
     paint(soft_ellipse(x, y, rng.uniform(0.10, 0.16), 0.33, 0.06, 0.06, 0 * x, px), "blood")       # descending aorta
 
     hx, hy = rng.uniform(0.0, 0.10), rng.uniform(-0.12, -0.04)                # the heart's centre, per patient
-    s = 1.2 * rng.uniform(0.85, 1.15)                                          # heart size varies between patients
+    s = 1.3 * rng.uniform(0.85, 1.15)                                          # heart size varies between patients
     outline = radial_wobble(rng, theta, 0.05)
     paint(soft_ellipse(x, y, hx + 0.05 * s, hy + 0.03 * s, 0.40 * s, 0.32 * s, outline, px), "fat")   # pericardial fat
     paint(soft_ellipse(x, y, hx + 0.05 * s, hy + 0.03 * s, 0.37 * s, 0.29 * s, outline, px), "myocardium")  # heart walls
