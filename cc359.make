@@ -6,7 +6,7 @@ NET ?= ResUNet
 include common.mk
 include sourcefree.mk
 .DEFAULT_GOAL := $(CHAIN_GOAL)
-.PHONY: all pack report plot runs sourcefree protoseg transfer layers
+.PHONY: all pack report plot runs sourcefree protoseg transfer layers routes
 
 # ---------------------------------------------------------------- protocol and names
 # PRESET=paper: the paper's protocol on the real release (CCDATA=/data/CC359), from cc359_paper.mk
@@ -209,6 +209,14 @@ $(CR)/lambda_val.png: $(VAL_RUNS) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --lambda_runs $^ --out $@
 $(CR)/policy.png: $(filter $(CR)/spottune/%,$(FT_RUNS)) | $(PYDEP)
 	$(CC) $(CFLAGS) plot.py --policy_runs $^ --out $@
+# make -f cc359.make routes: each SpotTUnet test run's routes on its test volumes (its policy, sampled as in training,
+# every unit tuned, every unit frozen) and each unit's use on its training slices against the test volumes
+ROUTES = $(patsubst $(CR)/spottune/%,$(CR)/routes/%/summary.md,$(filter $(CR)/spottune/%,$(FT_RUNS)))
+routes: $(CR)/routes.md
+$(CR)/routes/%/summary.md: $(CR)/spottune/% | $(PYDEP)
+	$(LAUNCH) $(CC) $(CFLAGS) routes.py --run $< $(if $(THREADS),--threads $(THREADS)) --out $(@D)
+$(CR)/routes.md: $(ROUTES) | $(PYDEP)
+	$(CC) $(CFLAGS) routes.py report --runs $(dir $(ROUTES)) --out $@
 $(QUALITATIVE): $(CR)/qualitative_%.png: $(foreach m,$(SF_METHODS),$(CR)/$(m)/%) | $(PYDEP)
 	$(CC) $(CFLAGS) qualitative.py --runs $^ --baseline noadapt --adapted sfda --split test --views slice cross --out $@
 TITLE = CC359 domain adaptation ($(NET), seed$(if $(SEEDS),s $(SEEDS), $(SEED)), spacing $(SPACING) mm, surface Dice at $(TOL) mm)

@@ -78,7 +78,8 @@ class SpotTUnet(nn.Module):
     """Wraps a pre-trained BlockNet: each of its blocks becomes a RoutedUnit driven by a PolicyNet.
 
     ``forward`` returns the segmentation logits; ``last_actions`` holds the (B, n_units) choices
-    (1 = frozen). ``force`` (None, "frozen", "tuned") bypasses the policy, for analysis and tests.
+    (1 = frozen). ``force`` (None, "frozen", "tuned") bypasses the policy, for analysis and tests; ``sample`` draws the
+    routes with Gumbel noise outside training too (routes.py: the policy as training used it).
     """
 
     def __init__(self, backbone: BlockNet, in_dim: int = 1, tau: float = 0.1):
@@ -95,13 +96,14 @@ class SpotTUnet(nn.Module):
         self.tau = tau
         self.init_kwargs = {"backbone": type(backbone).__name__, **getattr(backbone, "init_kwargs", {}), "tau": tau}
         self.force: Optional[str] = None
+        self.sample = False
         self.last_actions: Optional[Tensor] = None
 
     def actions(self, x: Tensor) -> Tensor:
         if self.force is not None:
             value = 1.0 if self.force == "frozen" else 0.0
             return torch.full((x.shape[0], len(self.units)), value, device=x.device)
-        one_hot = gumbel_softmax_hard(self.policy(x).float(), self.tau, noise=self.training)
+        one_hot = gumbel_softmax_hard(self.policy(x).float(), self.tau, noise=self.training or self.sample)
         return one_hot[..., 1]
 
     def forward(self, x: Tensor) -> Tensor:

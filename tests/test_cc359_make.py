@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import cc359
+import routes
 import dryrun
 import nibabel as nib
 import numpy as np
@@ -386,3 +387,22 @@ def test_instnorm_features_score_the_same_bank_into_their_own_tables_and_a_bad_v
     assert any(k.startswith("transfer.py report ") and k.endswith("report_instnorm.md") for k in runs)
     out = make(tmp_path, "-n", "transfer", "TE_FEATURES=postnorm")
     assert out.returncode != 0 and "TE_FEATURES=postnorm: expected raw or instnorm" in out.stderr
+
+
+@pytest.mark.slow
+def test_routes_score_a_spottune_run_four_ways_and_its_policy_is_its_own_test(tiny_run, tmp_path, capsys):
+    run = tiny_run / "results" / "cc359" / "spottune" / "2_5_n8"
+    assert routes.main(["--run", str(run), "--draws", "2", "--threads", "1", "--out", str(tmp_path / "r")]) == 0
+    scores = pd.read_csv(tmp_path / "r" / "scores.csv")
+    assert list(scores["mode"].unique()) == list(routes.MODES) and scores["sdice"].between(0, 1).all()
+    own = pd.read_csv(run / "test_metrics.csv").set_index("patient")
+    policy = scores[scores["mode"] == "policy"].set_index("patient").loc[own.index]
+    assert np.allclose(policy["sdice"], own["sdice"], atol=1e-4) and np.allclose(policy["dice"], own["dice"], atol=1e-4)
+    usage = pd.read_csv(tmp_path / "r" / "usage.csv")
+    assert len(usage) == len(pd.read_csv(run / "policy.csv")) and usage.iloc[:, 1:].stack().between(0, 1).all()
+    assert np.allclose(usage["p_finetuned_test"], pd.read_csv(run / "policy.csv")["p_finetuned"], atol=1e-4)
+    assert routes.main(["report", "--runs", str(tmp_path / "r"), "--out", str(tmp_path / "routes.md")]) == 0
+    assert "| policy |" not in (tmp_path / "routes.md").read_text() and "usage moved" in (tmp_path / "routes.md").read_text()
+    capsys.readouterr()
+    assert routes.main(["--run", str(tiny_run / "results" / "cc359" / "ft_all" / "2_5_n8"), "--out", str(tmp_path / "x")]) == 1
+    assert "not a SpotTUnet run" in capsys.readouterr().err
